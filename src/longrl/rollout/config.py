@@ -1,0 +1,17 @@
+"""Rollout (generation) configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class RolloutConfig:
+    n: int = 8  # samples per prompt (the GRPO group size)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 96
+    prefill_chunk_tokens: int = 8192  # long prefixes are prefilled in chunks of this many tokens
+    max_prompts_per_batch: int = 16  # prompts decoded together
+    cuda_graphs: bool = True  # capture the decode step on GPU
