@@ -1,0 +1,404 @@
+"""A synthetic long-video reasoning task that a tiny model can learn in minutes and that needs the video.
+
+World: a square canvas split into 4 quadrants. Four filled squares of four distinct colors enter one
+by one, each into an empty quadrant, and stay. Then one object (Y) leaves and later another (X)
+moves into Y's vacated quadrant. One multiple-choice question per video, in the four
+LongVideo-Reason categories:
+
+    Temporal          which object appeared first / second / third / last?
+    Spatial           where did the {color} object first appear?
+    Plot & Narrative  which sequence of arrivals is correct?
+    Goal & Purpose    why could the {X} object move to the {quadrant} quadrant?   (because Y left it)
+
+The question text never determines the answer: options are the same kind of thing for every video
+(the colors present, the four quadrants, orderings of the colors present), the correct letter cycles
+A-D, and distractors are drawn at random. With the default 56 px canvas, Qwen2.5-VL's 14 px patches
+and 2x2 merge make one merged video token cover exactly one quadrant.
+
+Event times are fractions of the duration (so any frame count works), snapped to frames: an event's
+`frame` is the first frame that shows it, and its `time` is that frame's timestamp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import multiprocessing
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from longrl.data.rows import LETTERS, Row, save_rows
+
+SYNTH_VERSION = 1  # bump when the generated content changes, so cached datasets are rebuilt
+
+QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 50),
+    "blue": (40, 80, 250),
+    "yellow": (245, 230, 30),
+    "magenta": (225, 40, 225),
+    "cyan": (30, 225, 235),
+    "white": (250, 250, 250),
+    "orange": (250, 140, 10),
+}
+CATEGORIES = ("Temporal", "Spatial", "Plot & Narrative", "Goal & Purpose")
+ORDINALS = ("first", "second", "third", "last")
+NUM_OBJECTS = 4
+NUM_EVENTS = NUM_OBJECTS + 2  # 4 arrivals, 1 departure, 1 move
+OBJECT_FRACTION = 0.6  # object side / quadrant side
+BACKGROUND_RANGE = (10, 45)  # dark gray level, drawn per video
+MIN_FRAMES_PER_GAP = 2  # >= 2 frames per state, so frame-pair (temporal patch) sampling still sees it
+
+
+@dataclass
+class SynthConfig:
+    out_dir: str
+    num_train: int = 600
+    num_test: int = 200
+    frames: int = 32  # frames per video file: tens to thousands
+    fps: float = 4.0
+    size: int = 56  # canvas side in pixels; multiples of 28 keep quadrants aligned to merged tokens
+    seed: int = 0
+    min_gap: float = 0.125  # minimum time between consecutive events, as a fraction of the duration
+    workers: int = 0  # processes for rendering; 0 = os.cpu_count(). Does not change the output.
+
+    def validate(self) -> None:
+        if self.num_train < 0 or self.num_test < 0:
+            raise ValueError(f"num_train/num_test must be >= 0, got {self.num_train}/{self.num_test}")
+        if self.size < 16 or self.size % 2:
+            raise ValueError(f"size={self.size}: use an even canvas side >= 16 px (56 aligns quadrants "
+                             "with Qwen2.5-VL merged tokens)")
+        if self.fps <= 0:
+            raise ValueError(f"fps={self.fps}: must be > 0")
+        max_gap = 1.0 / NUM_EVENTS  # 5 gaps + half a gap of margin at each end must fit
+        if not 0 < self.min_gap < max_gap:
+            raise ValueError(f"min_gap={self.min_gap}: must be in (0, {max_gap:.4f}) so {NUM_EVENTS} "
+                             "events and margins fit in one video")
+        if self.min_gap * self.frames < MIN_FRAMES_PER_GAP:
+            need = math.ceil(MIN_FRAMES_PER_GAP / self.min_gap)
+            raise ValueError(f"frames={self.frames} is too few for min_gap={self.min_gap}: each gap must "
+                             f"span >= {MIN_FRAMES_PER_GAP} frames; use frames >= {need} or a larger min_gap")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "enter" | "leave" | "move"
+    color: str
+    quadrant: str  # where it happens: entered / left / moved to
+    frame: int  # first frame that shows the event
+    time: float  # seconds, = frame / fps
+    source: str | None = None  # for "move": the quadrant it came from
+
+
+@dataclass(frozen=True)
+class SceneState:
+    background: int  # gray level 0..255
+    cells: tuple[str | None, ...]  # color name per quadrant, in QUADRANTS order; None = empty
+
+
+@dataclass
+class Story:
+    """The ground truth of one video: who enters where and when, who leaves, who moves."""
+
+    background: int
+    events: list[Event]  # in time order: 4 x enter, leave, move
+    frames: int
+    fps: float
+
+    @property
+    def arrivals(self) -> list[Event]:
+        return [e for e in self.events if e.kind == "enter"]
+
+    @property
+    def departure(self) -> Event:
+        return next(e for e in self.events if e.kind == "leave")
+
+    @property
+    def move(self) -> Event:
+        return next(e for e in self.events if e.kind == "move")
+
+    def state_at(self, frame: int) -> SceneState:
+        cells: list[str | None] = [None] * len(QUADRANTS)
+        for e in self.events:
+            if e.frame > frame:
+                break
+            if e.kind in ("leave", "move"):
+                cells[QUADRANTS.index(e.source if e.kind == "move" else e.quadrant)] = None
+            if e.kind in ("enter", "move"):
+                cells[QUADRANTS.index(e.quadrant)] = e.color
+        return SceneState(self.background, tuple(cells))
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+def make_story(rng: np.random.Generator, *, frames: int, fps: float, min_gap: float) -> Story:
+    """Draw one video's events. Times: 6 events with >= min_gap between them, half a gap of margin
+    at each end (so the empty start and the final state are both visible), the rest random jitter."""
+    background = int(rng.integers(BACKGROUND_RANGE[0], BACKGROUND_RANGE[1] + 1))
+    colors = [list(PALETTE)[i] for i in rng.choice(len(PALETTE), NUM_OBJECTS, replace=False)]
+    quadrants = [QUADRANTS[i] for i in rng.permutation(len(QUADRANTS))]
+    leaver = int(rng.integers(NUM_OBJECTS))
+    mover = int(rng.choice([i for i in range(NUM_OBJECTS) if i != leaver]))
+
+    slack = 1.0 - (NUM_EVENTS - 1) * min_gap - min_gap  # what the fixed gaps and margins leave
+    jitter = rng.dirichlet(np.ones(NUM_EVENTS + 1)) * slack  # before, between and after the events
+    fractions = [min_gap / 2 + jitter[0]]
+    for k in range(1, NUM_EVENTS):
+        fractions.append(fractions[-1] + min_gap + jitter[k])
+    # floor(f * frames): >= 1 at the start, <= frames - 1 at the end, >= 2 frames apart (validate()).
+    # (+1e-9: float sums must not turn an exact 1.0 into frame 0.)
+    event_frames = [int(math.floor(f * frames + 1e-9)) for f in fractions]
+
+    def event(kind: str, obj: int, k: int, quadrant: str, source: str | None = None) -> Event:
+        return Event(kind, colors[obj], quadrant, event_frames[k], event_frames[k] / fps, source)
+
+    events = [event("enter", i, i, quadrants[i]) for i in range(NUM_OBJECTS)]
+    events.append(event("leave", leaver, NUM_OBJECTS, quadrants[leaver]))
+    events.append(event("move", mover, NUM_OBJECTS + 1, quadrants[leaver], source=quadrants[mover]))
+    return Story(background, events, frames, fps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions
+
+
+@dataclass
+class Question:
+    category: str
+    question: str
+    options: list[str]
+    answer: str  # letter
+    reasoning: str
+
+
+def stamp(seconds: float) -> str:
+    """Timestamps in reasoning chains: rounded (half up) to 0.5 s, e.g. "2.5s"."""
+    return f"{math.floor(seconds * 2 + 0.5) / 2:.1f}s"
+
+
+def _sentence(e: Event) -> str:
+    verb = {"enter": "enters", "leave": "leaves", "move": "moves to"}[e.kind]
+    return f"{e.color} {verb} {e.quadrant} at {stamp(e.time)}."
+
+
+def _place(correct: str, distractors: list[str], answer_index: int, rng: np.random.Generator) -> list[str]:
+    """Options with `correct` at `answer_index` and the distractors shuffled around it."""
+    rest = [distractors[i] for i in rng.permutation(len(distractors))]
+    return rest[:answer_index] + [correct] + rest[answer_index:]
+
+
+def make_question(story: Story, category: str, answer_index: int, rng: np.random.Generator) -> Question:
+    arrivals = story.arrivals
+    colors = [e.color for e in arrivals]
+    enter_lines = [_sentence(e) for e in arrivals]
+
+    if category == "Temporal":
+        rank = int(rng.integers(NUM_OBJECTS))
+        ordinal = ORDINALS[rank]
+        options = _place(f"the {colors[rank]} object",
+                         [f"the {c} object" for c in colors if c != colors[rank]], answer_index, rng)
+        return Question(category, f"Which object appeared {ordinal}?", options, LETTERS[answer_index],
+                        " ".join(enter_lines + [f"{colors[rank]} came {ordinal}."]))
+
+    if category == "Spatial":
+        target = arrivals[int(rng.integers(NUM_OBJECTS))]
+        options = _place(target.quadrant, [q for q in QUADRANTS if q != target.quadrant], answer_index, rng)
+        return Question(category, f"Where did the {target.color} object first appear?", options,
+                        LETTERS[answer_index], _sentence(target))
+
+    if category == "Plot & Narrative":
+        def sequence(order) -> str:
+            return ", then ".join(order)
+
+        others = [p for p in itertools.permutations(colors) if list(p) != colors]
+        picked = [others[i] for i in rng.choice(len(others), NUM_OBJECTS - 1, replace=False)]
+        options = _place(sequence(colors), [sequence(p) for p in picked], answer_index, rng)
+        return Question(category, "Which sequence of arrivals is correct?", options, LETTERS[answer_index],
+                        " ".join(enter_lines + [f"Order: {', '.join(colors)}."]))
+
+    if category == "Goal & Purpose":
+        left, moved = story.departure, story.move
+        bystanders = [c for c in colors if c not in (left.color, moved.color)]
+        absent = [c for c in PALETTE if c not in colors]
+        decoy = absent[int(rng.integers(len(absent)))]
+        options = _place(f"the {left.color} object left it",
+                         [f"the {c} object left it" for c in bystanders + [decoy]], answer_index, rng)
+        return Question(category, f"Why could the {moved.color} object move to the {moved.quadrant} quadrant?",
+                        options, LETTERS[answer_index], f"{_sentence(left)} {_sentence(moved)}")
+
+    raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels
+
+
+def render_frame(state: SceneState, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: dark gray background, one centered square per occupied quadrant."""
+    frame = np.full((size, size, 3), state.background, dtype=np.uint8)
+    half = size // 2
+    side = round(OBJECT_FRACTION * half)
+    pad = (half - side) // 2
+    for q, color in enumerate(state.cells):
+        if color is not None:
+            top, left = (q // 2) * half + pad, (q % 2) * half + pad
+            frame[top : top + side, left : left + side] = PALETTE[color]
+    return frame
+
+
+def quadrant_center(quadrant: str, size: int) -> tuple[int, int]:
+    """(row, col) of the center pixel of a quadrant: the middle of its object, if any."""
+    q, half = QUADRANTS.index(quadrant), size // 2
+    return (q // 2) * half + half // 2, (q % 2) * half + half // 2
+
+
+def render_story(story: Story, size: int) -> Iterator[np.ndarray]:
+    """Every frame of the video, one at a time; a state is drawn once and reused until it changes."""
+    cached: tuple[SceneState, np.ndarray] | None = None
+    for frame in range(story.frames):
+        state = story.state_at(frame)
+        if cached is None or cached[0] != state:
+            cached = (state, render_frame(state, size))
+        yield cached[1]
+
+
+def encode_mp4(path: str | Path, frames: Iterator[np.ndarray], fps: float) -> None:
+    """Stream frames into an H.264 mp4 one by one, so thousand-frame videos never sit in RAM.
+
+    Frame i gets pts i in a 1/fps time base, so decoders report timestamp i / fps."""
+    import av
+
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w") as container:
+        stream = None
+        for i, image in enumerate(frames):
+            if stream is None:
+                codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+                stream = container.add_stream(codec, rate=rate)
+                stream.height, stream.width = image.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.codec_context.time_base = 1 / rate
+                # Near-lossless colors; one thread per video (generation parallelises over videos);
+                # a keyframe every ~2 s keeps seeking cheap in long videos.
+                options = {"threads": "1", "g": str(max(1, round(2 * fps))), "bf": "0"}
+                if codec == "libx264":
+                    options |= {"crf": "12", "preset": "veryfast"}
+                else:
+                    stream.bit_rate = 8_000_000
+                stream.options = options
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        if stream is None:
+            raise ValueError(f"no frames to write to {path}")
+        container.mux(stream.encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset
+
+
+def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """One independent stream per video, so videos can be made in any order, in any process."""
+    return np.random.default_rng([seed, {"train": 0, "test": 1}[split], index])
+
+
+def make_row(cfg: SynthConfig, split: str, index: int) -> Row:
+    """The row of one video (events and question), without writing the video."""
+    rng = video_rng(cfg.seed, split, index)
+    story = make_story(rng, frames=cfg.frames, fps=cfg.fps, min_gap=cfg.min_gap)
+    # Round-robin categories; the correct letter cycles A-D within each category.
+    category = CATEGORIES[index % len(CATEGORIES)]
+    answer_index = (index // len(CATEGORIES)) % NUM_OBJECTS
+    q = make_question(story, category, answer_index, rng)
+    return Row(
+        id=f"synth-{split}-{index:05d}",
+        video=f"videos/{split}-{index:05d}.mp4",
+        question=q.question,
+        options=q.options,
+        answer=q.answer,
+        reasoning=q.reasoning,
+        category=q.category,
+        extra={
+            "events": [dataclasses.asdict(e) for e in story.events],
+            "duration": cfg.frames / cfg.fps,
+            "fps": cfg.fps,
+            "frames": cfg.frames,
+            "size": cfg.size,
+            "background": story.background,
+        },
+    )
+
+
+def story_from_row(row: Row) -> Story:
+    """Rebuild the ground truth of a generated row (from `row.extra`)."""
+    x = row.extra
+    return Story(x["background"], [Event(**e) for e in x["events"]], x["frames"], x["fps"])
+
+
+def _make_video(job: tuple[SynthConfig, str, int]) -> Row:
+    cfg, split, index = job
+    row = make_row(cfg, split, index)
+    encode_mp4(Path(cfg.out_dir) / row.video, render_story(story_from_row(row), cfg.size), cfg.fps)
+    return row
+
+
+def _config_record(cfg: SynthConfig) -> dict:
+    record = {"version": SYNTH_VERSION, **dataclasses.asdict(cfg)}
+    del record["workers"], record["out_dir"]  # neither changes the content
+    return record
+
+
+def generate_synth(cfg: SynthConfig, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write out_dir/videos/*.mp4, out_dir/{train,test}.jsonl and out_dir/synth_config.json.
+
+    Same config -> byte-identical jsonl and identical decoded frames, whatever `workers` is.
+    If out_dir already holds a complete dataset of the same config, it is reused unless `overwrite`.
+    """
+    cfg.validate()
+    out = Path(cfg.out_dir)
+    train_path, test_path, config_path = out / "train.jsonl", out / "test.jsonl", out / "synth_config.json"
+    record = _config_record(cfg)
+    if not overwrite and _is_complete(out, record):
+        return train_path, test_path
+
+    config_path.unlink(missing_ok=True)  # written last: its presence marks a finished dataset
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    jobs = [(cfg, "train", i) for i in range(cfg.num_train)] + [(cfg, "test", i) for i in range(cfg.num_test)]
+    workers = min(cfg.workers or os.cpu_count() or 1, max(1, len(jobs)))
+    if workers == 1:
+        rows = [_make_video(job) for job in jobs]
+    else:
+        # fork: workers need only numpy and PyAV, and fork neither re-imports __main__ nor pays imports.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(workers) as pool:
+            rows = pool.map(_make_video, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+
+    save_rows(rows[: cfg.num_train], train_path)
+    save_rows(rows[cfg.num_train :], test_path)
+    config_path.write_text(json.dumps(record, indent=2) + "\n")
+    return train_path, test_path
+
+
+def _is_complete(out: Path, record: dict) -> bool:
+    config_path = out / "synth_config.json"
+    if not (config_path.is_file() and (out / "train.jsonl").is_file() and (out / "test.jsonl").is_file()):
+        return False
+    try:
+        if json.loads(config_path.read_text()) != record:
+            return False
+    except json.JSONDecodeError:
+        return False
+    names = [f"{split}-{i:05d}.mp4" for split, n in (("train", record["num_train"]), ("test", record["num_test"]))
+             for i in range(n)]
+    return all((out / "videos" / name).is_file() for name in names)
