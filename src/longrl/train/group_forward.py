@@ -1,0 +1,206 @@
+"""Group forward: one prompt prefix and its n responses in one packed sequence.
+
+Layout ``[prefix | r1 | r2 | ... | rn]`` (batch 1). Response i attends to the whole prefix and to
+its own causal past, never to another response; its M-RoPE positions continue from the end of the
+prefix (every response starts at ``prompt.next_position``). So each response sees exactly what it
+would see as the separate sequence ``[prefix | ri]``, while the prefix (the long video) runs
+through the decoder once instead of n times.
+
+Attention backends (:class:`GroupAttention`):
+
+* ``"dense"``: SDPA with a boolean [T, T] mask. Works everywhere, costs (P + nR)^2; used on CPU
+  (flex_attention has no CPU backward) and in tests.
+* ``"flex"``: ``flex_attention`` (compiled, Triton) with a block mask built directly from the
+  layout, so fully masked 128x128 blocks are skipped: cost about P^2/2 + n*R*P + n*R^2/2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from longrl.models.attention import AttentionLayout
+from longrl.models.qwen2_5_vl import Prompt, decoder_forward, prompt_embeds
+
+Backend = Literal["auto", "dense", "flex"]
+FLEX_BLOCK = 128
+
+
+@dataclass
+class GroupPacking:
+    """Where each piece of ``[prefix | r1 | ... | rn]`` lies in the packed sequence."""
+
+    prefix_len: int
+    response_lens: list[int]
+
+    @property
+    def total_len(self) -> int:
+        return self.prefix_len + sum(self.response_lens)
+
+    @cached_property
+    def response_starts(self) -> list[int]:
+        starts, at = [], self.prefix_len
+        for n in self.response_lens:
+            starts.append(at)
+            at += n
+        return starts
+
+    def segment_ids(self, device: torch.device | str = "cpu", pad_to: int | None = None) -> torch.Tensor:
+        """int32 [T]: 0 for prefix tokens, i+1 for tokens of response i, -1 for padding."""
+        seg = torch.zeros(pad_to or self.total_len, dtype=torch.int32, device=device)
+        seg[self.total_len:] = -1
+        for i, (start, n) in enumerate(zip(self.response_starts, self.response_lens)):
+            seg[start:start + n] = i + 1
+        return seg
+
+    def predictor_index(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """long [sum R_i]: packed position whose hidden state predicts each response token.
+
+        Token 0 of every response is predicted by the last prefix position; token t > 0 by the
+        response's own token t - 1."""
+        parts = []
+        for start, n in zip(self.response_starts, self.response_lens):
+            parts.append(torch.tensor([self.prefix_len - 1]))
+            parts.append(torch.arange(start, start + n - 1))
+        return torch.cat(parts).to(device)
+
+    def dense_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """bool [T, T], True where query (row) may attend to key (column)."""
+        seg = self.segment_ids(device)
+        pos = torch.arange(self.total_len, device=device)
+        causal = pos[None, :] <= pos[:, None]
+        visible = (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
+        return causal & visible
+
+
+def group_mask_mod(seg: torch.Tensor):
+    """flex_attention mask_mod of the group layout over segment ids ``seg`` (see GroupPacking)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        kv_seg = seg[kv_idx]
+        return (kv_idx <= q_idx) & (kv_seg >= 0) & ((kv_seg == 0) | (kv_seg == seg[q_idx]))
+
+    return mask_mod
+
+
+def group_block_counts(packing: GroupPacking, block: int = FLEX_BLOCK, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (query block, key block): how many (q, kv) pairs the layout allows, and how many exist.
+
+    Row q of segment s may see keys [0, min(P, q+1)) and, if s > 0, [start_s, q+1): two intervals,
+    so counts come from interval overlaps in O(T * blocks) without a [T, T] mask."""
+    T, P = packing.total_len, packing.prefix_len
+    nb = -(-T // block)
+    q = torch.arange(T, device=device)
+    seg = packing.segment_ids(device).long()
+    starts = torch.tensor([P] + packing.response_starts, device=device)[seg]  # own segment start
+    k0 = torch.arange(nb, device=device) * block
+    k1 = (k0 + block).clamp(max=T)
+
+    def overlap(lo, hi):  # [T] interval [lo, hi) vs every key block -> [T, nb]
+        return (torch.minimum(hi[:, None], k1[None]) - torch.maximum(lo[:, None], k0[None])).clamp(min=0)
+
+    prefix_hi = torch.minimum(q + 1, torch.full_like(q, P))
+    own_lo = torch.where(seg > 0, starts, q + 1)  # prefix rows: the first interval covers it all
+    allowed = overlap(torch.zeros_like(q), prefix_hi) + overlap(own_lo, q + 1)
+    pad = nb * block - T
+    allowed = F.pad(allowed, (0, 0, 0, pad)).view(nb, block, nb).sum(1)
+    size = k1 - k0  # the last block may be short, as query rows and as keys
+    total = size[:, None] * size[None, :]
+    return allowed, total
+
+
+def group_block_mask(packing: GroupPacking, device, block: int = FLEX_BLOCK):
+    """flex_attention BlockMask: fully visible blocks skip mask_mod, fully masked ones are skipped."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    allowed, total = group_block_counts(packing, block, device)
+    full = allowed == total
+    partial = (allowed > 0) & ~full
+
+    def to_indices(sel: torch.Tensor):
+        num = sel.sum(-1, dtype=torch.int32)
+        # stable sort puts selected block columns first, in ascending order
+        idx = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return num[None, None], idx[None, None]
+
+    kv_num, kv_idx = to_indices(partial)
+    full_num, full_idx = to_indices(full)
+    seg = packing.segment_ids(device)
+    T = packing.total_len
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx,
+        BLOCK_SIZE=block, mask_mod=group_mask_mod(seg), seq_lengths=(T, T),
+    )
+
+
+_compiled_flex = None
+
+
+def _flex_attention():
+    global _compiled_flex
+    if _compiled_flex is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+@dataclass
+class GroupAttention(AttentionLayout):
+    """The group layout as an :class:`AttentionLayout`; the mask is built once, shared by layers."""
+
+    packing: GroupPacking
+    backend: Backend = "auto"
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def resolved_backend(self, device: torch.device) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "flex" if device.type == "cuda" else "dense"
+
+    def attend(self, module, query, key, value, scaling):
+        backend = self.resolved_backend(query.device)
+        if backend == "flex":
+            if "block_mask" not in self._cache:
+                self._cache["block_mask"] = group_block_mask(self.packing, query.device)
+            out = _flex_attention()(query, key, value, block_mask=self._cache["block_mask"], scale=scaling,
+                                    enable_gqa=query.shape[1] != key.shape[1])
+        elif backend == "dense":
+            if "dense" not in self._cache:
+                self._cache["dense"] = self.packing.dense_mask(query.device)
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=self._cache["dense"], scale=scaling,
+                                                 enable_gqa=query.shape[1] != key.shape[1])
+        else:
+            raise ValueError(f"unknown group attention backend {backend!r}; use 'auto', 'dense' or 'flex'")
+        return out.transpose(1, 2).contiguous()
+
+
+def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vision: bool = False):
+    """Input embeddings [1, T, H], M-RoPE positions [3, 1, T] and packing of ``[prefix | r1 | ... | rn]``.
+
+    With ``train_vision`` the vision tower re-encodes the video once, with gradients, for the
+    whole group."""
+    if not responses:
+        raise ValueError("pack_group needs at least one response")
+    for i, r in enumerate(responses):
+        if r.ndim != 1 or r.numel() == 0:
+            raise ValueError(f"response {i} must be a non-empty 1-D tensor of token ids, got shape {tuple(r.shape)}")
+    device = prompt.input_ids.device
+    prefix = prompt_embeds(model, prompt, grad_through_vision=train_vision)
+    tokens = torch.cat([r.to(device) for r in responses])
+    embeds = torch.cat([prefix, model.get_input_embeddings()(tokens)])
+    positions = torch.cat([prompt.position_ids] + [prompt.response_positions(r.numel()) for r in responses], dim=1)
+    packing = GroupPacking(len(prompt), [int(r.numel()) for r in responses])
+    return embeds[None], positions[:, None], packing
+
+
+def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vision: bool = False,
+                 backend: Backend = "auto") -> tuple[torch.Tensor, GroupPacking]:
+    """Final hidden states [T, H] of the packed group, and its packing."""
+    embeds, positions, packing = pack_group(model, prompt, responses, train_vision=train_vision)
+    hidden = decoder_forward(model, embeds, positions, attention=GroupAttention(packing, backend))
+    return hidden[0], packing

@@ -1,0 +1,112 @@
+"""Response log-probs without a [tokens, vocab] tensor.
+
+Only the hidden states that predict response tokens go through the LM head, ``chunk_tokens`` at
+a time, with an fp32 log-softmax. Under autograd each chunk is checkpointed: the backward pass
+recomputes that chunk's logits instead of keeping them, so peak memory is one chunk of
+[chunk_tokens, vocab] fp32 whatever the prefix length or the number of responses.
+
+The log-prob of response token t is ``log_softmax(lm_head(h_{t-1}) / temperature)[token_t]``,
+where ``h_{t-1}`` is the hidden state before it (the last prefix position for t = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from longrl.models.qwen2_5_vl import Prompt, decoder_forward, lm_head, prompt_embeds
+from longrl.train.group_forward import Backend, group_hidden
+
+
+@dataclass
+class GroupLogprobs:
+    logprobs: list[torch.Tensor]  # n tensors [R_i], fp32
+    entropy: list[torch.Tensor] | None  # n tensors [R_i], fp32, of the temperature-scaled policy
+
+
+def _chunk_logprobs(hidden, targets, weight, bias, temperature: float, with_entropy: bool):
+    logits = F.linear(hidden, weight, bias).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
+    if not with_entropy:
+        return logp, None
+    probs = torch.softmax(logits, dim=-1)
+    entropy = lse - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def token_logprobs(
+    head: torch.nn.Linear,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk_tokens: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fp32 log-probs [N] (and entropies [N]) of ``targets [N]`` under ``head(hidden [N, H])``."""
+    if chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    logps, ents = [], []
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        args = (hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens], head.weight, head.bias,
+                temperature, with_entropy)
+        logp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False) if grad else _chunk_logprobs(*args)
+        logps.append(logp)
+        ents.append(ent)
+    logp = torch.cat(logps)
+    return logp, (torch.cat(ents) if with_entropy else None)
+
+
+def group_logprobs(
+    model,
+    prompt: Prompt,
+    responses: list[torch.Tensor],
+    *,
+    temperature: float = 1.0,
+    train_vision: bool = False,
+    with_entropy: bool = False,
+    chunk_tokens: int = 1024,
+    backend: Backend = "auto",
+) -> GroupLogprobs:
+    """Log-probs of n ragged ``responses`` ([R_i] token ids) after ``prompt``, by one group forward:
+    the prefix runs once and the responses are packed after it (see ``group_forward``).
+    Differentiable; call under ``torch.no_grad()`` for old-policy / reference log-probs."""
+    hidden, packing = group_hidden(model, prompt, responses, train_vision=train_vision, backend=backend)
+    predictors = hidden.index_select(0, packing.predictor_index(hidden.device))
+    targets = torch.cat([r.to(hidden.device) for r in responses])
+    logp, ent = token_logprobs(lm_head(model), predictors, targets, temperature=temperature,
+                               with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+    sizes = packing.response_lens
+    return GroupLogprobs(list(logp.split(sizes)), list(ent.split(sizes)) if ent is not None else None)
+
+
+def sequence_logprobs(
+    model,
+    prompt: Prompt,
+    response: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    train_vision: bool = False,
+    with_entropy: bool = False,
+    chunk_tokens: int = 1024,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Reference: log-probs [R] of one ``response`` from the plain causal sequence [prompt | response]
+    (the prefix is recomputed for every response). Returns (logp, entropy) when ``with_entropy``."""
+    device = prompt.input_ids.device
+    response = response.to(device)
+    embeds = torch.cat([prompt_embeds(model, prompt, grad_through_vision=train_vision),
+                        model.get_input_embeddings()(response)])
+    positions = torch.cat([prompt.position_ids, prompt.response_positions(response.numel())], dim=1)
+    hidden = decoder_forward(model, embeds[None], positions[:, None])[0]
+    P = len(prompt)
+    predictors = hidden[P - 1:P - 1 + response.numel()]
+    logp, ent = token_logprobs(lm_head(model), predictors, response, temperature=temperature,
+                               with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+    return (logp, ent) if with_entropy else logp
