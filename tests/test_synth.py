@@ -9,6 +9,7 @@ import pytest
 from longrl.data.rows import LETTERS, load_rows
 from longrl.data.synth import (
     CATEGORIES,
+    FLOOR_SHADES,
     PALETTE,
     QUADRANTS,
     SceneState,
@@ -47,10 +48,11 @@ def test_render_frame_pixels_by_hand():
     frame = render_frame(SceneState(20, ("red", None, None, "cyan")), 56)
     assert frame.shape == (56, 56, 3) and frame.dtype == np.uint8
     assert tuple(frame[5, 5]) == PALETTE["red"] and tuple(frame[21, 21]) == PALETTE["red"]
+    # Floors: background level plus each room's shade (0, 30, 60, 90 in reading order).
     assert tuple(frame[4, 5]) == (20, 20, 20) and tuple(frame[22, 21]) == (20, 20, 20)
     assert tuple(frame[33, 33]) == PALETTE["cyan"] and tuple(frame[49, 49]) == PALETTE["cyan"]
-    assert tuple(frame[50, 49]) == (20, 20, 20)
-    assert (frame[:28, 28:] == 20).all() and (frame[28:, :28] == 20).all()  # empty quadrants
+    assert tuple(frame[50, 49]) == (110, 110, 110)
+    assert (frame[:28, 28:] == 50).all() and (frame[28:, :28] == 80).all()  # empty quadrants
     assert (frame == np.array(PALETTE["red"], np.uint8)).all(-1).sum() == 17 * 17
     assert quadrant_center("bottom-left", 56) == (42, 14)
 
@@ -103,7 +105,8 @@ def test_decoded_frames_show_each_event(tiny):
         story = story_from_row(row)
         video = decode_video(row.video, num_frames=TINY["frames"])
         assert video.frames.shape == (16, 56, 56, 3) and video.duration == 4.0
-        bg = story.background
+        def floor(quadrant: str) -> tuple[int, int, int]:
+            return (story.background + FLOOR_SHADES[QUADRANTS.index(quadrant)],) * 3
 
         def color_at(k: int, quadrant: str) -> np.ndarray:
             y, x = quadrant_center(quadrant, 56)
@@ -118,14 +121,14 @@ def test_decoded_frames_show_each_event(tiny):
         for e in story.events:
             assert video.timestamps[e.frame] == e.time
             if e.kind == "enter":
-                assert_shows(e.frame - 1, e.quadrant, (bg,) * 3)
+                assert_shows(e.frame - 1, e.quadrant, floor(e.quadrant))
                 assert_shows(e.frame, e.quadrant, PALETTE[e.color])
             elif e.kind == "leave":
                 assert_shows(e.frame - 1, e.quadrant, PALETTE[e.color])
-                assert_shows(e.frame, e.quadrant, (bg,) * 3)
+                assert_shows(e.frame, e.quadrant, floor(e.quadrant))
             else:  # move: the object is gone from its source and stands in the vacated quadrant
                 assert_shows(e.frame - 1, e.source, PALETTE[e.color])
-                assert_shows(e.frame, e.source, (bg,) * 3)
+                assert_shows(e.frame, e.source, floor(e.source))
                 assert_shows(e.frame, e.quadrant, PALETTE[e.color])
     assert worst <= 24
 
@@ -152,7 +155,7 @@ def test_files_config_and_reuse(tiny, tmp_path):
     assert sorted(p.name for p in (out / "videos").iterdir()) == (
         [f"test-{i:05d}.mp4" for i in range(4)] + [f"train-{i:05d}.mp4" for i in range(8)])
     config = json.loads((out / "synth_config.json").read_text())
-    assert config == {"version": 1, **TINY, "min_gap": 0.125}
+    assert config == {"version": 2, **TINY, "min_gap": 0.125}
     train_rows, test_rows = load_rows(train), load_rows(test)
     assert [r.id for r in test_rows] == [f"synth-test-{i:05d}" for i in range(4)]
     assert all(r.video == str(out / "videos" / f"train-{i:05d}.mp4") for i, r in enumerate(train_rows))

@@ -36,7 +36,7 @@ import numpy as np
 
 from longrl.data.rows import LETTERS, Row, save_rows
 
-SYNTH_VERSION = 1  # bump when the generated content changes, so cached datasets are rebuilt
+SYNTH_VERSION = 2  # bump when the generated content changes, so cached datasets are rebuilt
 
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -55,6 +55,9 @@ NUM_OBJECTS = 4
 NUM_EVENTS = NUM_OBJECTS + 2  # 4 arrivals, 1 departure, 1 move
 OBJECT_FRACTION = 0.6  # object side / quadrant side
 BACKGROUND_RANGE = (10, 45)  # dark gray level, drawn per video
+# Each quadrant is a room with its own floor shade, added to the video's background level: where a
+# thing is shows in what a video token sees (Qwen's vision tower has no absolute positions).
+FLOOR_SHADES = (0, 30, 60, 90)
 MIN_FRAMES_PER_GAP = 2  # >= 2 frames per state, so frame-pair (temporal patch) sampling still sees it
 
 
@@ -244,9 +247,13 @@ def make_question(story: Story, category: str, answer_index: int, rng: np.random
 
 
 def render_frame(state: SceneState, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: dark gray background, one centered square per occupied quadrant."""
-    frame = np.full((size, size, 3), state.background, dtype=np.uint8)
+    """uint8 [size, size, 3]: four rooms with floors of different gray shades, one centered square
+    per occupied quadrant."""
+    frame = np.empty((size, size, 3), dtype=np.uint8)
     half = size // 2
+    for q, shade in enumerate(FLOOR_SHADES):
+        top, left = (q // 2) * half, (q % 2) * half
+        frame[top : top + half, left : left + half] = state.background + shade
     side = round(OBJECT_FRACTION * half)
     pad = (half - side) // 2
     for q, color in enumerate(state.cells):
