@@ -1,0 +1,101 @@
+"""Batch reward scoring: every configured function over every sample, failures isolated."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from longrl.rewards.config import RewardConfig
+from longrl.rewards.registry import RewardFn, RewardInput, RewardResult, resolve_reward
+
+logger = logging.getLogger("longrl.rewards")
+
+
+class RewardModel:
+    """Scores responses: score = sum over functions of weight * function score.
+
+    A function that raises (or returns something that is not a finite number or a dict with a
+    finite "score") on a sample is logged with the sample id and scored `fallback_score` there;
+    the other functions and samples are unaffected. Components are named "<function>" (its score)
+    and "<function>/<component>" for the parts a dict result gives.
+    """
+
+    def __init__(self, functions: list[tuple[str, RewardFn, float]], fallback_score: float = 0.0):
+        self.functions = functions
+        self.fallback_score = fallback_score
+        self._failures: dict[str, int] = {name: 0 for name, _, _ in functions}
+        self._lock = threading.Lock()  # failure counts are bumped from judge threads
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.functions]
+
+    def __call__(self, inputs: list[RewardInput]) -> list[RewardResult]:
+        results = [RewardResult(score=0.0) for _ in inputs]
+        for name, fn, weight in self.functions:
+            concurrency = int(getattr(fn, "max_concurrency", 1) or 1)
+            if concurrency > 1 and len(inputs) > 1:
+                with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"reward-{name}") as pool:
+                    scored = list(pool.map(lambda sample: self._score_one(name, fn, sample), inputs))
+            else:
+                scored = [self._score_one(name, fn, sample) for sample in inputs]
+            for result, (score, components, error) in zip(results, scored):
+                result.score += weight * score
+                result.components.update(components)
+                if error is not None:
+                    result.error = error if result.error is None else f"{result.error}; {error}"
+        return results
+
+    def _score_one(self, name: str, fn: RewardFn, sample: RewardInput) -> tuple[float, dict[str, float], str | None]:
+        try:
+            score, parts = _check_output(fn(sample))
+        except Exception as error:  # noqa: BLE001 - one bad sample must never end the run
+            with self._lock:
+                self._failures[name] += 1
+                count = self._failures[name]
+            first = count == 1
+            logger.warning("reward %r failed on sample %s: %s: %s; scored %s (fallback)%s", name,
+                           sample.sample_id, type(error).__name__, error, self.fallback_score,
+                           "" if first else f" [{count} failures so far]", exc_info=first)
+            return self.fallback_score, {name: self.fallback_score}, f"{name}: {type(error).__name__}: {error}"
+        components = {name: score, **{f"{name}/{key}": value for key, value in parts.items()}}
+        return score, components, None
+
+
+def _check_output(output) -> tuple[float, dict[str, float]]:
+    if isinstance(output, dict):
+        if "score" not in output:
+            raise ValueError(f"a reward dict must hold the total under 'score'; got keys {sorted(output)}")
+        parts = {key: _finite(value, key) for key, value in output.items() if key != "score"}
+        return _finite(output["score"], "score"), parts
+    return _finite(output, "score"), {}
+
+
+def _finite(value, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"reward {what} must be a number; got {type(value).__name__} {value!r:.80}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"reward {what} is {number}")
+    return number
+
+
+def build_reward(cfg: RewardConfig) -> RewardModel:
+    """Resolves every function of `cfg` (bad names, files or settings fail here, not mid-run)."""
+    functions = []
+    for spec, weight in zip(cfg.functions, cfg.function_weights()):
+        fn = resolve_reward(spec, cfg)
+        functions.append((_component_name(spec, [name for name, _, _ in functions]), fn, weight))
+    return RewardModel(functions, fallback_score=cfg.fallback_score)
+
+
+def _component_name(spec: str, taken: list[str]) -> str:
+    """"dir/file.py:my_reward" logs as "my_reward"; a repeated name gets a suffix."""
+    name = spec.rpartition(":")[2] or spec
+    candidate, i = name, 2
+    while candidate in taken:
+        candidate, i = f"{name}_{i}", i + 1
+    return candidate
