@@ -48,9 +48,9 @@ def test_batch_filler_rejects_mismatched_rewards():
 def test_overlong_penalty():
     lengths = [50, 80, 90, 100, 120]
     torch.testing.assert_close(overlong_penalty(lengths, max_len=100, buffer=20, penalty=1.0),
-                               torch.tensor([0.0, 0.0, -0.5, -1.0, -1.0]))
+                               torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
     torch.testing.assert_close(overlong_penalty(torch.tensor(lengths), max_len=100, buffer=20, penalty=0.5),
-                               torch.tensor([0.0, 0.0, -0.25, -0.5, -0.5]))
+                               torch.tensor([0.0, 0.0, 0.25, 0.5, 0.5]))
     torch.testing.assert_close(overlong_penalty(lengths, max_len=100, buffer=0), torch.zeros(5))
     with pytest.raises(ValueError, match="overlong_buffer=4096"):
         overlong_penalty(lengths, max_len=128, buffer=4096)

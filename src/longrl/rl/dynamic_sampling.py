@@ -93,10 +93,10 @@ class BatchFiller:
 
 
 def overlong_penalty(lengths: Tensor | Sequence[int], max_len: int, buffer: int, penalty: float = 1.0) -> Tensor:
-    """DAPO soft overlong punishment, added to the reward: float [B], each in [-penalty, 0].
+    """DAPO soft overlong punishment as a penalty to SUBTRACT from the reward: float [B] in [0, penalty].
 
-    0 up to max_len - buffer tokens, then falling linearly to -penalty at max_len, and -penalty
-    beyond. buffer = 0 turns it off (all zeros).
+    0 up to max_len - buffer tokens, then rising linearly to `penalty` at max_len, and `penalty`
+    beyond (DAPO's R_length is minus this). buffer = 0 turns it off (all zeros).
     """
     lengths = torch.as_tensor(lengths, dtype=torch.float32)
     if buffer == 0:
@@ -105,4 +105,4 @@ def overlong_penalty(lengths: Tensor | Sequence[int], max_len: int, buffer: int,
         raise ValueError(f"algorithm.overlong_buffer={buffer} must be below the maximum response length "
                          f"{max_len} (DAPO uses 20% of it: try {max(1, max_len // 5)}), or 0 to turn it off")
     start = max_len - buffer
-    return (-(lengths - start).clamp(min=0) / buffer).clamp(min=-1.0) * penalty
+    return ((lengths - start).clamp(min=0) / buffer).clamp(max=1.0) * penalty
