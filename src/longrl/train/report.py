@@ -1,0 +1,199 @@
+"""`longrl report RUN_DIR`: PNG plots of a run's main curves and an HTML page that shows them.
+
+Reads ``metrics.jsonl`` (and the run's config) and writes ``RUN_DIR/report/index.html`` beside
+one PNG per curve. Works on a finished run or one still training.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from longrl.train.metrics import RUN_INFO_FILE, read_metrics
+
+
+@dataclass
+class Plot:
+    name: str  # file stem
+    title: str
+    pick: Callable[[list[str]], list[str]]  # all metric keys -> the keys to draw
+    log_y: bool = False
+
+
+def _named(*names: str) -> Callable[[list[str]], list[str]]:
+    """Keys equal to one of ``names`` or ending in ``/name`` (``sft/loss`` counts as ``loss``)."""
+    def pick(keys: list[str]) -> list[str]:
+        return [k for k in keys if any(k == n or k.endswith("/" + n) for n in names)]
+    return pick
+
+
+def _prefixed(prefix: str, first: str | None = None, exclude: tuple[str, ...] = ()) -> Callable[[list[str]], list[str]]:
+    def pick(keys: list[str]) -> list[str]:
+        chosen = sorted(k for k in keys if k.startswith(prefix) and k not in exclude)
+        if first in chosen:
+            chosen.remove(first)
+            chosen.insert(0, first)
+        return chosen
+    return pick
+
+
+PLOTS = [
+    Plot("reward", "Reward (mean and per component)", _prefixed("reward/", first="reward/mean")),
+    Plot("accuracy", "Accuracy", _named("accuracy")),
+    Plot("response_length", "Response length (tokens)", _named("response_length/mean", "response_length/max")),
+    Plot("response_clipped", "Responses clipped at max length (fraction)", _named("response_length/clip_frac")),
+    Plot("loss", "Loss", _named("loss")),
+    Plot("kl", "KL to reference", _named("kl")),
+    Plot("entropy", "Entropy", _named("entropy")),
+    Plot("clip_frac", "Policy ratio clip fraction", _named("clip_frac")),
+    Plot("grad_norm", "Gradient norm (before clipping)", _named("grad_norm"), log_y=True),
+    Plot("lr", "Learning rate", _named("lr")),
+    Plot("tokens_per_s", "Throughput (tokens/s)", _named("tokens_per_s")),
+    Plot("phase_times", "Time per phase (s)", _prefixed("time/")),
+    Plot("memory", "Peak GPU memory (GiB)", _named("memory/peak_gb")),
+]
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for row in rows:
+        value = row.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            steps.append(row["step"])
+            values.append(float(value))
+    return steps, values
+
+
+def _ema(values: list[float], span: int) -> list[float]:
+    alpha = 2 / (span + 1)
+    out, acc = [], values[0]
+    for v in values:
+        acc = alpha * v + (1 - alpha) * acc
+        out.append(acc)
+    return out
+
+
+def _draw(plot: Plot, rows: list[dict], keys: list[str], out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = [(key, *_series(rows, key)) for key in keys]
+    drawn = [d for d in drawn if d[1]]
+    if not drawn:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
+    for i, (key, steps, values) in enumerate(drawn):
+        color = f"C{i % 10}"
+        if len(values) > 30:  # noisy curves: faint raw values, a smoothed line on top
+            ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(steps, _ema(values, max(5, len(values) // 20)), color=color, linewidth=1.6, label=key)
+        else:
+            ax.plot(steps, values, color=color, linewidth=1.4, marker="o" if len(values) < 15 else None,
+                    markersize=3, label=key)
+    if plot.log_y and all(v > 0 for _, _, vals in drawn for v in vals):
+        ax.set_yscale("log")
+    ax.set_title(plot.title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if len(drawn) > 1 or drawn[0][0] != plot.name:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return True
+
+
+def _load_config(run_dir: Path) -> str:
+    for name in ("config.yaml", "config.yml", "config.json"):
+        path = run_dir / name
+        if path.is_file():
+            return path.read_text()
+    info = run_dir / RUN_INFO_FILE
+    if info.is_file():
+        config = json.loads(info.read_text()).get("config")
+        if config:
+            return json.dumps(config, indent=2)
+    return "(no config file found in the run directory)"
+
+
+def _final_metrics(rows: list[dict]) -> list[tuple[str, float, float]]:
+    """(key, last value, mean over the last 10% of logged steps) for every numeric metric."""
+    keys = sorted({k for row in rows for k in row if k not in ("step", "time")})
+    tail = rows[-max(1, len(rows) // 10):]
+    out = []
+    for key in keys:
+        _, values = _series(rows, key)
+        _, tail_values = _series(tail, key)
+        if values:
+            out.append((key, values[-1], sum(tail_values) / len(tail_values) if tail_values else values[-1]))
+    return out
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report/index.html`` and its PNGs; returns the HTML path."""
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise FileNotFoundError(
+            f"{run_dir} has no metrics.jsonl rows; point `longrl report` at a run directory (trainer.out_dir)"
+        )
+    out_dir = run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keys = sorted({k for row in rows for k in row if k not in ("step", "time")})
+    images = []
+    for plot in PLOTS:
+        png = out_dir / f"{plot.name}.png"
+        if _draw(plot, rows, plot.pick(keys), png):
+            images.append((plot.title, png.name))
+        elif png.exists():
+            png.unlink()  # a stale plot from an older report
+
+    info = {}
+    if (run_dir / RUN_INFO_FILE).is_file():
+        info = json.loads((run_dir / RUN_INFO_FILE).read_text())
+    last_step = rows[-1]["step"]
+    total = info.get("total_steps")
+    progress = f"{last_step} / {total}" if total else str(last_step)
+    table = "\n".join(
+        f"<tr><td>{html.escape(k)}</td><td>{last:.6g}</td><td>{mean:.6g}</td></tr>"
+        for k, last, mean in _final_metrics(rows)
+    )
+    figures = "\n".join(
+        f'<figure><img src="{html.escape(name)}" alt="{html.escape(title)}"><figcaption>{html.escape(title)}'
+        "</figcaption></figure>"
+        for title, name in images
+    )
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>longrl report: {html.escape(run_dir.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
+td:nth-child(n+2) {{ font-family: monospace; text-align: right; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+figure {{ margin: 0; }} img {{ max-width: 640px; width: 100%; }}
+pre {{ background: #f6f6f6; padding: 1em; overflow: auto; max-height: 40em; }}
+</style></head><body>
+<h1>longrl run: {html.escape(run_dir.name)}</h1>
+<p>{html.escape(str(info.get("desc", "")))} &middot; steps logged: {html.escape(progress)} &middot;
+directory: <code>{html.escape(str(run_dir.resolve()))}</code></p>
+<h2>Final metrics</h2>
+<table><tr><th>metric</th><th>last</th><th>mean of last 10%</th></tr>
+{table}
+</table>
+<h2>Curves</h2>
+<div class="plots">
+{figures}
+</div>
+<h2>Config</h2>
+<pre>{html.escape(_load_config(run_dir))}</pre>
+</body></html>
+"""
+    index = out_dir / "index.html"
+    index.write_text(page)
+    return index
