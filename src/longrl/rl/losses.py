@@ -165,7 +165,7 @@ def policy_loss(
     agg = dict(mode=cfg.loss_agg, normalizer=normalizer, token_sum_divisor=cfg.token_sum_divisor)
     pg_loss = aggregate(token_loss, mask, **agg)
     loss = pg_loss
-    metrics: dict[str, float] = {}
+    terms: dict[str, Tensor] = {"pg_loss": pg_loss}
 
     if cfg.kl_coef > 0 and not cfg.kl_in_reward:
         if ref_logp is None:
@@ -173,29 +173,30 @@ def policy_loss(
                              "ref_logp (the reference model's log-probs), or set kl_coef=0")
         kl_loss = aggregate(kl_penalty(logp, ref_logp.detach(), cfg.kl_estimator), mask, **agg)
         loss = loss + cfg.kl_coef * kl_loss
-        metrics["kl_loss"] = kl_loss.item()
+        terms["kl_loss"] = kl_loss
     if cfg.entropy_coef > 0:
         if entropy is None:
             raise ValueError("algorithm.entropy_coef > 0 needs entropy [B, T] (entropy_from_logits of the "
                              "response logits), or set entropy_coef=0")
         entropy_term = aggregate(entropy, mask, **agg)
         loss = loss - cfg.entropy_coef * entropy_term
-        metrics["entropy"] = entropy_term.item()
+        terms["entropy"] = entropy_term
+    terms["loss"] = loss
 
     with torch.no_grad():
         count = valid.sum().clamp(min=1)
 
-        def token_fraction(flags: Tensor) -> float:
-            return ((flags & valid).sum() / count).item()
+        def token_mean(values: Tensor) -> Tensor:
+            return torch.where(valid, values.to(logp.dtype), 0.0).sum() / count
 
-        token_log_ratio = torch.where(valid, logp - old_logp, torch.zeros_like(logp)).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-        metrics.update(
-            clip_frac_low=token_fraction((adv < 0) & (ratio < low)),
-            clip_frac_high=token_fraction((adv > 0) & (ratio > high)),
-            dual_clip_frac=token_fraction(dual_active),
-            approx_kl=(torch.where(valid, token_log_ratio.exp() - 1 - token_log_ratio, 0.0).sum() / count).item(),
-            ratio_mean=(torch.where(valid, ratio, 0.0).sum() / count).item(),
-            pg_loss=pg_loss.item(),
-            loss=loss.item(),
+        token_log_ratio = torch.where(valid, logp - old_logp, 0.0).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+        terms.update(
+            clip_frac_low=token_mean((adv < 0) & (ratio < low)),
+            clip_frac_high=token_mean((adv > 0) & (ratio > high)),
+            dual_clip_frac=token_mean(dual_active),
+            approx_kl=token_mean(token_log_ratio.exp() - 1 - token_log_ratio),
+            ratio_mean=token_mean(ratio),
         )
-    return loss, metrics
+        # one device-to-host copy for all metrics
+        values = torch.stack([t.detach().float() for t in terms.values()]).tolist()
+    return loss, dict(zip(terms, values))
