@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -439,7 +440,7 @@ class Checkpointer:
             if reason is None:
                 try:
                     extra = self.load(path, model=model, optimizer=optimizer, scheduler=scheduler)
-                except Exception as exc:  # noqa: BLE001  -- any failure means: try the older one
+                except (Exception, CheckpointException) as exc:  # noqa: BLE001  -- any failure: try the older one
                     reason = f"failed to load ({type(exc).__name__}: {exc})"
                 else:
                     log.info("resumed from %s (step %d)", path, step)
