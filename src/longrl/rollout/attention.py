@@ -1,0 +1,141 @@
+"""Attention for rollout: chunked prefill, and the cascade decode over one shared prefix.
+
+Cascade decode (design note 1): the prefix KV ``[Hkv, P, D]`` of a prompt is stored once. At a
+decode step its n samples' queries ``[n, Hq, D]`` are folded, with the GQA group, into the rows
+of one dense attention per KV head (``[Hkv, n*G, D]`` against ``[Hkv, P, D]``), which reads the
+prefix once for the whole group. Each sample then attends to its own short suffix KV, and the
+two partial results merge by their log-sum-exp.
+
+On CUDA the prefix part runs flash attention over KV splits (split-KV "flash decoding": the
+splits ride the head axis of the flash kernel so the whole GPU streams the prefix, then merge by
+LSE); elsewhere (CPU tests, fp32) a plain fp32 matmul softmax does the same arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+
+def attention_lse_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                       valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention with log-sum-exp: q [..., Lq, D], k/v [..., Lk, D] -> fp32
+    (out [..., Lq, D], lse [..., Lq]). ``valid`` (bool, broadcast to [..., Lq, Lk]) masks keys."""
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    if valid is not None:
+        scores = scores.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None])
+    return torch.matmul(probs, v.float()), lse
+
+
+def merge_partials(out: torch.Tensor, lse: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Combine attention partials over disjoint key sets stacked on ``dim`` of ``lse``
+    (``out`` has one more trailing axis). Returns fp32 (out, lse) with ``dim`` reduced."""
+    total = torch.logsumexp(lse, dim=dim, keepdim=True)
+    weight = torch.exp(lse - total)
+    merged = (out.float() * weight[..., None]).sum(dim=dim)
+    return merged, total.squeeze(dim)
+
+
+def _split_length(prefix_len: int, kv_heads: int, device: torch.device) -> int:
+    """KV split size for the flash prefix path: about two thread blocks per SM, >= 256 keys each."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    splits = max(1, (2 * sms) // kv_heads)
+    return max(256, math.ceil(prefix_len / splits / 128) * 128)
+
+
+def _flash_with_lse(q, k, v, scale):
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
+    return out, lse
+
+
+def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Folded queries ``q [Hkv, R, D]`` (R = samples x GQA group) over one prefix ``k/v [Hkv, P, D]``.
+    Returns (out [Hkv, R, D] fp32, lse [Hkv, R] fp32)."""
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
+        return attention_lse_math(q, k, v, scale)
+    hkv, rows, dim = q.shape
+    prefix_len = k.shape[1]
+    split = _split_length(prefix_len, hkv, q.device)
+    splits, tail = divmod(prefix_len, split)
+    outs, lses = [], []
+    if splits:
+        # [Hkv, P, D] viewed as [Hkv, splits, split, D]: the splits take the flash kernel's head axis.
+        ks = k[:, : splits * split].view(hkv, splits, split, dim)
+        vs = v[:, : splits * split].view(hkv, splits, split, dim)
+        qs = q[:, None].expand(hkv, splits, rows, dim).contiguous()
+        o, l = _flash_with_lse(qs, ks, vs, scale)  # [Hkv, splits, R, D], [Hkv, splits, R]
+        outs.append(o)
+        lses.append(l)
+    if tail:
+        o, l = _flash_with_lse(q[:, None], k[:, None, splits * split:], v[:, None, splits * split:], scale)
+        outs.append(o)
+        lses.append(l)
+    return merge_partials(torch.cat(outs, 1), torch.cat(lses, 1), dim=1)
+
+
+def fold_queries(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """[n, Hq, D] -> [Hkv, n*G, D]: the group's queries become rows of one attention per KV head."""
+    n, hq, dim = q.shape
+    return q.view(n, kv_heads, hq // kv_heads, dim).transpose(0, 1).reshape(kv_heads, -1, dim)
+
+
+def unfold_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`fold_queries` for [Hkv, n*G, ...] -> [n, Hq, ...]."""
+    hkv = x.shape[0]
+    rest = x.shape[2:]
+    return x.view(hkv, n, -1, *rest).transpose(0, 1).reshape(n, -1, *rest)
+
+
+def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: torch.Tensor, scale: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's own response KV: q [B, Hq, D], k/v [B, Hkv, W, D] with the first ``length``
+    (0-d tensor, >= 1) entries valid. Returns fp32 (out [B, Hq, D], lse [B, Hq])."""
+    b, hq, dim = q.shape
+    hkv, window = k.shape[1], k.shape[2]
+    qg = q.view(b, hkv, hq // hkv, dim)
+    valid = (torch.arange(window, device=q.device) < length).view(1, 1, 1, window)
+    out, lse = attention_lse_math(qg, k, v, scale, valid)
+    return out.reshape(b, hq, dim), lse.reshape(b, hq)
+
+
+def cascade_attention(q: torch.Tensor, prefixes: list[tuple[torch.Tensor, torch.Tensor]], n: int,
+                      suffix_k: torch.Tensor, suffix_v: torch.Tensor, length: torch.Tensor, scale: float
+                      ) -> torch.Tensor:
+    """Decode attention for rows grouped by prompt (prompt i owns rows [i*n, (i+1)*n)).
+
+    q [B, Hq, D]; ``prefixes[i]`` = (k, v) [Hkv, P_i, D]; suffix k/v [B, Hkv, W, D] with ``length``
+    valid entries. Returns [B, Hq, D] in q's dtype.
+    """
+    hkv = suffix_k.shape[1]
+    pre_out, pre_lse = [], []
+    for i, (pk, pv) in enumerate(prefixes):
+        qf = fold_queries(q[i * n:(i + 1) * n], hkv)
+        o, l = prefix_attention(qf, pk, pv, scale)
+        pre_out.append(unfold_rows(o, n))
+        pre_lse.append(unfold_rows(l, n))
+    suf_out, suf_lse = suffix_attention(q, suffix_k, suffix_v, length, scale)
+    out = torch.stack([torch.cat(pre_out), suf_out])
+    lse = torch.stack([torch.cat(pre_lse), suf_lse])
+    return merge_partials(out, lse, dim=0)[0].to(q.dtype)
+
+
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """A prefill chunk: q [1, Hq, c, D] are the last c positions of k/v [1, Hkv, e, D]; each query
+    sees every earlier key and the chunk causally (bottom-right aligned). Returns [1, Hq, c, D]."""
+    hq, c = q.shape[1], q.shape[2]
+    hkv, e = k.shape[1], k.shape[2]
+    if q.is_cuda:
+        # Flash attention serves the bottom-right causal bias with equal head counts: repeat the
+        # KV heads (transient, one layer) rather than fall back to a materialised [c, e] mask.
+        if hq != hkv:
+            k = k.repeat_interleave(hq // hkv, dim=1)
+            v = v.repeat_interleave(hq // hkv, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(c, e), scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(c, e), scale=scale,
+                                          enable_gqa=hq != hkv)

@@ -1,0 +1,219 @@
+"""``generate``: prefill each prompt once, decode its n samples over one shared prefix KV.
+
+A batch of prompts decodes in lock-step. Every buffer a decode step touches is static (suffix
+KV, the tokens fed and sampled, the step counter, finished flags), so on CUDA one step is
+captured as a CUDA graph and replayed: the host only launches replays and, every few steps,
+checks which samples have finished. When whole prompts have finished, the batch is compacted
+to the others (their prefix reads and rows stop costing anything); finished samples inside a
+live prompt ride along as extra rows of memory-bound matmuls, which is free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from longrl.rollout.attention import cascade_attention
+from longrl.rollout.config import RolloutConfig
+from longrl.rollout.decoder import TextDecoder, post_attention, pre_attention
+from longrl.rollout.prefill import PrefixKV, prefill
+from longrl.rollout.prompts import PromptEmbedder, check_prompts
+from longrl.rollout.sampling import Sample, SamplingParams, hashed_vocab, row_keys, sample_tokens
+
+
+class DecodeBatch:
+    """Static state of some prompts x n samples decoding together.
+
+    Prompt g owns rows [g*n, (g+1)*n). ``step`` (0-d) is the index, within the response, of the
+    token in ``current``: a decode step feeds it, writes its KV at suffix slot ``step`` and samples
+    response token ``step + 1``.
+    """
+
+    def __init__(self, dec: TextDecoder, params: SamplingParams, prompt_index: list[int],
+                 prefixes: list[PrefixKV], next_position: torch.Tensor, keys: torch.Tensor,
+                 stop_ids: torch.Tensor, suffix_capacity: int):
+        self.dec, self.params = dec, params
+        self.n = params.n
+        self.prompt_index = prompt_index
+        self.prefixes = prefixes
+        self.next_position = next_position  # [B] position of response token 0
+        self.keys = keys  # [B] sampling keys
+        self.stop_ids = stop_ids
+        rows, dev = len(prompt_index) * self.n, dec.device
+        self.tokens = torch.zeros(rows, params.max_new_tokens, dtype=torch.long, device=dev)
+        self.logprobs = torch.zeros(rows, params.max_new_tokens, dtype=torch.float32, device=dev)
+        self.current = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.step = torch.zeros((), dtype=torch.long, device=dev)
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=dev)
+        shape = (dec.num_layers, rows, dec.kv_heads, suffix_capacity, dec.head_dim)
+        self.suffix_k = torch.zeros(shape, dtype=dec.dtype, device=dev)
+        self.suffix_v = torch.zeros(shape, dtype=dec.dtype, device=dev)
+        self.vocab_hash = hashed_vocab(dec.vocab_size, dev)
+
+    @property
+    def rows(self) -> int:
+        return self.current.shape[0]
+
+    def _record(self, logits: torch.Tensor, index: torch.Tensor) -> None:
+        """Sample response token ``index`` (0-d) from ``logits [B, V]`` and make it current."""
+        tokens, logprobs = sample_tokens(logits, self.params, self.keys, index, self.vocab_hash)
+        self.tokens.index_copy_(1, index.view(1), tokens[:, None])
+        self.logprobs.index_copy_(1, index.view(1), logprobs[:, None])
+        self.current.copy_(tokens)
+        self.finished |= (tokens[:, None] == self.stop_ids[None, :]).any(-1)
+
+    def start(self, first_logits: torch.Tensor) -> None:
+        """Sample token 0 of every row from its prompt's prefill logits [prompts, V]."""
+        self._record(first_logits.repeat_interleave(self.n, dim=0), self.step)
+
+    def decode_step(self, window: int) -> None:
+        """One token for every row; the suffix attention reads the first ``window`` slots."""
+        dec, t, b = self.dec, self.step, self.rows
+        h = dec.embed(self.current)[:, None]  # [B, 1, H]
+        pos = (self.next_position + t).view(1, b, 1).expand(3, b, 1)
+        cos, sin = dec.rope(h, pos)
+        slot = t.view(1)
+        length = t + 1
+        for i, w in enumerate(dec.layers):
+            q, k, v = pre_attention(h, *w.attn, cos, sin, eps=dec.eps, num_heads=dec.num_heads,
+                                    kv_heads=dec.kv_heads)
+            sk, sv = self.suffix_k[i], self.suffix_v[i]
+            sk.index_copy_(2, slot, k)
+            sv.index_copy_(2, slot, v)
+            prefixes = [p.layer(i) for p in self.prefixes]
+            attn = cascade_attention(q[:, :, 0], prefixes, self.n, sk[:, :, :window], sv[:, :, :window],
+                                     length, dec.scale)
+            h = post_attention(h, attn.reshape(b, 1, -1), *w.mlp, eps=dec.eps, act=dec.act)
+        self._record(dec.logits(h[:, 0]), t + 1)
+        self.step += 1
+
+    def select(self, keep: list[int]) -> DecodeBatch:
+        """A new batch holding only prompt groups ``keep`` (indices into this batch's prompts)."""
+        rows = torch.tensor([g * self.n + j for g in keep for j in range(self.n)], device=self.current.device)
+        new = DecodeBatch.__new__(DecodeBatch)
+        new.dec, new.params, new.n = self.dec, self.params, self.n
+        new.prompt_index = [self.prompt_index[g] for g in keep]
+        new.prefixes = [self.prefixes[g] for g in keep]
+        new.stop_ids, new.vocab_hash = self.stop_ids, self.vocab_hash
+        for name in ("next_position", "keys", "tokens", "logprobs", "current", "finished"):
+            setattr(new, name, getattr(self, name).index_select(0, rows))
+        new.step = self.step.clone()
+        new.suffix_k = self.suffix_k.index_select(1, rows)
+        new.suffix_v = self.suffix_v.index_select(1, rows)
+        return new
+
+    def samples(self, group: int, steps_done: int) -> list[Sample]:
+        """The n finished samples of prompt group ``group``, cut at their first stop token."""
+        rows = slice(group * self.n, (group + 1) * self.n)
+        tokens = self.tokens[rows, :steps_done].tolist()
+        logprobs = self.logprobs[rows, :steps_done].tolist()
+        stops = set(self.stop_ids.tolist())
+        out = []
+        for toks, lps in zip(tokens, logprobs):
+            end = next((j + 1 for j, tok in enumerate(toks) if tok in stops), None)
+            if end is None:
+                out.append(Sample(toks, lps, "length"))
+            else:
+                out.append(Sample(toks[:end], lps[:end], "stop"))
+        return out
+
+
+class StepRunner:
+    """Runs decode steps eagerly, or through one CUDA graph per suffix window."""
+
+    def __init__(self, batch: DecodeBatch, use_graphs: bool):
+        self.batch = batch
+        self.use_graphs = use_graphs
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+
+    def __call__(self, window: int) -> None:
+        if not self.use_graphs:
+            self.batch.decode_step(window)
+            return
+        graph = self.graphs.get(window)
+        if graph is None:
+            # The first step at a new window runs eagerly (warming kernels, compiled code and
+            # cuBLAS); capture records the next one without running it.
+            self.batch.decode_step(window)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool):
+                self.batch.decode_step(window)
+            self.graphs[window] = graph
+            return
+        graph.replay()
+
+
+def suffix_window(length: int, capacity: int, smallest: int = 64) -> int:
+    """Suffix slots a step reads: the next power of two >= length (few graphs, little waste)."""
+    return min(capacity, max(smallest, 1 << math.ceil(math.log2(max(length, 1)))))
+
+
+def prompt_batches(lengths: list[int], max_prompts: int, max_tokens: int) -> list[list[int]]:
+    """Consecutive prompts grouped under a prompt count and a prefix-token budget (0 = none)."""
+    batches, cur, cur_tokens = [], [], 0
+    for i, length in enumerate(lengths):
+        if cur and (len(cur) >= max_prompts or (max_tokens and cur_tokens + length > max_tokens)):
+            batches.append(cur)
+            cur, cur_tokens = [], 0
+        cur.append(i)
+        cur_tokens += length
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _decode(dec: TextDecoder, batch: DecodeBatch, config: RolloutConfig, use_graphs: bool,
+            results: list) -> None:
+    steps = batch.params.max_new_tokens
+    capacity = batch.suffix_k.shape[3]
+    runner = StepRunner(batch, use_graphs)
+    done_at = 1  # tokens sampled so far
+    while True:
+        check = done_at >= steps or done_at % config.finish_check_interval == 0
+        if check:
+            finished = batch.finished.view(-1, batch.n).all(-1).tolist()
+            if done_at >= steps or all(finished):
+                for g, p in enumerate(batch.prompt_index):
+                    results[p] = batch.samples(g, done_at)
+                return
+            done = [g for g, f in enumerate(finished) if f]
+            if done and len(done) >= max(1, len(finished) // 4):
+                for g in done:
+                    results[batch.prompt_index[g]] = batch.samples(g, done_at)
+                batch = batch.select([g for g, f in enumerate(finished) if not f])
+                runner = StepRunner(batch, use_graphs)
+        runner(suffix_window(done_at, capacity))
+        done_at += 1
+
+
+def generate(model, prompts: list, params: SamplingParams, *, config: RolloutConfig | None = None
+             ) -> list[list[Sample]]:
+    """Sample ``params.n`` responses for each prompt; returns one list of n Samples per prompt."""
+    config = config or RolloutConfig()
+    dec = TextDecoder(model)
+    params.validate(dec.vocab_size)
+    check_prompts(prompts, dec, params.max_new_tokens, config.max_context_tokens or dec.max_positions)
+    seed = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    use_graphs = config.cuda_graphs and dec.device.type == "cuda"
+    stop_ids = torch.tensor(list(params.stop_token_ids) or [-1], dtype=torch.long, device=dec.device)
+    results: list = [None] * len(prompts)
+    with torch.no_grad():
+        lengths = [len(p.input_ids) for p in prompts]
+        for members in prompt_batches(lengths, config.max_prompts_per_batch, config.max_batch_prefix_tokens):
+            prefixes, first_logits = [], []
+            for i in members:
+                prefix, logits = prefill(dec, PromptEmbedder(dec, prompts[i]), prompts[i].position_ids,
+                                         config.prefill_chunk_tokens)
+                prefixes.append(prefix)
+                first_logits.append(logits)
+            rows = torch.tensor([i * params.n + j for i in members for j in range(params.n)], device=dec.device)
+            next_position = torch.tensor([prompts[i].next_position for i in members],
+                                         device=dec.device).repeat_interleave(params.n)
+            batch = DecodeBatch(dec, params, members, prefixes, next_position, row_keys(seed, rows), stop_ids,
+                                suffix_capacity=max(1, params.max_new_tokens - 1))
+            batch.start(torch.stack(first_logits))
+            _decode(dec, batch, config, use_graphs, results)
+            del batch, prefixes
+    return results

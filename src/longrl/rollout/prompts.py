@@ -1,0 +1,72 @@
+"""Checking prompts before any GPU work, and their input embeddings chunk by chunk."""
+
+from __future__ import annotations
+
+import torch
+
+from longrl.rollout.decoder import TextDecoder
+
+
+def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_context: int) -> None:
+    """Raise ValueError naming the first bad prompt and how to fix it."""
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("generate() needs a non-empty list of Prompt objects (longrl.models.qwen2_5_vl.build_prompt)")
+    for i, p in enumerate(prompts):
+        where = f"prompt {i}"
+        for name in ("input_ids", "position_ids", "video_embeds", "next_position"):
+            if not hasattr(p, name):
+                raise ValueError(f"{where} is a {type(p).__name__}, not a Prompt (no {name!r}); "
+                                 "build it with longrl.models.qwen2_5_vl.build_prompt")
+        ids = p.input_ids
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype not in (torch.long, torch.int):
+            raise ValueError(f"{where}: input_ids must be a 1-D integer tensor, got "
+                             f"{getattr(ids, 'dtype', type(ids))} of shape {tuple(getattr(ids, 'shape', ()))}")
+        length = ids.numel()
+        if length == 0:
+            raise ValueError(f"{where} is empty (0 tokens): every prompt needs at least one token, "
+                             "e.g. the chat template's generation prompt")
+        if length + max_new_tokens > max_context:
+            raise ValueError(f"{where} is too long: {length} prompt tokens + max_new_tokens={max_new_tokens} > "
+                             f"{max_context}; sample fewer frames, lower max_new_tokens, or raise "
+                             "rollout max_context_tokens if the model supports it")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= dec.vocab_size:
+            raise ValueError(f"{where}: token ids span [{lo}, {hi}], outside the vocabulary [0, {dec.vocab_size})")
+        pos = p.position_ids
+        if not isinstance(pos, torch.Tensor) or tuple(pos.shape) != (3, length):
+            raise ValueError(f"{where}: position_ids must be [3, {length}] (M-RoPE t/h/w per token), got "
+                             f"{tuple(getattr(pos, 'shape', ()))}")
+        if int(p.next_position) <= int(pos.max()):
+            raise ValueError(f"{where}: next_position={p.next_position} must exceed the largest prompt "
+                             f"position {int(pos.max())}")
+        if int((ids == dec.image_token_id).sum()):
+            raise ValueError(f"{where} holds image placeholders; rollout takes video prompts (an image is a "
+                             "one-frame video: build it as a video)")
+        n_video = int((ids == dec.video_token_id).sum())
+        emb = p.video_embeds
+        n_emb = 0 if emb is None else emb.shape[0]
+        if n_video != n_emb:
+            raise ValueError(f"{where} has {n_video} video placeholder tokens but {n_emb} video embeddings; "
+                             "rebuild it with build_prompt so the placeholder is expanded to one token per embedding")
+        if emb is not None and (emb.dim() != 2 or emb.shape[1] != dec.hidden_size):
+            raise ValueError(f"{where}: video_embeds must be [{n_video}, {dec.hidden_size}], got {tuple(emb.shape)} "
+                             "(embeddings from another model?)")
+
+
+class PromptEmbedder:
+    """Input embeddings of one prompt, produced a chunk at a time (never the whole [L, H] at once)."""
+
+    def __init__(self, dec: TextDecoder, prompt):
+        self.dec = dec
+        self.ids = prompt.input_ids.to(dec.device)
+        self.video = prompt.video_embeds
+        self.is_video = self.ids == dec.video_token_id
+        self.video_row = self.is_video.long().cumsum(0) - 1  # which embedding each placeholder takes
+
+    def __call__(self, start: int, end: int) -> torch.Tensor:
+        emb = self.dec.embed(self.ids[start:end])
+        if self.video is not None:
+            mask = self.is_video[start:end]
+            rows = self.video_row[start:end][mask]
+            emb[mask] = self.video.to(device=emb.device, dtype=emb.dtype)[rows]
+        return emb
