@@ -91,6 +91,19 @@ def test_group_with_checkpointing_temperature_and_entropy():
         assert (g - s_ent).abs().max().item() <= TOL and (g > 0).all()
 
 
+@pytest.mark.parametrize("backend", ["split"])
+def test_other_backends_equal_dense(backend):
+    model, prompt, responses = tiny_video_group(seed=2)
+    model.model.visual.requires_grad_(False)
+    dense = group_logprobs(model, prompt, responses, backend="dense").logprobs
+    weighted_loss(dense).backward()
+    dense_grads = grads(model)
+    other = group_logprobs(model, prompt, responses, backend=backend).logprobs
+    weighted_loss(other).backward()
+    assert_same_grads(grads(model), dense_grads)
+    assert max((a - b).abs().max().item() for a, b in zip(dense, other)) <= TOL
+
+
 def test_packing_positions_and_predictors():
     packing = GroupPacking(prefix_len=4, response_lens=[2, 3])
     assert packing.total_len == 9 and packing.response_starts == [4, 6]

@@ -12,6 +12,9 @@ Attention backends (:class:`GroupAttention`):
   (flex_attention has no CPU backward) and in tests.
 * ``"flex"``: ``flex_attention`` (compiled, Triton) with a block mask built directly from the
   layout, so fully masked 128x128 blocks are skipped: cost about P^2/2 + n*R*P + n*R^2/2.
+* ``"split"``: no compiler needed: causal SDPA over the prefix, then the n responses as a batch,
+  each attending to [prefix | own past] with a bottom-right-aligned causal mask (flash kernels).
+  Same cost as flex, but the prefix K/V are copied once per response per layer.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from longrl.models.attention import AttentionLayout
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, prompt_embeds
 
-Backend = Literal["auto", "dense", "flex"]
+Backend = Literal["auto", "dense", "flex", "split"]
 FLEX_BLOCK = 128
 
 
@@ -129,8 +132,9 @@ def group_block_mask(packing: GroupPacking, device, block: int = FLEX_BLOCK):
 
     kv_num, kv_idx = to_indices(partial)
     full_num, full_idx = to_indices(full)
-    seg = packing.segment_ids(device)
     T = packing.total_len
+    # padded with -1 to whole blocks, so mask_mod never indexes past the end in a partial block
+    seg = packing.segment_ids(device, pad_to=-(-T // block) * block)
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx,
         BLOCK_SIZE=block, mask_mod=group_mask_mod(seg), seq_lengths=(T, T),
@@ -174,9 +178,41 @@ class GroupAttention(AttentionLayout):
                 self._cache["dense"] = self.packing.dense_mask(query.device)
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=self._cache["dense"], scale=scaling,
                                                  enable_gqa=query.shape[1] != key.shape[1])
+        elif backend == "split":
+            out = split_attention(self.packing, query, key, value, scaling)
         else:
-            raise ValueError(f"unknown group attention backend {backend!r}; use 'auto', 'dense' or 'flex'")
+            raise ValueError(f"unknown group attention backend {backend!r}; use 'auto', 'dense', 'flex' or 'split'")
         return out.transpose(1, 2).contiguous()
+
+
+def split_attention(packing: GroupPacking, query, key, value, scaling) -> torch.Tensor:
+    """The group layout from two dense attentions: causal over the prefix, and the responses
+    (padded to one length, batched) over [prefix | own]. Inputs [1, H, T, D]; output [1, Hq, T, D]."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    P, lens = packing.prefix_len, packing.response_lens
+    n, longest = len(lens), max(lens)
+    groups = query.shape[1] // key.shape[1]
+    prefix_out = F.scaled_dot_product_attention(query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True,
+                                                scale=scaling, enable_gqa=groups > 1)
+    # response token j of response i sits at packed position start_i + j; pads repeat a real index
+    # (their rows and keys come after every real token of the response, so no real query sees them)
+    j = torch.arange(longest, device=query.device)
+    starts = torch.tensor(packing.response_starts, device=query.device)
+    index = starts[:, None] + torch.minimum(j[None], torch.tensor(lens, device=query.device)[:, None] - 1)
+
+    def responses(x):  # [1, H, T, D] -> [n, H, longest, D]
+        return x[0][:, index].transpose(0, 1)
+
+    def with_prefix(x):  # [1, Hkv, T, D] -> [n, Hq, P + longest, D]
+        x = torch.cat([x[:, :, :P].expand(n, -1, -1, -1), responses(x)], dim=2)
+        return x.repeat_interleave(groups, dim=1) if groups > 1 else x
+
+    resp_out = F.scaled_dot_product_attention(responses(query), with_prefix(key), with_prefix(value),
+                                              attn_mask=causal_lower_right(longest, P + longest), scale=scaling)
+    real = j[None] < torch.tensor(lens, device=query.device)[:, None]  # [n, longest]
+    resp_out = resp_out.transpose(1, 2)[real]  # [sum R, Hq, D], in packed order
+    return torch.cat([prefix_out, resp_out.permute(1, 0, 2)[None]], dim=2)
 
 
 def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vision: bool = False):
