@@ -52,13 +52,19 @@ def _to_float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+# A trainer may namespace its metrics ("sft/loss"); the console and report treat those as "loss".
+NAMESPACES = ("sft", "rl", "train", "policy", "actor")
+
+
+def metric_aliases(name: str) -> list[str]:
+    return [name] + [f"{ns}/{name}" for ns in NAMESPACES]
+
+
 def find_metric(metrics: dict[str, Any], name: str) -> Any:
-    """``metrics[name]``, else the value of the first key ending in ``/name`` (e.g. ``sft/loss``)."""
-    if name in metrics:
-        return metrics[name]
-    for key, value in metrics.items():
-        if key.endswith("/" + name):
-            return value
+    """``metrics[name]``, else ``metrics["sft/name"]`` (or another trainer namespace)."""
+    for key in metric_aliases(name):
+        if key in metrics:
+            return metrics[key]
     return None
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from longrl.train.metrics import RUN_INFO_FILE, read_metrics
+from longrl.train.metrics import RUN_INFO_FILE, metric_aliases, read_metrics
 
 
 @dataclass
@@ -24,9 +24,10 @@ class Plot:
 
 
 def _named(*names: str) -> Callable[[list[str]], list[str]]:
-    """Keys equal to one of ``names`` or ending in ``/name`` (``sft/loss`` counts as ``loss``)."""
+    """Keys equal to one of ``names``, bare or under a trainer namespace (``sft/loss`` counts as ``loss``)."""
     def pick(keys: list[str]) -> list[str]:
-        return [k for k in keys if any(k == n or k.endswith("/" + n) for n in names)]
+        wanted = [alias for n in names for alias in metric_aliases(n)]
+        return [k for k in wanted if k in keys]
     return pick
 
 
