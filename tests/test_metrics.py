@@ -119,3 +119,9 @@ def test_guard_skips_then_stops(caplog):
     restored = NonFiniteGuard(3)
     restored.load_state_dict(guard.state_dict())
     assert (restored.consecutive, restored.skipped) == (3, 5)
+
+
+def test_console_line_reads_trainer_spellings():
+    line = format_console_line(3, 9, {"actor/loss": 0.5, "actor/kl_loss": 0.002, "response/length_mean": 12.0,
+                                      "perf/rollout_tok_s": 800.0, "perf/peak_mem_gb": 1.5}, None)
+    assert line == "step 3/9 | loss 0.5000 | len 12.0 | kl 2.00e-03 | 800 tok/s | mem 1.5 GB"

@@ -56,8 +56,21 @@ def _to_float(value: Any) -> float | None:
 NAMESPACES = ("sft", "rl", "train", "policy", "actor")
 
 
+# Other spellings of the standard names that trainers log.
+ALIASES = {
+    "kl": ["actor/kl_loss"],
+    "accuracy": ["reward/accuracy"],
+    "response_length/mean": ["response/length_mean"],
+    "response_length/max": ["response/length_max"],
+    "response_length/clip_frac": ["response/clipped_frac"],
+    "tokens_per_s": ["perf/tokens_per_s", "perf/rollout_tok_s"],
+    "memory/peak_gb": ["perf/peak_mem_gb"],
+}
+
+
 def metric_aliases(name: str) -> list[str]:
-    return [name] + [f"{ns}/{name}" for ns in NAMESPACES]
+    """Keys that stand for the standard metric ``name``, preferred first."""
+    return [name] + [f"{ns}/{name}" for ns in NAMESPACES] + ALIASES.get(name, [])
 
 
 def find_metric(metrics: dict[str, Any], name: str) -> Any:
@@ -80,7 +93,7 @@ def format_console_line(step: int, total_steps: int, metrics: dict[str, Any], se
         parts.append(f"{tokens / 1000:.1f}k tok/s" if tokens >= 1000 else f"{tokens:.0f} tok/s")
     if seconds_per_step is not None:
         parts.append(f"{seconds_per_step:.2f} s/step")
-    memory = _to_float(metrics.get("memory/peak_gb"))
+    memory = _to_float(find_metric(metrics, "memory/peak_gb"))
     if memory:
         parts.append(f"mem {memory:.1f} GB")
     return " | ".join(parts)

@@ -41,6 +41,12 @@ def _prefixed(prefix: str, first: str | None = None, exclude: tuple[str, ...] = 
     return pick
 
 
+def _either(*pickers: Callable[[list[str]], list[str]]) -> Callable[[list[str]], list[str]]:
+    def pick(keys: list[str]) -> list[str]:
+        return list(dict.fromkeys(k for p in pickers for k in p(keys)))
+    return pick
+
+
 PLOTS = [
     Plot("reward", "Reward (mean and per component)", _prefixed("reward/", first="reward/mean")),
     Plot("accuracy", "Accuracy", _named("accuracy")),
@@ -49,7 +55,7 @@ PLOTS = [
     Plot("loss", "Loss", _named("loss")),
     Plot("kl", "KL to reference", _named("kl")),
     Plot("entropy", "Entropy", _named("entropy")),
-    Plot("clip_frac", "Policy ratio clip fraction", _named("clip_frac")),
+    Plot("clip_frac", "Policy ratio clip fraction", _either(_named("clip_frac"), _prefixed("actor/clip_frac"))),
     Plot("grad_norm", "Gradient norm (before clipping)", _named("grad_norm"), log_y=True),
     Plot("lr", "Learning rate", _named("lr")),
     Plot("tokens_per_s", "Throughput (tokens/s)", _named("tokens_per_s")),
