@@ -6,9 +6,12 @@ from longrl.rl import PRESETS, AlgorithmConfig, apply_preset, presets_markdown
 
 
 def test_presets_published_settings():
-    dapo = apply_preset(AlgorithmConfig(), "dapo")
+    dapo = apply_preset(AlgorithmConfig(), "dapo").resolve(max_response_len=20480)
     assert (dapo.clip_ratio_low, dapo.clip_ratio_high, dapo.loss_agg) == (0.2, 0.28, "token_mean")
-    assert dapo.dynamic_sampling and dapo.overlong_buffer > 0 and dapo.kl_coef == 0 and not dapo.needs_reference
+    assert dapo.dynamic_sampling and dapo.overlong_buffer == 4096 and dapo.kl_coef == 0 and not dapo.needs_reference
+    assert apply_preset(AlgorithmConfig(), "dapo").resolve(max_response_len=64).overlong_buffer == 13
+    with pytest.raises(ValueError, match="overlong_buffer=64 must be below"):
+        AlgorithmConfig(overlong_buffer=64).resolve(max_response_len=64)
     gspo = apply_preset(AlgorithmConfig(), "gspo")
     assert (gspo.importance, gspo.clip_ratio_low, gspo.clip_ratio_high) == ("sequence", 3e-4, 4e-4)
     drgrpo = apply_preset(AlgorithmConfig(), "drgrpo").resolve(max_response_len=1024)

@@ -41,7 +41,9 @@ class AlgorithmConfig:
     mini_batches: int = 1
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill the batch
     max_tries: int = 3  # generation rounds per step when dynamic sampling
-    overlong_buffer: int = 0  # tokens; 0 = off (DAPO soft overlong punishment)
+    # tokens; 0 = off (DAPO soft overlong punishment); -1 = DAPO's ratio, 20% of the maximum
+    # response length (4,096 of 20,480 in the paper), filled in by resolve()
+    overlong_buffer: int = 0
     overlong_penalty: float = 1.0  # the penalty at (and beyond) the maximum length
 
     def __post_init__(self) -> None:
@@ -69,7 +71,7 @@ class AlgorithmConfig:
         for field in ("ppo_epochs", "mini_batches", "max_tries"):
             if getattr(self, field) < 1:
                 raise ValueError(f"algorithm.{field}={getattr(self, field)} must be >= 1")
-        if self.overlong_buffer < 0:
+        if self.overlong_buffer < 0 and self.overlong_buffer != int(MAX_RESPONSE_LEN):
             raise ValueError(f"algorithm.overlong_buffer={self.overlong_buffer} must be >= 0 (0 = off)")
 
     @property
@@ -79,8 +81,15 @@ class AlgorithmConfig:
 
     def resolve(self, max_response_len: int) -> AlgorithmConfig:
         """Returns a copy with placeholders that depend on the rollout filled in."""
-        if self.token_sum_divisor == MAX_RESPONSE_LEN:
-            if max_response_len < 1:
-                raise ValueError(f"max_response_len={max_response_len} must be >= 1")
-            return dataclasses.replace(self, token_sum_divisor=float(max_response_len))
-        return self
+        if max_response_len < 1:
+            raise ValueError(f"max_response_len={max_response_len} must be >= 1")
+        out = self
+        if out.token_sum_divisor == MAX_RESPONSE_LEN:
+            out = dataclasses.replace(out, token_sum_divisor=float(max_response_len))
+        if out.overlong_buffer == int(MAX_RESPONSE_LEN):
+            out = dataclasses.replace(out, overlong_buffer=max(1, round(0.2 * max_response_len)))
+        if out.overlong_buffer >= max_response_len:
+            raise ValueError(f"algorithm.overlong_buffer={out.overlong_buffer} must be below the maximum response "
+                             f"length {max_response_len} (rollout.max_new_tokens); DAPO uses 20% of it "
+                             f"(algorithm.overlong_buffer=-1)")
+        return out

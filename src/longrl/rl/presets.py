@@ -44,7 +44,7 @@ PRESETS: dict[str, dict] = {
     # DAPO: clip-higher (0.2 / 0.28), token-level mean, dynamic sampling, soft overlong punishment
     # with a 4096-token buffer (max response 20480), no KL.
     "dapo": _preset("dapo", clip_ratio_high=0.28, loss_agg="token_mean", dynamic_sampling=True,
-                    overlong_buffer=4096, overlong_penalty=1.0),
+                    overlong_buffer=int(MAX_RESPONSE_LEN), overlong_penalty=1.0),
     # Dr.GRPO: no std normalization, token sums divided by a constant (the maximum response length,
     # filled in by AlgorithmConfig.resolve), no KL.
     "drgrpo": _preset("drgrpo", advantage="drgrpo", norm_adv_by_std=False, loss_agg="seq_mean_token_sum",

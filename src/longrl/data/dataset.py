@@ -1,0 +1,119 @@
+"""From dataset rows to model-ready examples: decode, sample, preprocess; skip what is broken.
+
+A long run never dies for one bad file: under ``data.bad_sample=skip`` a missing or corrupt video
+is logged with its path, counted, and left out; under ``error`` it stops the run with that message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from longrl.data.rows import Row
+from longrl.data.video import VideoError, decode_video
+from longrl.data.vision_preprocess import VisionInputs, preprocess_video
+
+log = logging.getLogger("longrl.data")
+
+
+@dataclass
+class Example:
+    row: Row
+    vision: VisionInputs | None  # preprocessed video (or None for text-only rows)
+
+
+def load_vision(row: Row, cfg) -> VisionInputs | None:
+    """Decode and preprocess the row's video per ``cfg`` (a DataConfig). Raises VideoError."""
+    if not row.video:
+        return None
+    video = decode_video(
+        row.video,
+        num_frames=cfg.num_frames,
+        fps=0.0 if cfg.num_frames > 0 else cfg.fps,
+        max_frames=cfg.max_frames,
+    )
+    return preprocess_video(
+        video.frames, sample_fps=video.sample_fps, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
+    )
+
+
+class ExampleSet:
+    """Rows with their preprocessed videos: decoded up front and kept (``preload``, for small data),
+    or decoded on demand and dropped after use (long videos: host memory stays bounded)."""
+
+    def __init__(self, rows: list[Row], cfg, *, preload: bool = True, progress: bool = False):
+        self.rows = rows
+        self.cfg = cfg
+        self.keep = preload
+        self.skipped: list[str] = []
+        self._cache: dict[int, Example] = {}
+        self._bad: set[int] = set()
+        if preload:
+            indices = range(len(rows))
+            if progress:
+                from tqdm import tqdm
+
+                indices = tqdm(indices, desc="decode videos", leave=False)
+            for i in indices:
+                self.get(i)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, index: int) -> Example | None:
+        """The example at ``index``, or None when its video is bad and the policy is ``skip``."""
+        if index in self._cache:
+            return self._cache[index]
+        if index in self._bad:
+            return None
+        row = self.rows[index]
+        try:
+            example = Example(row, load_vision(row, self.cfg))
+        except VideoError as err:
+            if self.cfg.bad_sample == "error":
+                raise
+            self._bad.add(index)
+            self.skipped.append(row.id)
+            log.warning("skipping row %s: %s (%d skipped so far)", row.id, err, len(self.skipped))
+            return None
+        if self.keep:
+            self._cache[index] = example
+        return example
+
+    def valid(self) -> list[Example]:
+        return [e for e in (self.get(i) for i in range(len(self.rows))) if e is not None]
+
+
+class PromptSampler:
+    """Seeded shuffled passes over the examples; its position is part of a checkpoint."""
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.cursor = 0
+        self._order = self._shuffle()
+
+    def _shuffle(self) -> list[int]:
+        order = list(range(self.size))
+        random.Random(self.seed * 100003 + self.epoch).shuffle(order)
+        return order
+
+    def next_indices(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.cursor == self.size:
+                self.epoch += 1
+                self.cursor = 0
+                self._order = self._shuffle()
+            out.append(self._order[self.cursor])
+            self.cursor += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self._order = self._shuffle()

@@ -1,0 +1,245 @@
+"""The RL loop: rollout -> reward -> advantage -> update -> log -> checkpoint.
+
+GRPO by default; DAPO, REINFORCE++, RLOO, Dr.GRPO and GSPO are settings of the same loop
+(``algorithm.name`` presets). One step draws ``rl.prompts_per_step`` prompts, samples
+``rollout.n`` responses for each, and updates the policy ``ppo_epochs x mini_batches`` times.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from longrl.data.dataset import Example, PromptSampler
+from longrl.data.prompt import messages_for
+from longrl.models.qwen2_5_vl import Prompt, build_prompt
+from longrl.rewards.model import build_reward
+from longrl.rewards.registry import RewardInput
+from longrl.rl.advantages import compute_advantages
+from longrl.rl.dynamic_sampling import BatchFiller, overlong_penalty
+from longrl.rl.losses import kl_penalty, policy_loss
+from longrl.rollout import SamplingParams, generate
+from longrl.train.checkpoint import Checkpointer
+from longrl.train.guard import NonFiniteGuard
+from longrl.train.logprobs import group_logprobs
+from longrl.train.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
+from longrl.train.microbatch import accumulation_normalizer, pad_ragged, split_group
+from longrl.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("longrl.rl")
+
+
+@dataclass
+class Group:
+    """One prompt and its n sampled responses, with everything the update needs."""
+
+    prompt: Prompt
+    example: Example
+    responses: list[torch.Tensor]
+    old_logp: list[torch.Tensor]  # sampling log-probs, stored at rollout time
+    finished: list[bool]  # False where the response hit max_new_tokens
+    rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    components: list[dict[str, float]] = field(default_factory=list)
+    ref_logp: list[torch.Tensor] | None = None
+
+
+def encode_prompts(model, tokenizer, examples: list[Example]) -> list[Prompt]:
+    """Build each prompt once: tokens, M-RoPE positions, one vision-tower pass."""
+    return [build_prompt(model, tokenizer, messages_for(e.row), e.vision, meta={"id": e.row.id}) for e in examples]
+
+
+def rollout(model, tokenizer, prompts: list[Prompt], examples: list[Example], cfg, seed: int) -> list[Group]:
+    params = SamplingParams(
+        n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+        max_new_tokens=cfg.rollout.max_new_tokens, seed=seed,
+        stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),),
+    )
+    groups = []
+    for prompt, example, samples in zip(prompts, examples, generate(model, prompts, params, config=cfg.rollout)):
+        device = prompt.input_ids.device
+        groups.append(Group(
+            prompt=prompt, example=example,
+            responses=[torch.tensor(s.token_ids, dtype=torch.long, device=device) for s in samples],
+            old_logp=[torch.tensor(s.logprobs, dtype=torch.float32, device=device) for s in samples],
+            finished=[s.finish_reason == "stop" for s in samples],
+        ))
+    return groups
+
+
+def score(groups: list[Group], tokenizer, reward_model, cfg) -> None:
+    """Fill ``rewards`` and ``components`` of each group (DAPO's overlong penalty included)."""
+    inputs = [
+        RewardInput(sample_id=f"{g.example.row.id}#{i}", response=tokenizer.decode(r, skip_special_tokens=True),
+                    answer=g.example.row.answer, options=g.example.row.options, question=g.example.row.question,
+                    row=g.example.row.to_dict())
+        for g in groups for i, r in enumerate(g.responses)
+    ]
+    results = iter(reward_model(inputs))
+    algo = cfg.algorithm
+    for g in groups:
+        scored = [next(results) for _ in g.responses]
+        rewards = torch.tensor([r.score for r in scored], dtype=torch.float32)
+        if algo.overlong_buffer > 0:
+            lengths = [len(r) for r in g.responses]
+            rewards = rewards - overlong_penalty(lengths, cfg.rollout.max_new_tokens, algo.overlong_buffer,
+                                                 algo.overlong_penalty)
+        g.rewards, g.components = rewards, [r.components for r in scored]
+
+
+def collect(model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, step: int,
+            timer) -> tuple[list[Group], list[Group], dict[str, float]]:
+    """Sample and score one step's groups. With DAPO dynamic sampling, groups whose rewards are all
+    equal (no learning signal) are dropped and sampling goes on until the batch is full or
+    ``max_tries`` rounds have run."""
+    want = cfg.rl.prompts_per_step
+    filler = BatchFiller(want, cfg.algorithm.max_tries if cfg.algorithm.dynamic_sampling else 1)
+    seen: list[Group] = []
+    while not filler.done:
+        examples = [e for e in (data.get(i) for i in sampler.next_indices(want)) if e is not None]
+        with timer("encode"):
+            prompts = encode_prompts(model, tokenizer, examples)
+        with timer("rollout"):
+            seed = cfg.trainer.seed * 1_000_003 + step * 101 + filler.tries
+            groups = rollout(model, tokenizer, prompts, examples, cfg, seed)
+        with timer("reward"):
+            score(groups, tokenizer, reward_model, cfg)
+        seen += groups
+        filler.add(groups, rewards=[g.rewards for g in groups] if cfg.algorithm.dynamic_sampling else None)
+    info = {"rollout/groups_seen": len(seen), "rollout/tries": filler.tries}
+    return filler.take(), seen, info
+
+
+def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: list[torch.Tensor], cfg,
+                  guard: NonFiniteGuard) -> dict[str, float]:
+    """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over the groups; each group is one
+    (or, over the token budget, a few) group forward(s) with gradient accumulation."""
+    algo = cfg.algorithm
+    sums: dict[str, float] = {}
+    count = 0
+    size = max(1, len(groups) // algo.mini_batches)
+    for _ in range(algo.ppo_epochs):
+        for start in range(0, len(groups), size):
+            batch = list(range(start, min(start + size, len(groups))))
+            lens = [len(r) for i in batch for r in groups[i].responses]
+            normalizer = accumulation_normalizer(algo.loss_agg, lens)
+            optimizer.zero_grad(set_to_none=True)
+            total_loss = torch.zeros(())
+            for i in batch:
+                g = groups[i]
+                for sub in split_group(len(g.prompt), [len(r) for r in g.responses], cfg.rl.micro_batch_tokens):
+                    out = group_logprobs(model, g.prompt, [g.responses[j] for j in sub],
+                                         temperature=cfg.rollout.temperature, train_vision=cfg.model.train_vision,
+                                         with_entropy=True)
+                    logp, mask = pad_ragged(out.logprobs)
+                    old, _ = pad_ragged([g.old_logp[j] for j in sub])
+                    ref = pad_ragged([g.ref_logp[j] for j in sub])[0] if g.ref_logp is not None else None
+                    entropy = pad_ragged([e.detach() if algo.entropy_coef == 0 else e for e in out.entropy])[0]
+                    adv = advantages[i][sub]
+                    loss, metrics = policy_loss(logp, old, adv, mask, algo, normalizer=normalizer,
+                                                ref_logp=ref, entropy=entropy)
+                    loss.backward()
+                    total_loss = total_loss + loss.detach().cpu()
+                    for k, v in metrics.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.rl.optim.grad_clip)
+            if guard.check(total_loss, grad_norm):
+                optimizer.step()
+            else:
+                optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * count  # averaged below
+    out = {f"actor/{k}": v / max(count, 1) for k, v in sums.items()}
+    out["actor/lr"] = scheduler.get_last_lr()[0]
+    return out
+
+
+def reference_logprobs(ref_model, groups: list[Group], cfg) -> None:
+    with torch.no_grad():
+        for g in groups:
+            g.ref_logp = group_logprobs(ref_model, g.prompt, g.responses, temperature=cfg.rollout.temperature,
+                                        train_vision=cfg.model.train_vision).logprobs
+
+
+def step_advantages(groups: list[Group], cfg) -> list[torch.Tensor]:
+    algo = cfg.algorithm
+    token_kl = mask = None
+    if algo.kl_in_reward and algo.kl_coef > 0:
+        logp, mask = pad_ragged([lp for g in groups for lp in g.old_logp])
+        ref, _ = pad_ragged([lp for g in groups for lp in g.ref_logp])
+        token_kl = kl_penalty(logp, ref, algo.kl_estimator)
+    flat = compute_advantages(algo, [g.rewards for g in groups], token_kl=token_kl, mask=mask)
+    sizes = [len(g.responses) for g in groups]
+    return list(flat.split(sizes))
+
+
+def rollout_metrics(groups: list[Group], seen: list[Group]) -> dict[str, float]:
+    lengths = torch.tensor([float(len(r)) for g in seen for r in g.responses])
+    rewards = torch.cat([g.rewards for g in seen])
+    out = {"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+           "response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
+           "response/clipped_frac": 1.0 - sum(f for g in seen for f in g.finished) / lengths.numel(),
+           "rollout/groups_kept": len(groups)}
+    names = {k for g in seen for c in g.components for k in c}
+    for name in sorted(names):
+        values = [c.get(name, 0.0) for g in seen for c in g.components]
+        out[f"reward/{name}"] = sum(values) / len(values)
+    return out
+
+
+def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool = True) -> dict[str, float]:
+    """Run ``cfg.rl.steps`` RL steps on ``data`` (an ExampleSet); resumes from ``run_dir`` checkpoints."""
+    run_dir = Path(run_dir)
+    algo = cfg.algorithm
+    updates_per_step = algo.ppo_epochs * algo.mini_batches
+    optimizer = build_optimizer(model, cfg.rl.optim)
+    scheduler = build_scheduler(optimizer, cfg.rl.optim, cfg.rl.steps * updates_per_step)
+    reward_model = build_reward(cfg.reward)
+    ref_model = None
+    if algo.kl_coef > 0:  # kl_coef = 0 removes the reference model entirely
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    sampler = PromptSampler(len(data), seed=cfg.trainer.seed)
+    checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last, tokenizer=tokenizer)
+    guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
+    start = 0
+    if cfg.trainer.resume == "auto":
+        state = checkpointer.load_latest(model=model, optimizer=optimizer, scheduler=scheduler)
+        if state is not None:
+            start = int(state["step"])
+            sampler.load_state_dict(state["sampler"])
+            log.info("resumed from step %d", start)
+    logger = MetricsLogger(run_dir, total_steps=cfg.rl.steps, log_every=cfg.trainer.log_every,
+                           tensorboard=cfg.trainer.tensorboard, wandb=cfg.trainer.wandb,
+                           wandb_project=cfg.trainer.wandb_project, desc="rl", start_step=start,
+                           progress=progress and cfg.trainer.progress)
+    timer = PhaseTimer()
+    last: dict[str, float] = {}
+    for step in range(start, cfg.rl.steps):
+        model.eval()
+        with torch.no_grad():
+            groups, seen, info = collect(model, tokenizer, data, sampler, reward_model, cfg, step, timer)
+        if ref_model is not None:
+            with timer("ref_logprobs"):
+                reference_logprobs(ref_model, groups, cfg)
+        actor: dict[str, float] = {}
+        if groups:  # dynamic sampling can come back empty-handed; then this step only logs
+            advantages = step_advantages(groups, cfg)
+            model.train()
+            with timer("update"):
+                actor = policy_update(model, optimizer, scheduler, groups, advantages, cfg, guard)
+        times = timer.pop()
+        tokens = sum(len(r) for g in seen for r in g.responses)
+        last = {**rollout_metrics(groups, seen), **info, **actor, **times,
+                "perf/rollout_tok_s": tokens / max(times.get("time/rollout", 0.0), 1e-9),
+                "perf/peak_mem_gb": peak_memory_gb()}
+        logger.log(step + 1, last)
+        if step + 1 == cfg.rl.steps or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
+            checkpointer.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
+                              extra={"sampler": sampler.state_dict()})
+    logger.close()
+    model.eval()
+    return last

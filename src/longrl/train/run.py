@@ -1,0 +1,92 @@
+"""Config-driven entry points behind ``longrl train``, ``longrl eval`` and ``longrl cache-embeds``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from longrl.config import Config, load_config, save_config
+from longrl.data.dataset import ExampleSet
+from longrl.data.prompt import corpus_texts
+from longrl.data.rows import load_rows
+from longrl.eval.evaluate import evaluate, markdown_table, write_report
+from longrl.models.qwen2_5_vl import load_model, save_pretrained
+from longrl.quickstart import resolve_device
+
+log = logging.getLogger("longrl.run")
+
+
+def _setup(config_path, overrides) -> tuple[Config, Path, torch.device]:
+    cfg = load_config(config_path, overrides)
+    out = Path(cfg.trainer.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    torch.manual_seed(cfg.trainer.seed)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+    return cfg, out, resolve_device(cfg.trainer.device)
+
+
+def _rows(path: str, cfg: Config, what: str):
+    if not path:
+        raise ValueError(f"data.{what} is empty: point it at a .jsonl or .parquet file of rows")
+    return load_rows(path, media_root=cfg.data.media_root or None)
+
+
+def _model(cfg: Config, device, rows):
+    texts = corpus_texts(rows) if cfg.model.path == "tiny" else None
+    return load_model(cfg.model, device, tokenizer_texts=texts, seed=cfg.trainer.seed)
+
+
+def run_training(stage: str, config_path, overrides) -> None:
+    from longrl.train.rl import train_rl
+    from longrl.train.sft import run_sft
+    from longrl.train.metrics import MetricsLogger
+
+    cfg, out, device = _setup(config_path, overrides)
+    rows = _rows(cfg.data.train_path, cfg, "train_path")
+    model, tokenizer = _model(cfg, device, rows)
+    if stage == "sft":
+        data = ExampleSet(rows, cfg.data, progress=cfg.trainer.progress)
+        logger = MetricsLogger(out, total_steps=0, log_every=cfg.trainer.log_every,
+                               tensorboard=cfg.trainer.tensorboard, desc="sft", progress=False)
+        run_sft(model, tokenizer, data.valid(), cfg.sft, seed=cfg.trainer.seed,
+                log=lambda step, m: logger.log(step + 1, m))
+        logger.close()
+    else:
+        train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False), cfg, out)
+    save_pretrained(model, tokenizer, out / "model")
+    log.info("saved the trained model to %s", out / "model")
+
+
+def run_eval(config_path, overrides, out_dir=None) -> dict:
+    cfg, out, device = _setup(config_path, overrides)
+    rows = _rows(cfg.data.test_path, cfg, "test_path")
+    if cfg.eval.max_rows:
+        rows = rows[: cfg.eval.max_rows]
+    model, tokenizer = _model(cfg, device, rows)
+    data = ExampleSet(rows, cfg.data, preload=False)
+    report = evaluate(model, tokenizer, data.valid(), max_new_tokens=cfg.eval.max_new_tokens,
+                      batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)
+    report["skipped_rows"] = len(data.skipped)
+    write_report(report, out_dir or out / "eval")
+    print(markdown_table(report))
+    return report
+
+
+def run_cache_embeds(config_path, overrides) -> dict:
+    from longrl.data.embed_cache import EmbedCache, precompute_embeds
+
+    cfg, out, device = _setup(config_path, overrides)
+    if not cfg.data.embed_cache_dir:
+        raise ValueError("data.embed_cache_dir is empty: say where the embeddings go, e.g. data.embed_cache_dir=cache/")
+    rows = []
+    for path, what in ((cfg.data.train_path, "train_path"), (cfg.data.test_path, "test_path")):
+        if path:
+            rows += _rows(path, cfg, what)
+    model, _ = _model(cfg, device, rows)
+    stats = precompute_embeds(model, rows, cfg.data, EmbedCache(cfg.data.embed_cache_dir))
+    print(stats)
+    return stats
