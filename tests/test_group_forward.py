@@ -9,7 +9,14 @@ import torch.nn.functional as F
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.config import ModelConfig
 from longrl.models.qwen2_5_vl import build_prompt, load_model
-from longrl.train.group_forward import GroupPacking, group_block_counts, group_block_mask, group_mask_mod
+from longrl.train.group_forward import (
+    GroupAttention,
+    GroupPacking,
+    enable_gradient_checkpointing,
+    group_block_counts,
+    group_block_mask,
+    group_mask_mod,
+)
 from longrl.train.logprobs import group_logprobs, sequence_logprobs
 
 TOL = 1e-5
@@ -75,13 +82,22 @@ def test_group_equals_separate_sequences(train_vision):
     assert all((lp < 0).all() for lp in group.logprobs)
 
 
-def test_group_with_checkpointing_temperature_and_entropy():
-    model, prompt, responses = tiny_video_group(seed=3, gradient_checkpointing=True)
+@pytest.mark.parametrize("checkpointed", [None, 2])
+def test_group_with_checkpointing_temperature_and_entropy(checkpointed, monkeypatch):
+    model, prompt, responses = tiny_video_group(seed=3)
+    enable_gradient_checkpointing(model, checkpointed)
+    flags = [layer.gradient_checkpointing for layer in model.model.language_model.layers]
+    assert flags == ([True] * 4 if checkpointed is None else [True, True, False, False])
     model.model.visual.requires_grad_(False)
     model.train()  # transformers checkpoints layers only in training mode
+    calls = []
+    attend = GroupAttention.attend
+    monkeypatch.setattr(GroupAttention, "attend", lambda self, *a: calls.append(1) or attend(self, *a))
 
     group = group_logprobs(model, prompt, responses, temperature=0.7, with_entropy=True, chunk_tokens=5)
+    assert len(calls) == 4
     (weighted_loss(group.logprobs) + weighted_loss(group.entropy, seed=2)).backward()
+    assert len(calls) == 4 + (4 if checkpointed is None else 2)  # checkpointed layers re-ran in backward
     group_grads = grads(model)
 
     separate = [sequence_logprobs(model, prompt, r, temperature=0.7, with_entropy=True) for r in responses]
@@ -91,8 +107,20 @@ def test_group_with_checkpointing_temperature_and_entropy():
         assert (g - s_ent).abs().max().item() <= TOL and (g > 0).all()
 
 
-@pytest.mark.parametrize("backend", ["split"])
-def test_other_backends_equal_dense(backend):
+def _dense_flex(query, key, value, block_mask, scale, enable_gqa):
+    """flex_attention's semantics via its mask_mod and SDPA: CPU has no flex backward, and this
+    checks longrl's plumbing around the kernel (the block mask itself is tested above)."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    q_idx, kv_idx = torch.meshgrid(torch.arange(q_len), torch.arange(kv_len), indexing="ij")
+    mask = block_mask.mask_mod(0, 0, q_idx, kv_idx)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scale, enable_gqa=enable_gqa)
+
+
+@pytest.mark.parametrize("backend", ["split", "hybrid", "flex"])
+def test_other_backends_equal_dense(backend, monkeypatch):
+    import longrl.train.group_forward as gf
+
+    monkeypatch.setattr(gf, "_flex_attention", lambda: _dense_flex)
     model, prompt, responses = tiny_video_group(seed=2)
     model.model.visual.requires_grad_(False)
     dense = group_logprobs(model, prompt, responses, backend="dense").logprobs
@@ -126,16 +154,19 @@ def test_packing_positions_and_predictors():
 
 
 @pytest.mark.parametrize("prefix,lens,block", [(37, [5, 9, 1, 20], 8), (16, [16, 16], 8), (50, [3] * 7, 16)])
-def test_block_counts_match_dense_mask(prefix, lens, block):
+@pytest.mark.parametrize("from_prefix_end", [False, True])
+def test_block_counts_match_dense_mask(prefix, lens, block, from_prefix_end):
     packing = GroupPacking(prefix, lens)
-    allowed, total = group_block_counts(packing, block)
-    dense = packing.dense_mask().int()
+    q_start = prefix if from_prefix_end else 0  # the hybrid backend's query rows: responses only
+    allowed, total = group_block_counts(packing, block, q_start=q_start)
     T = packing.total_len
-    nb = -(-T // block)
-    dense = F.pad(dense, (0, nb * block - T, 0, nb * block - T))
-    assert torch.equal(allowed, dense.view(nb, block, nb, block).sum((1, 3)))
-    ones = F.pad(torch.ones(T, T, dtype=torch.int), (0, nb * block - T, 0, nb * block - T))
-    assert torch.equal(total, ones.view(nb, block, nb, block).sum((1, 3)))
+    nk, nq = -(-T // block), -(-(T - q_start) // block)
+
+    def blocks(rows):  # [T - q_start, T] -> per-block sums
+        return F.pad(rows, (0, nk * block - T, 0, nq * block - (T - q_start))).view(nq, block, nk, block).sum((1, 3))
+
+    assert torch.equal(allowed, blocks(packing.dense_mask().int()[q_start:]))
+    assert torch.equal(total, blocks(torch.ones(T - q_start, T, dtype=torch.int)))
 
 
 def test_flex_block_mask_lists_exactly_the_visible_blocks():
@@ -161,6 +192,8 @@ def test_flex_mask_mod_matches_dense():
     T = packing.total_len
     q_idx, kv_idx = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
     assert torch.equal(group_mask_mod(seg)(0, 0, q_idx, kv_idx), packing.dense_mask())
+    assert torch.equal(group_mask_mod(seg, q_start=40)(0, 0, q_idx[:T - 40], kv_idx[:T - 40]),
+                       packing.dense_mask()[40:])
 
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 4, T, 16, generator=g)

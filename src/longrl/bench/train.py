@@ -28,6 +28,7 @@ import torch
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt
+from longrl.train.group_forward import enable_gradient_checkpointing
 from longrl.train.logprobs import group_logprobs, sequence_logprobs
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -159,8 +160,26 @@ def grad_difference(grads: dict, ref: dict) -> dict:
             "max_grad": max(r.abs().max().item() for r in ref.values())}
 
 
+def profile_table(fn, device, rows: int = 12) -> str:
+    """Top kernels by device time of one ``fn()`` call, as a compact text table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    events = [e for e in prof.key_averages() if e.device_time_total > 0] if device.type == "cuda" else []
+    events.sort(key=lambda e: -e.device_time_total)
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    lines = [f"{'kernel / op':70s} {'ms':>8s} {'%':>5s} {'calls':>6s}"]
+    for e in [e for e in events if e.self_device_time_total > 0][:rows]:
+        lines.append(f"{e.key[:70]:70s} {e.self_device_time_total / 1e3:8.1f} "
+                     f"{100 * e.self_device_time_total / total:5.1f} {e.count:6d}")
+    return "\n".join(lines)
+
+
 def bench_config(model, device, frames: int, n: int, length: int, *, backends: list[str], repeats: int,
-                 naive: bool, peak: float | None) -> list[dict]:
+                 naive: bool, peak: float | None, profile: bool = False) -> list[dict]:
     """One JSON-able result per backend; the naive baseline runs once and is shared."""
     prompt = video_prompt(model, frames)
     g = torch.Generator().manual_seed(2)
@@ -172,8 +191,7 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
     cuda = device.type == "cuda"
     common = {"device": device.type, "gpu": torch.cuda.get_device_name() if cuda else None,
               "dtype": str(model.dtype).removeprefix("torch."), "frames": frames, "n": n,
-              "response_tokens": length, "prefix_tokens": len(prompt), "packed_tokens": len(prompt) + n * length,
-              "grad_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False))}
+              "response_tokens": length, "prefix_tokens": len(prompt), "packed_tokens": len(prompt) + n * length}
 
     naive_result, naive_logps, naive_grads = {"naive_s": None, "speedup": None}, None, None
     if naive:
@@ -210,6 +228,9 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
             results.append(result)
             continue
         result["longrl_s"] = statistics.median(times)
+        if profile:
+            print(f"# profile: {backend}, F={frames} n={n} R={length}\n" + profile_table(
+                lambda: (run_longrl(model, prompt, responses, weights, backend), take_grads(model)), device), flush=True)
         if cuda:
             result["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         result["tflops"] = flops / result["longrl_s"] / 1e12
@@ -235,11 +256,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n", type=_ints, default=[8], help="responses per group (comma list)")
     parser.add_argument("--response-tokens", type=_ints, default=[128], help="tokens per response (comma list)")
     parser.add_argument("--backend", default="auto",
-                        help="group attention: auto (flex on GPU, dense on CPU), dense, flex, split; comma list")
+                        help="group attention: auto (flex on GPU, dense on CPU), dense, flex, hybrid, split; comma list")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                         help="auto: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--checkpoint-layers", type=int, default=-1,
-                        help="gradient-checkpoint only the first K decoder layers (-1: all; fewer is faster, more memory)")
+    parser.add_argument("--checkpoint-layers", type=_ints, default=[-1],
+                        help="gradient-checkpoint only the first K decoder layers (-1: all; fewer is faster, more "
+                             "memory); a comma list runs each (the naive baseline only with the first)")
     parser.add_argument("--config", action="append", default=[], metavar="F,N,R",
                         help="a (frames, n, response tokens) configuration; repeatable; replaces the lists")
     parser.add_argument("--repeats", type=int, default=3)
@@ -247,6 +269,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--naive-max-frames", type=int, default=256,
                         help="skip the naive baseline above this many frames (it takes n full passes)")
     parser.add_argument("--no-grad-checkpointing", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print the top kernels of one longrl run per backend")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak for MFU (default: by GPU name)")
     args = parser.parse_args(argv)
 
@@ -256,33 +279,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
              "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
     model = build_model(args.tiny, device, dtype)
     model.train()
-    if device.type == "cuda" and not args.no_grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if args.checkpoint_layers >= 0:
-            for layer in model.model.language_model.layers[args.checkpoint_layers:]:
-                layer.gradient_checkpointing = False
     peak = args.peak_tflops * 1e12 or None
     if peak is None and device.type == "cuda":
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
     backends = [b if b != "auto" else ("flex" if device.type == "cuda" else "dense") for b in args.backend.split(",")]
     for b in backends:
-        if b not in ("dense", "flex", "split"):
-            parser.error(f"--backend {b!r} is not one of auto, dense, flex, split")
+        if b not in ("dense", "flex", "hybrid", "split"):
+            parser.error(f"--backend {b!r} is not one of auto, dense, flex, hybrid, split")
 
     results = []
     configs = ([tuple(_ints(c)) for c in args.config] if args.config
                else list(itertools.product(args.frames, args.n, args.response_tokens)))
-    for frames, n, length in configs:
-        naive = not args.no_naive and frames <= args.naive_max_frames
-        for result in bench_config(model, device, frames, n, length, backends=backends, repeats=args.repeats,
-                                   naive=naive, peak=peak):
-            result["model"] = "tiny" if args.tiny else "qwen2.5-vl-3b-shape"
-            if args.checkpoint_layers >= 0 and result["grad_checkpointing"]:
-                result["checkpoint_layers"] = args.checkpoint_layers
-            print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in result.items()}),
-                  flush=True)
-            results.append(result)
+    checkpointing = device.type == "cuda" and not args.no_grad_checkpointing
+    layers = model.config.text_config.num_hidden_layers
+    for variant, ckpt_layers in enumerate(args.checkpoint_layers if checkpointing else [0]):
+        if checkpointing:
+            enable_gradient_checkpointing(model, None if ckpt_layers < 0 else ckpt_layers)
+        for frames, n, length in configs:
+            naive = not args.no_naive and frames <= args.naive_max_frames and variant == 0
+            for result in bench_config(model, device, frames, n, length, backends=backends, repeats=args.repeats,
+                                       naive=naive, peak=peak, profile=args.profile and variant == 0):
+                result["model"] = "tiny" if args.tiny else "qwen2.5-vl-3b-shape"
+                result["checkpointed_layers"] = (layers if ckpt_layers < 0 else min(ckpt_layers, layers)) if checkpointing else 0
+                print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in result.items()}),
+                      flush=True)
+                results.append(result)
     return results
 
 

@@ -12,6 +12,8 @@ Attention backends (:class:`GroupAttention`):
   (flex_attention has no CPU backward) and in tests.
 * ``"flex"``: ``flex_attention`` (compiled, Triton) with a block mask built directly from the
   layout, so fully masked 128x128 blocks are skipped: cost about P^2/2 + n*R*P + n*R^2/2.
+* ``"hybrid"``: causal SDPA (flash) over the prefix rows, flex_attention (block mask) for the
+  response rows only: the long causal part runs on the fastest kernel, the responses skip blocks.
 * ``"split"``: no compiler needed: causal SDPA over the prefix, then the n responses as a batch,
   each attending to [prefix | own past] with a bottom-right-aligned causal mask (flash kernels).
   Same cost as flex, but the prefix K/V are copied once per response per layer.
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from longrl.models.attention import AttentionLayout
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, prompt_embeds
 
-Backend = Literal["auto", "dense", "flex", "split"]
+Backend = Literal["auto", "dense", "flex", "hybrid", "split"]
 FLEX_BLOCK = 128
 
 
@@ -80,47 +82,51 @@ class GroupPacking:
         return causal & visible
 
 
-def group_mask_mod(seg: torch.Tensor):
-    """flex_attention mask_mod of the group layout over segment ids ``seg`` (see GroupPacking)."""
+def group_mask_mod(seg: torch.Tensor, q_start: int = 0):
+    """flex_attention mask_mod of the group layout over segment ids ``seg`` (see GroupPacking);
+    query index i stands for packed row ``q_start + i``."""
 
     def mask_mod(b, h, q_idx, kv_idx):
+        q = q_idx + q_start
         kv_seg = seg[kv_idx]
-        return (kv_idx <= q_idx) & (kv_seg >= 0) & ((kv_seg == 0) | (kv_seg == seg[q_idx]))
+        return (kv_idx <= q) & (kv_seg >= 0) & ((kv_seg == 0) | (kv_seg == seg[q]))
 
     return mask_mod
 
 
-def group_block_counts(packing: GroupPacking, block: int = FLEX_BLOCK, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def group_block_counts(packing: GroupPacking, block: int = FLEX_BLOCK, device="cpu",
+                       q_start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per (query block, key block): how many (q, kv) pairs the layout allows, and how many exist.
+    Query blocks cover packed rows [q_start, T); key blocks cover [0, T).
 
     Row q of segment s may see keys [0, min(P, q+1)) and, if s > 0, [start_s, q+1): two intervals,
     so counts come from interval overlaps in O(T * blocks) without a [T, T] mask."""
     T, P = packing.total_len, packing.prefix_len
-    nb = -(-T // block)
-    q = torch.arange(T, device=device)
-    seg = packing.segment_ids(device).long()
+    nk, nq = -(-T // block), -(-(T - q_start) // block)
+    q = torch.arange(q_start, T, device=device)
+    seg = packing.segment_ids(device).long()[q_start:]
     starts = torch.tensor([P] + packing.response_starts, device=device)[seg]  # own segment start
-    k0 = torch.arange(nb, device=device) * block
+    k0 = torch.arange(nk, device=device) * block
     k1 = (k0 + block).clamp(max=T)
 
-    def overlap(lo, hi):  # [T] interval [lo, hi) vs every key block -> [T, nb]
+    def overlap(lo, hi):  # intervals [lo, hi) per row vs every key block -> [rows, nk]
         return (torch.minimum(hi[:, None], k1[None]) - torch.maximum(lo[:, None], k0[None])).clamp(min=0)
 
     prefix_hi = torch.minimum(q + 1, torch.full_like(q, P))
     own_lo = torch.where(seg > 0, starts, q + 1)  # prefix rows: the first interval covers it all
     allowed = overlap(torch.zeros_like(q), prefix_hi) + overlap(own_lo, q + 1)
-    pad = nb * block - T
-    allowed = F.pad(allowed, (0, 0, 0, pad)).view(nb, block, nb).sum(1)
-    size = k1 - k0  # the last block may be short, as query rows and as keys
-    total = size[:, None] * size[None, :]
+    allowed = F.pad(allowed, (0, 0, 0, nq * block - q.numel())).view(nq, block, nk).sum(1)
+    rows = (torch.arange(1, nq + 1, device=device) * block).clamp(max=T - q_start) - torch.arange(nq, device=device) * block
+    total = rows[:, None] * (k1 - k0)[None, :]  # the last blocks may be short
     return allowed, total
 
 
-def group_block_mask(packing: GroupPacking, device, block: int = FLEX_BLOCK):
-    """flex_attention BlockMask: fully visible blocks skip mask_mod, fully masked ones are skipped."""
+def group_block_mask(packing: GroupPacking, device, block: int = FLEX_BLOCK, q_start: int = 0):
+    """flex_attention BlockMask for query rows [q_start, T) over keys [0, T): fully visible blocks
+    skip mask_mod, fully masked ones are skipped."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    allowed, total = group_block_counts(packing, block, device)
+    allowed, total = group_block_counts(packing, block, device, q_start)
     full = allowed == total
     partial = (allowed > 0) & ~full
 
@@ -134,11 +140,23 @@ def group_block_mask(packing: GroupPacking, device, block: int = FLEX_BLOCK):
     full_num, full_idx = to_indices(full)
     T = packing.total_len
     # padded with -1 to whole blocks, so mask_mod never indexes past the end in a partial block
-    seg = packing.segment_ids(device, pad_to=-(-T // block) * block)
+    nk, nq = -(-T // block), -(-(T - q_start) // block)
+    seg = packing.segment_ids(device, pad_to=max(nk * block, q_start + nq * block))
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx,
-        BLOCK_SIZE=block, mask_mod=group_mask_mod(seg), seq_lengths=(T, T),
+        BLOCK_SIZE=block, mask_mod=group_mask_mod(seg, q_start), seq_lengths=(T - q_start, T),
     )
+
+
+def hybrid_attention(packing: GroupPacking, block_mask, query, key, value, scaling) -> torch.Tensor:
+    """Causal SDPA (flash) over the prefix rows, flex_attention for the response rows over all keys
+    (block mask from ``group_block_mask(..., q_start=P)``). Inputs [1, H, T, D]; output [1, Hq, T, D]."""
+    P = packing.prefix_len
+    gqa = query.shape[1] != key.shape[1]
+    prefix_out = F.scaled_dot_product_attention(query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True,
+                                                scale=scaling, enable_gqa=gqa)
+    resp_out = _flex_attention()(query[:, :, P:], key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
+    return torch.cat([prefix_out, resp_out], dim=2)
 
 
 _compiled_flex = None
@@ -178,10 +196,14 @@ class GroupAttention(AttentionLayout):
                 self._cache["dense"] = self.packing.dense_mask(query.device)
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=self._cache["dense"], scale=scaling,
                                                  enable_gqa=query.shape[1] != key.shape[1])
+        elif backend == "hybrid":
+            if "hybrid_mask" not in self._cache:
+                self._cache["hybrid_mask"] = group_block_mask(self.packing, query.device, q_start=self.packing.prefix_len)
+            out = hybrid_attention(self.packing, self._cache["hybrid_mask"], query, key, value, scaling)
         elif backend == "split":
             out = split_attention(self.packing, query, key, value, scaling)
         else:
-            raise ValueError(f"unknown group attention backend {backend!r}; use 'auto', 'dense', 'flex' or 'split'")
+            raise ValueError(f"unknown group attention backend {backend!r}; use auto, dense, flex, hybrid or split")
         return out.transpose(1, 2).contiguous()
 
 
@@ -240,3 +262,13 @@ def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_
     embeds, positions, packing = pack_group(model, prompt, responses, train_vision=train_vision)
     hidden = decoder_forward(model, embeds, positions, attention=GroupAttention(packing, backend))
     return hidden[0], packing
+
+
+def enable_gradient_checkpointing(model, layers: int | None = None) -> None:
+    """Non-reentrant activation checkpointing on the text decoder layers (it composes with the
+    group layout: the layout object is an ordinary argument of every layer). With ``layers``, only
+    the first ``layers`` layers recompute their activations; the rest keep them (faster, more memory)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    decoder_layers = model.model.language_model.layers
+    for i, layer in enumerate(decoder_layers):
+        layer.gradient_checkpointing = layers is None or i < layers
