@@ -180,7 +180,7 @@ def test_cascade_attention_equals_full_attention():
         assert (out[r] - ref).abs().max().item() < 1e-5
     # folding the group into rows is a pure permutation
     assert torch.equal(unfold_rows(fold_queries(q[:n], hkv), n), q[:n])
-    o, lse = prefix_attention(fold_queries(q[:n], hkv), *prefixes[0], 0.25)
+    o, lse = prefix_attention(q[:n], *prefixes[0], 0.25)
     scores = torch.einsum("hrd,hpd->hrp", fold_queries(q[:n], hkv), prefixes[0][0]) * 0.25
     assert torch.allclose(lse, scores.logsumexp(-1), atol=1e-5)
 
@@ -190,8 +190,9 @@ def test_chunked_prefill_matches_full_forward(tiny):
     prompt = prompts[0]
     dec = TextDecoder(model)
     with torch.no_grad():
-        kv_a, logits_a = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=5)
-        kv_b, logits_b = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=4096)
+        kv_a, hidden_a = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=5)
+        kv_b, hidden_b = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=4096)
+        logits_a, logits_b = dec.logits(hidden_a), dec.logits(hidden_b)
         hidden = decoder_forward(model, prompt_embeds(model, prompt)[None], prompt.position_ids[:, None])
         ref = model.lm_head(hidden[0, -1]).float()
     assert (kv_a.k - kv_b.k).abs().max().item() < 1e-5 and (kv_a.v - kv_b.v).abs().max().item() < 1e-5

@@ -49,40 +49,52 @@ def _split_length(prefix_len: int, kv_heads: int, device: torch.device) -> int:
 
 
 def _flash_with_lse(q, k, v, scale):
+    """Flash attention forward that also returns the log-sum-exp (natural log) of each query row."""
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale)[:2]
-    return out, lse
+    return out, lse[..., : q.shape[2]]
+
+
+def prefix_partials(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Unmerged attention of one prompt's samples ``q [n, Hq, D]`` over its prefix ``k/v [Hkv, P, D]``.
+
+    Returns partials (out [Hkv, S, R, D], lse [Hkv, S, R]) over S disjoint key ranges, with the
+    group folded into R = n*G rows; :func:`attention_epilogue` merges them."""
+    hkv = k.shape[0]
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
+        out, lse = attention_lse_math(fold_queries(q, hkv), k, v, scale)
+        return [(out[:, None], lse[:, None])]
+    n, hq, dim = q.shape
+    group = hq // hkv
+    prefix_len = k.shape[1]
+    split = _split_length(prefix_len, hkv, q.device)
+    splits, tail = divmod(prefix_len, split)
+    # Fold and replicate the queries over the splits in one copy: [Hkv, S, n*G, D].
+    qs = torch.empty(hkv, max(splits, 1), n, group, dim, dtype=q.dtype, device=q.device)
+    qs.copy_(q.reshape(n, hkv, group, dim).transpose(0, 1)[:, None].expand_as(qs))
+    qs = qs.view(hkv, -1, n * group, dim)
+    parts = []
+    if splits:
+        # [Hkv, P, D] viewed as [Hkv, splits, split, D]: the splits ride the flash kernel's head axis.
+        ks = k[:, : splits * split].view(hkv, splits, split, dim)
+        vs = v[:, : splits * split].view(hkv, splits, split, dim)
+        parts.append(_flash_with_lse(qs, ks, vs, scale))
+    if tail:
+        parts.append(_flash_with_lse(qs[:, :1], k[:, None, splits * split:], v[:, None, splits * split:], scale))
+    return parts
 
 
 def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Folded queries ``q [Hkv, R, D]`` (R = samples x GQA group) over one prefix ``k/v [Hkv, P, D]``.
-    Returns (out [Hkv, R, D] fp32, lse [Hkv, R] fp32)."""
-    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)):
-        return attention_lse_math(q, k, v, scale)
-    hkv, rows, dim = q.shape
-    prefix_len = k.shape[1]
-    split = _split_length(prefix_len, hkv, q.device)
-    splits, tail = divmod(prefix_len, split)
-    outs, lses = [], []
-    if splits:
-        # [Hkv, P, D] viewed as [Hkv, splits, split, D]: the splits take the flash kernel's head axis.
-        ks = k[:, : splits * split].view(hkv, splits, split, dim)
-        vs = v[:, : splits * split].view(hkv, splits, split, dim)
-        qs = q[:, None].expand(hkv, splits, rows, dim).contiguous()
-        o, l = _flash_with_lse(qs, ks, vs, scale)  # [Hkv, splits, R, D], [Hkv, splits, R]
-        outs.append(o)
-        lses.append(l)
-    if tail:
-        o, l = _flash_with_lse(q[:, None], k[:, None, splits * split:], v[:, None, splits * split:], scale)
-        outs.append(o)
-        lses.append(l)
-    return merge_partials(torch.cat(outs, 1), torch.cat(lses, 1), dim=1)
+    """Merged :func:`prefix_partials`: (out [Hkv, n*G, D] fp32, lse [Hkv, n*G] fp32)."""
+    parts = prefix_partials(q, k, v, scale)
+    return merge_partials(torch.cat([o for o, _ in parts], 1), torch.cat([l for _, l in parts], 1), dim=1)
 
 
 def fold_queries(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
     """[n, Hq, D] -> [Hkv, n*G, D]: the group's queries become rows of one attention per KV head."""
     n, hq, dim = q.shape
-    return q.view(n, kv_heads, hq // kv_heads, dim).transpose(0, 1).reshape(kv_heads, -1, dim)
+    return q.reshape(n, kv_heads, hq // kv_heads, dim).transpose(0, 1).reshape(kv_heads, -1, dim)
 
 
 def unfold_rows(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -98,10 +110,27 @@ def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
     (0-d tensor, >= 1) entries valid. Returns fp32 (out [B, Hq, D], lse [B, Hq])."""
     b, hq, dim = q.shape
     hkv, window = k.shape[1], k.shape[2]
-    qg = q.view(b, hkv, hq // hkv, dim)
+    qg = q.reshape(b, hkv, hq // hkv, dim)
     valid = (torch.arange(window, device=q.device) < length).view(1, 1, 1, window)
     out, lse = attention_lse_math(qg, k, v, scale, valid)
     return out.reshape(b, hq, dim), lse.reshape(b, hq)
+
+
+def attention_epilogue(q: torch.Tensor, prefix_parts: list[list[tuple[torch.Tensor, torch.Tensor]]], n: int,
+                       suffix_k: torch.Tensor, suffix_v: torch.Tensor, length: torch.Tensor, scale: float
+                       ) -> torch.Tensor:
+    """Merge each prompt's prefix partials with every row's suffix attention: [B, Hq, D] in q's dtype.
+
+    Pure tensor arithmetic with static shapes: on GPU it is compiled into a few fused kernels."""
+    pre_out, pre_lse = [], []
+    for parts in prefix_parts:
+        o, l = merge_partials(torch.cat([o for o, _ in parts], 1), torch.cat([l for _, l in parts], 1), dim=1)
+        pre_out.append(unfold_rows(o, n))
+        pre_lse.append(unfold_rows(l, n))
+    suf_out, suf_lse = suffix_attention(q, suffix_k, suffix_v, length, scale)
+    out = torch.stack([torch.cat(pre_out), suf_out])
+    lse = torch.stack([torch.cat(pre_lse), suf_lse])
+    return merge_partials(out, lse, dim=0)[0].to(q.dtype)
 
 
 def cascade_attention(q: torch.Tensor, prefixes: list[tuple[torch.Tensor, torch.Tensor]], n: int,
@@ -112,17 +141,8 @@ def cascade_attention(q: torch.Tensor, prefixes: list[tuple[torch.Tensor, torch.
     q [B, Hq, D]; ``prefixes[i]`` = (k, v) [Hkv, P_i, D]; suffix k/v [B, Hkv, W, D] with ``length``
     valid entries. Returns [B, Hq, D] in q's dtype.
     """
-    hkv = suffix_k.shape[1]
-    pre_out, pre_lse = [], []
-    for i, (pk, pv) in enumerate(prefixes):
-        qf = fold_queries(q[i * n:(i + 1) * n], hkv)
-        o, l = prefix_attention(qf, pk, pv, scale)
-        pre_out.append(unfold_rows(o, n))
-        pre_lse.append(unfold_rows(l, n))
-    suf_out, suf_lse = suffix_attention(q, suffix_k, suffix_v, length, scale)
-    out = torch.stack([torch.cat(pre_out), suf_out])
-    lse = torch.stack([torch.cat(pre_lse), suf_lse])
-    return merge_partials(out, lse, dim=0)[0].to(q.dtype)
+    parts = [prefix_partials(q[i * n:(i + 1) * n], pk, pv, scale) for i, (pk, pv) in enumerate(prefixes)]
+    return attention_epilogue(q, parts, n, suffix_k, suffix_v, length, scale)
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

@@ -11,12 +11,14 @@ live prompt ride along as extra rows of memory-bound matmuls, which is free.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
-from longrl.rollout.attention import cascade_attention
+from longrl.rollout.attention import prefix_partials
 from longrl.rollout.config import RolloutConfig
-from longrl.rollout.decoder import TextDecoder, post_attention, pre_attention
+from longrl.rollout.decoder import TextDecoder
+from longrl.rollout.ops import DecodeOps
 from longrl.rollout.prefill import PrefixKV, prefill
 from longrl.rollout.prompts import PromptEmbedder, check_prompts
 from longrl.rollout.sampling import Sample, SamplingParams, hashed_vocab, row_keys, sample_tokens
@@ -30,10 +32,10 @@ class DecodeBatch:
     response token ``step + 1``.
     """
 
-    def __init__(self, dec: TextDecoder, params: SamplingParams, prompt_index: list[int],
+    def __init__(self, dec: TextDecoder, ops: DecodeOps, params: SamplingParams, prompt_index: list[int],
                  prefixes: list[PrefixKV], next_position: torch.Tensor, keys: torch.Tensor,
                  stop_ids: torch.Tensor, suffix_capacity: int):
-        self.dec, self.params = dec, params
+        self.dec, self.ops, self.params = dec, ops, params
         self.n = params.n
         self.prompt_index = prompt_index
         self.prefixes = prefixes
@@ -55,44 +57,52 @@ class DecodeBatch:
     def rows(self) -> int:
         return self.current.shape[0]
 
-    def _record(self, logits: torch.Tensor, index: torch.Tensor) -> None:
-        """Sample response token ``index`` (0-d) from ``logits [B, V]`` and make it current."""
-        tokens, logprobs = sample_tokens(logits, self.params, self.keys, index, self.vocab_hash)
+    def _record(self, hidden: torch.Tensor, index: torch.Tensor) -> None:
+        """Sample response token ``index`` (0-d) from last hidden states [B, H]; make it current."""
+        dec, p = self.dec, self.params
+        tokens, logprobs = self.ops.head(hidden, dec.norm.weight, dec.lm_head.weight, self.keys, index,
+                                         self.vocab_hash, eps=dec.eps,
+                                         sampling=(p.is_greedy, p.temperature, p.top_k, p.top_p))
         self.tokens.index_copy_(1, index.view(1), tokens[:, None])
         self.logprobs.index_copy_(1, index.view(1), logprobs[:, None])
         self.current.copy_(tokens)
         self.finished |= (tokens[:, None] == self.stop_ids[None, :]).any(-1)
 
-    def start(self, first_logits: torch.Tensor) -> None:
-        """Sample token 0 of every row from its prompt's prefill logits [prompts, V]."""
-        self._record(first_logits.repeat_interleave(self.n, dim=0), self.step)
+    def start(self, last_hidden: torch.Tensor) -> None:
+        """Sample token 0 of every row from its prompt's last prefill hidden state [prompts, H]."""
+        self._record(last_hidden.repeat_interleave(self.n, dim=0), self.step)
 
     def decode_step(self, window: int) -> None:
         """One token for every row; the suffix attention reads the first ``window`` slots."""
-        dec, t, b = self.dec, self.step, self.rows
+        dec, ops, t, b, n = self.dec, self.ops, self.step, self.rows, self.n
         h = dec.embed(self.current)[:, None]  # [B, 1, H]
         pos = (self.next_position + t).view(1, b, 1).expand(3, b, 1)
         cos, sin = dec.rope(h, pos)
         slot = t.view(1)
         length = t + 1
         for i, w in enumerate(dec.layers):
-            q, k, v = pre_attention(h, *w.attn, cos, sin, eps=dec.eps, num_heads=dec.num_heads,
-                                    kv_heads=dec.kv_heads)
+            q, k, v = ops.pre(h, *w.attn, cos, sin, eps=dec.eps, num_heads=dec.num_heads, kv_heads=dec.kv_heads)
+            q = q[:, :, 0]  # [B, Hq, D]
             sk, sv = self.suffix_k[i], self.suffix_v[i]
             sk.index_copy_(2, slot, k)
             sv.index_copy_(2, slot, v)
-            prefixes = [p.layer(i) for p in self.prefixes]
-            attn = cascade_attention(q[:, :, 0], prefixes, self.n, sk[:, :, :window], sv[:, :, :window],
-                                     length, dec.scale)
-            h = post_attention(h, attn.reshape(b, 1, -1), *w.mlp, eps=dec.eps, act=dec.act)
-        self._record(dec.logits(h[:, 0]), t + 1)
+            parts = [prefix_partials(q[g * n:(g + 1) * n], *p.layer(i), dec.scale) for g, p in enumerate(self.prefixes)]
+            sk, sv = sk[:, :, :window], sv[:, :, :window]
+            if ops.compiled:  # one compiled kernel set for every prefix split count and suffix window
+                for o, l in (x for prompt_parts in parts for x in prompt_parts):
+                    torch._dynamo.maybe_mark_dynamic(o, 1)
+                    torch._dynamo.maybe_mark_dynamic(l, 1)
+                torch._dynamo.maybe_mark_dynamic(sk, 2)
+                torch._dynamo.maybe_mark_dynamic(sv, 2)
+            h = ops.post(h, q, parts, n, sk, sv, length, dec.scale, *w.mlp, eps=dec.eps, act=dec.act)
+        self._record(h[:, 0], t + 1)
         self.step += 1
 
     def select(self, keep: list[int]) -> DecodeBatch:
         """A new batch holding only prompt groups ``keep`` (indices into this batch's prompts)."""
         rows = torch.tensor([g * self.n + j for g in keep for j in range(self.n)], device=self.current.device)
         new = DecodeBatch.__new__(DecodeBatch)
-        new.dec, new.params, new.n = self.dec, self.params, self.n
+        new.dec, new.ops, new.params, new.n = self.dec, self.ops, self.params, self.n
         new.prompt_index = [self.prompt_index[g] for g in keep]
         new.prefixes = [self.prefixes[g] for g in keep]
         new.stop_ids, new.vocab_hash = self.stop_ids, self.vocab_hash
@@ -122,31 +132,44 @@ class DecodeBatch:
 class StepRunner:
     """Runs decode steps eagerly, or through one CUDA graph per suffix window."""
 
-    def __init__(self, batch: DecodeBatch, use_graphs: bool):
+    def __init__(self, batch: DecodeBatch, use_graphs: bool, stats: dict):
         self.batch = batch
         self.use_graphs = use_graphs
+        self.stats = stats
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
 
+    def _eager(self, window: int) -> None:
+        ops = self.batch.ops
+        try:
+            self.batch.decode_step(window)
+        except Exception as error:  # a compile failure: the step is idempotent until it completes
+            if not ops.compiled:
+                raise
+            ops.fall_back_to_eager(error)
+            self.batch.decode_step(window)
+
     def __call__(self, window: int) -> None:
         if not self.use_graphs:
-            self.batch.decode_step(window)
+            self._eager(window)
             return
         graph = self.graphs.get(window)
         if graph is None:
-            # The first step at a new window runs eagerly (warming kernels, compiled code and
-            # cuBLAS); capture records the next one without running it.
-            self.batch.decode_step(window)
+            # The first step at a new window runs eagerly (compiling and warming kernels and
+            # cuBLAS); capture then records the next step without running it.
+            self._eager(window)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
                 self.batch.decode_step(window)
             self.graphs[window] = graph
+            self.stats["graph_captures"] = self.stats.get("graph_captures", 0) + 1
             return
         graph.replay()
 
 
-def suffix_window(length: int, capacity: int, smallest: int = 64) -> int:
-    """Suffix slots a step reads: the next power of two >= length (few graphs, little waste)."""
+def suffix_window(length: int, capacity: int, smallest: int = 256) -> int:
+    """Suffix slots a step reads: the next power of two >= length, at least ``smallest`` (few
+    graphs to capture; the masked extra slots cost little next to the prefix)."""
     return min(capacity, max(smallest, 1 << math.ceil(math.log2(max(length, 1)))))
 
 
@@ -164,56 +187,77 @@ def prompt_batches(lengths: list[int], max_prompts: int, max_tokens: int) -> lis
     return batches
 
 
-def _decode(dec: TextDecoder, batch: DecodeBatch, config: RolloutConfig, use_graphs: bool,
-            results: list) -> None:
+def _decode(batch: DecodeBatch, config: RolloutConfig, use_graphs: bool, results: list, stats: dict) -> None:
     steps = batch.params.max_new_tokens
     capacity = batch.suffix_k.shape[3]
-    runner = StepRunner(batch, use_graphs)
+    runner = StepRunner(batch, use_graphs, stats)
     done_at = 1  # tokens sampled so far
     while True:
-        check = done_at >= steps or done_at % config.finish_check_interval == 0
-        if check:
+        if done_at >= steps or done_at % config.finish_check_interval == 0:
             finished = batch.finished.view(-1, batch.n).all(-1).tolist()
             if done_at >= steps or all(finished):
                 for g, p in enumerate(batch.prompt_index):
                     results[p] = batch.samples(g, done_at)
+                stats["decode_steps"] = stats.get("decode_steps", 0) + done_at - 1
                 return
             done = [g for g, f in enumerate(finished) if f]
             if done and len(done) >= max(1, len(finished) // 4):
                 for g in done:
                     results[batch.prompt_index[g]] = batch.samples(g, done_at)
                 batch = batch.select([g for g, f in enumerate(finished) if not f])
-                runner = StepRunner(batch, use_graphs)
+                runner = StepRunner(batch, use_graphs, stats)
         runner(suffix_window(done_at, capacity))
         done_at += 1
 
 
-def generate(model, prompts: list, params: SamplingParams, *, config: RolloutConfig | None = None
-             ) -> list[list[Sample]]:
-    """Sample ``params.n`` responses for each prompt; returns one list of n Samples per prompt."""
+def _sync_time(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def generate(model, prompts: list, params: SamplingParams, *, config: RolloutConfig | None = None,
+             stats: dict | None = None) -> list[list[Sample]]:
+    """Sample ``params.n`` responses for each prompt; returns one list of n Samples per prompt.
+
+    ``stats``, when given, receives timings (prefill_s, decode_s; the device is synchronised at
+    phase boundaries only then), decode_steps and graph_captures.
+    """
     config = config or RolloutConfig()
     dec = TextDecoder(model)
     params.validate(dec.vocab_size)
     check_prompts(prompts, dec, params.max_new_tokens, config.max_context_tokens or dec.max_positions)
     seed = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    use_graphs = config.cuda_graphs and dec.device.type == "cuda"
+    cuda = dec.device.type == "cuda"
+    use_graphs = config.cuda_graphs and cuda
+    ops = DecodeOps(compile=config.compile and cuda)
+    timed = stats is not None
+    stats = stats if timed else {}
+    stats.update(prefill_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0)
     stop_ids = torch.tensor(list(params.stop_token_ids) or [-1], dtype=torch.long, device=dec.device)
     results: list = [None] * len(prompts)
     with torch.no_grad():
         lengths = [len(p.input_ids) for p in prompts]
         for members in prompt_batches(lengths, config.max_prompts_per_batch, config.max_batch_prefix_tokens):
-            prefixes, first_logits = [], []
+            t0 = _sync_time(dec.device) if timed else 0.0
+            prefixes, last_hidden = [], []
             for i in members:
-                prefix, logits = prefill(dec, PromptEmbedder(dec, prompts[i]), prompts[i].position_ids,
+                prefix, hidden = prefill(dec, PromptEmbedder(dec, prompts[i]), prompts[i].position_ids,
                                          config.prefill_chunk_tokens)
                 prefixes.append(prefix)
-                first_logits.append(logits)
+                last_hidden.append(hidden)
+            t1 = _sync_time(dec.device) if timed else 0.0
             rows = torch.tensor([i * params.n + j for i in members for j in range(params.n)], device=dec.device)
             next_position = torch.tensor([prompts[i].next_position for i in members],
                                          device=dec.device).repeat_interleave(params.n)
-            batch = DecodeBatch(dec, params, members, prefixes, next_position, row_keys(seed, rows), stop_ids,
+            batch = DecodeBatch(dec, ops, params, members, prefixes, next_position, row_keys(seed, rows), stop_ids,
                                 suffix_capacity=max(1, params.max_new_tokens - 1))
-            batch.start(torch.stack(first_logits))
-            _decode(dec, batch, config, use_graphs, results)
+            batch.start(torch.stack(last_hidden))
+            _decode(batch, config, use_graphs, results, stats)
             del batch, prefixes
+            if timed:
+                t2 = _sync_time(dec.device)
+                stats["prefill_s"] += t1 - t0
+                stats["decode_s"] += t2 - t1
+    stats["compiled"] = ops.compiled
     return results

@@ -34,8 +34,8 @@ class PrefixKV:
 def prefill(dec: TextDecoder, embed: Callable[[int, int], torch.Tensor], position_ids: torch.Tensor,
             chunk: int) -> tuple[PrefixKV, torch.Tensor]:
     """Run a prompt at M-RoPE ``position_ids [3, L]``; ``embed(start, end)`` gives the input
-    embeddings [end - start, H] of a chunk. Returns the prefix KV and the fp32 logits [vocab]
-    that predict the first response token."""
+    embeddings [end - start, H] of a chunk. Returns the prefix KV and the final
+    hidden state [H] of the last prompt token (it predicts the first response token)."""
     length = position_ids.shape[1]
     position_ids = position_ids.to(dec.device)
     shape = (dec.num_layers, dec.kv_heads, length, dec.head_dim)
@@ -54,4 +54,4 @@ def prefill(dec: TextDecoder, embed: Callable[[int, int], torch.Tensor], positio
             attn = prefill_attention(q, prefix.k[i, None, :, :end], prefix.v[i, None, :, :end], dec.scale)
             h = post_attention(h, attn.transpose(1, 2).reshape(1, end - start, -1), *w.mlp, eps=dec.eps,
                                act=dec.act)
-    return prefix, dec.logits(h[0, -1])
+    return prefix, h[0, -1]

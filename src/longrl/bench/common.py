@@ -1,0 +1,103 @@
+"""Shared pieces of the benchmarks: model shapes with random weights, and the GPU's numbers.
+
+No download: the 3B model is Qwen2.5-VL-3B-Instruct's published shape with random weights, which
+costs exactly what the real one costs to run (timing does not depend on the values).
+Keep this module small and stable; both ``bench rollout`` and ``bench train`` import it.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+# Datasheet memory bandwidth (bytes/s) by a substring of torch.cuda.get_device_name().
+_PEAK_BANDWIDTH = [
+    ("H200", 4.8e12),
+    ("H100 NVL", 3.9e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),  # SXM5 80 GB HBM3
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),
+]
+
+
+def qwen25vl_3b_config(vocab_size: int = 151936) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL-3B-Instruct's architecture (config.json of the released checkpoint)."""
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+            num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
+            rms_norm_eps=1e-6, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        ),
+        vision_config=dict(
+            depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+        ),
+        tie_word_embeddings=True,
+    )
+
+
+def tiny_bench_config(vocab_size: int = 151936) -> Qwen2_5_VLConfig:
+    """A few-layer model of the same family (real token ids, head_dim 32) for smoke runs."""
+    return Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128000,
+            rms_norm_eps=1e-6, tie_word_embeddings=True,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
+            fullatt_block_indexes=[1], tokens_per_second=2,
+        ),
+        tie_word_embeddings=True,
+    )
+
+
+def random_model(config: Qwen2_5_VLConfig, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+    """The model with transformers' random initialisation, built directly on ``device`` in ``dtype``
+    (sdpa attention; callers switch the text decoder to longrl's hook as they need)."""
+    config._attn_implementation = "sdpa"
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(seed)
+            if torch.device(device).type == "cuda":
+                torch.cuda.manual_seed(seed)
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model
+
+
+def device_name(device: torch.device | str | None = None) -> str:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def gpu_peak_bandwidth(device: torch.device | str | None = None) -> float | None:
+    """Datasheet memory bandwidth in bytes/s of the CUDA device, or None (CPU / unknown card)."""
+    name = device_name(device)
+    return next((bw for key, bw in _PEAK_BANDWIDTH if key in name), None)
+
+
+def measured_copy_bandwidth(device: torch.device | str = "cuda", gib: float = 2.0) -> float:
+    """Achievable bandwidth (bytes read + written per second) of a large device-to-device copy."""
+    src = torch.randn(int(gib * 2**30) // 4, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(10):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize(device)
+    seconds = start.elapsed_time(end) / 1e3 / 10
+    return 2 * src.numel() * 4 / seconds

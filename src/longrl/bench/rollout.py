@@ -1,0 +1,279 @@
+"""``longrl bench rollout``: a GRPO group's generation, transformers ``generate`` vs longrl.
+
+A random Qwen2.5-VL (3B shape, or ``--tiny``) gets a prompt around F frames of 448x448 video
+(F/2 temporal groups x 16x16 merged patches = 128*F video tokens). The video embeddings are
+synthetic (random, as if read from the embedding cache): this measures generation, not the
+vision tower, and both engines get the very same embeddings (transformers through its own
+placeholder scatter, with the tower's output replaced). N samples of T new tokens each, EOS
+ignored (min_new_tokens = max_new_tokens).
+
+Per configuration (comma lists in --frames/--n/--new-tokens run the cross product in one
+process) one JSON line:
+
+* ``hf_tok_s`` / ``longrl_tok_s``: N*T over the wall time of the whole generate call (prefill +
+  decode) for each engine; ``speedup`` is their ratio. Null where transformers ran out of memory.
+* ``longrl_decode_tok_s``: N*(T-1) over longrl's decode phase alone (prefill excluded), and
+  ``roofline_frac`` = that over the decode roofline: per step, read the weights (decoder + LM
+  head), one prefix KV and the N suffix KVs at the GPU's datasheet bandwidth, for N tokens.
+* ``greedy_match``: greedy tokens equal token for token (``greedy_match_frac``: the matching
+  leading fraction, ``first_mismatch``). Random weights give nearly flat logits, so bf16 runs can
+  legitimately part at a near-tie; ``fp32_tiny_greedy_match`` is the exact check (tiny model,
+  fp32, same device), and ``attn_check_rel_err`` checks the bf16 cascade attention kernels
+  against an fp32 reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import time
+from types import SimpleNamespace
+
+import torch
+
+from longrl.bench.common import (device_name, gpu_peak_bandwidth, measured_copy_bandwidth, qwen25vl_3b_config,
+                                 random_model, tiny_bench_config)
+from longrl.models.attention import use_longrl_attention
+from longrl.models.qwen2_5_vl import Prompt
+from longrl.rollout import RolloutConfig, SamplingParams, generate
+from longrl.rollout.attention import cascade_attention
+
+FRAME_TOKENS = 128  # a 448x448 frame: 32x32 patches, 2x2-merged, 2 frames per temporal patch
+
+
+def video_prompt(model, frames: int, seed: int = 0) -> Prompt:
+    """A chat-shaped prompt around ``frames`` frames of video with random video embeddings."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.tensor([[max(frames // 2, 1), 32, 32]])
+    n_video = int(grid.prod()) // 4
+    text = lambda n: torch.randint(100, 100_000, (n,), generator=g)  # noqa: E731
+    ids = torch.cat([text(20), torch.tensor([cfg.vision_start_token_id]), torch.full((n_video,), cfg.video_token_id),
+                     torch.tensor([cfg.vision_end_token_id]), text(40)])
+    mm_type = (ids == cfg.video_token_id).int() * 2
+    positions, _ = model.model.get_rope_index(ids[None], mm_token_type_ids=mm_type[None], video_grid_thw=grid,
+                                              second_per_grid_ts=torch.tensor([1.0]))
+    embeds = torch.randn(n_video, cfg.text_config.hidden_size, generator=g) * 0.02
+    vision = SimpleNamespace(pixel_values=None, grid_thw=grid, second_per_grid=1.0)
+    return Prompt(ids.to(model.device), positions[:, 0].to(model.device),
+                  embeds.to(device=model.device, dtype=model.dtype), vision, int(positions.max()) + 1)
+
+
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy_by_sampling: bool = True) -> torch.Tensor:
+    """transformers ``generate`` on the same prompt: [n, new_tokens] token ids.
+
+    The vision tower's output is replaced by ``prompt.video_embeds`` (the pixel tensor is a
+    placeholder with one row per patch); everything else is transformers' own path: placeholder
+    scatter, 3-D M-RoPE from ``mm_token_type_ids``, replicated-prompt prefill, KV cache.
+    Greedy decoding with n sequences runs as top-k=1 sampling (transformers refuses plain greedy
+    with num_return_sequences > 1)."""
+    cfg, device = model.config, model.device
+    ids = prompt.input_ids[None]
+    grid = prompt.vision.grid_thw.to(device)
+    pixels = torch.zeros(int(grid.prod()), 1, device=device, dtype=model.dtype)
+    inner = model.model
+
+    def synthetic_tower(pixel_values_videos, video_grid_thw=None, **kwargs):
+        return SimpleNamespace(pooler_output=[prompt.video_embeds] * video_grid_thw.shape[0])
+
+    inner.get_video_features = synthetic_tower
+    sampling = dict(do_sample=True, top_k=1, top_p=1.0, temperature=1.0) if n > 1 or greedy_by_sampling \
+        else dict(do_sample=False)
+    try:
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels, video_grid_thw=grid,
+            second_per_grid_ts=torch.tensor([prompt.vision.second_per_grid], device=device),
+            mm_token_type_ids=(ids == cfg.video_token_id).int() * 2, num_return_sequences=n,
+            max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, **sampling,
+        )
+    finally:
+        del inner.get_video_features
+        inner.rope_deltas = None
+    return out[:, ids.shape[1]:]
+
+
+def decode_roofline(model, prefix_tokens: int, n: int, new_tokens: int, bandwidth: float) -> float:
+    """Tokens/s if a decode step cost only reading weights + one prefix KV + the n suffix KVs."""
+    text = model.model.language_model
+    weights = sum(p.numel() * p.element_size() for name, p in text.named_parameters() if "embed_tokens" not in name)
+    weights += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
+    cfg = model.config.text_config
+    kv_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    kv_token *= model.lm_head.weight.element_size()
+    step_bytes = weights + kv_token * (prefix_tokens + n * new_tokens / 2)
+    return n * bandwidth / step_bytes
+
+
+def attention_check(device: torch.device, dtype: torch.dtype, seed: int = 0) -> float:
+    """Relative error of the cascade attention (flash split-KV prefix + suffix) vs fp32 math."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    n, hq, hkv, d, prefix, window, length = 8, 16, 2, 128, 16384 + 37, 128, 77
+    rnd = lambda *shape: torch.randn(*shape, generator=g, device=device)  # noqa: E731
+    q = rnd(n, hq, d)
+    pk, pv = rnd(hkv, prefix, d), rnd(hkv, prefix, d)
+    sk, sv = rnd(n, hkv, window, d), rnd(n, hkv, window, d)
+    q16, pk16, pv16, sk16, sv16 = (x.to(dtype) for x in (q, pk, pv, sk, sv))
+    length_t = torch.tensor(length, device=device)
+    out = cascade_attention(q16, [(pk16, pv16)], n, sk16, sv16, length_t, d ** -0.5).float()
+    ref = cascade_attention(*(x.float() for x in (q16,)), [(pk16.float(), pv16.float())], n, sk16.float(),
+                            sv16.float(), length_t, d ** -0.5)
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32) -> bool:
+    """Exact greedy equality with transformers: tiny model, fp32, same device (graphs on)."""
+    model = random_model(tiny_bench_config(), device=device, dtype=torch.float32, seed=1)
+    use_longrl_attention(model.config.text_config)
+    prompt = video_prompt(model, frames, seed=1)
+    prompt.video_embeds = prompt.video_embeds * 50  # a distinctive prefix keeps logits away from ties
+    hf = hf_generate(model, prompt, 1, new_tokens, greedy_by_sampling=False)[0].tolist()
+    ours = generate(model, [prompt], SamplingParams(n=2, greedy=True, max_new_tokens=new_tokens),
+                    config=RolloutConfig(compile=False))[0]
+    del model
+    return all(s.token_ids == hf for s in ours)
+
+
+def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: float | None) -> dict:
+    device = model.device
+    prompt = video_prompt(model, frames)
+    config = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
+                           compile=not args.no_compile)
+    result = dict(frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    hf_skip = "--no-hf" if args.no_hf else (f"frames > --hf-max-frames {args.hf_max_frames}"
+                                             if frames > args.hf_max_frames else None)
+    runs = {}
+    variants = [("sampled", SamplingParams(n=n, temperature=1.0, max_new_tokens=new_tokens, seed=0))]
+    if not hf_skip:  # the greedy run is there to compare with transformers
+        variants.insert(0, ("greedy", SamplingParams(n=n, greedy=True, max_new_tokens=new_tokens)))
+    for name, params in variants:
+        stats: dict = {}
+        t0 = _sync(device)
+        out = generate(model, [prompt], params, config=config, stats=stats)
+        runs[name] = (_sync(device) - t0, stats, out[0])
+    seconds, stats, samples = runs["sampled"]
+    assert all(len(s.token_ids) == new_tokens for s in samples)
+    result.update(
+        longrl_s=round(seconds, 3), longrl_tok_s=round(n * new_tokens / seconds, 1),
+        prefill_s=round(stats["prefill_s"], 3), decode_s=round(stats["decode_s"], 3),
+        longrl_decode_tok_s=round(n * stats["decode_steps"] / stats["decode_s"], 1),
+        graph_captures=stats["graph_captures"], compiled=stats["compiled"],
+        peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+    )
+    if bandwidth:
+        roof = decode_roofline(model, len(prompt), n, new_tokens, bandwidth)
+        result.update(roofline_tok_s=round(roof, 1), roofline_frac=round(result["longrl_decode_tok_s"] / roof, 3))
+    result.update(hf_tok_s=None, hf_s=None, speedup=None, greedy_match=None)
+    if hf_skip:
+        result["hf_skipped"] = hf_skip
+        return result
+    greedy_stats = runs["greedy"][1]
+    result["longrl_greedy_decode_tok_s"] = round(n * greedy_stats["decode_steps"] / greedy_stats["decode_s"], 1)
+    greedy = runs["greedy"][2][0].token_ids
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        t0 = _sync(device)
+        hf = hf_generate(model, prompt, n, new_tokens)
+        hf_seconds = _sync(device) - t0
+    except torch.OutOfMemoryError as error:
+        result["hf_error"] = f"out of memory: {str(error).splitlines()[0][:160]}"
+        gc.collect()
+        torch.cuda.empty_cache()
+        return result
+    hf_tokens = hf[0].tolist()
+    first = next((j for j, (a, b) in enumerate(zip(greedy, hf_tokens)) if a != b), None)
+    result.update(
+        hf_s=round(hf_seconds, 3), hf_tok_s=round(n * new_tokens / hf_seconds, 1),
+        speedup=round(hf_seconds / seconds, 1), greedy_match=first is None,
+        greedy_match_frac=round((new_tokens if first is None else first) / new_tokens, 3), first_mismatch=first,
+        hf_rows_identical=bool((hf == hf[:1]).all()),
+        hf_peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+    )
+    return result
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+    ap = argparse.ArgumentParser(prog="longrl bench rollout", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model of the same family (smoke runs)")
+    ap.add_argument("--frames", type=ints, default=[128], help="video frames at 448x448 (comma list)")
+    ap.add_argument("--n", type=ints, default=[8], help="samples per prompt (comma list)")
+    ap.add_argument("--new-tokens", type=ints, default=[128], help="new tokens per sample, EOS ignored (comma list)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    ap.add_argument("--hf-max-frames", type=int, default=1 << 30, help="skip transformers above this many frames")
+    ap.add_argument("--prefill-chunk", type=int, default=8192)
+    ap.add_argument("--no-graphs", action="store_true")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-checks", action="store_true", help="skip the fp32 tiny and attention checks")
+    ap.add_argument("--profile", action="store_true", help="print a kernel table of the first configuration")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    common = dict(device=device.type, gpu=device_name(device), dtype=str(dtype).removeprefix("torch."),
+                  model="tiny" if args.tiny else "qwen2.5-vl-3b-shape", synthetic_video_embeddings=True,
+                  torch=torch.__version__)
+    if not args.no_checks:
+        common["fp32_tiny_greedy_match"] = tiny_fp32_check(device)
+        if device.type == "cuda":
+            common["attn_check_rel_err"] = float(f"{attention_check(device, dtype):.2e}")
+    bandwidth = gpu_peak_bandwidth(device)
+    if device.type == "cuda":
+        common.update(peak_bw_tb_s=bandwidth and bandwidth / 1e12,
+                      copy_bw_tb_s=round(measured_copy_bandwidth(device) / 1e12, 2))
+    model = random_model(tiny_bench_config() if args.tiny else qwen25vl_3b_config(), device=device, dtype=dtype)
+    use_longrl_attention(model.config.text_config)
+    # Warm-up: compile the decode step and initialise kernels outside the timed runs.
+    t0 = _sync(device)
+    warm = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
+                         compile=not args.no_compile)
+    for n, new_tokens, greedy in itertools.product(args.n, args.new_tokens, (True, False)):
+        generate(model, [video_prompt(model, 16)], SamplingParams(n=n, max_new_tokens=new_tokens, greedy=greedy, seed=1),
+                 config=warm)
+    common["warmup_s"] = round(_sync(device) - t0, 1)
+    for frames, n, new_tokens in itertools.product(args.frames, args.n, args.new_tokens):
+        try:
+            result = run_config(model, frames, n, new_tokens, args, bandwidth)
+        except Exception as error:  # report and go on with the next configuration
+            result = dict(frames=frames, n=n, new_tokens=new_tokens, error=f"{type(error).__name__}: {error}"[:500])
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        print(json.dumps({**result, **common}), flush=True)
+    if args.profile and device.type == "cuda":
+        profile_decode(model, args.frames[0], args.n[0], args)
+    return 0
+
+
+def profile_decode(model, frames: int, n: int, args, new_tokens: int = 64) -> None:
+    """Print the GPU kernels of one generate call (prefill + graph-replayed decode), by total time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = video_prompt(model, frames)
+    config = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
+                           compile=not args.no_compile)
+    params = SamplingParams(n=n, max_new_tokens=new_tokens, seed=0)
+    generate(model, [prompt], params, config=config)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        generate(model, [prompt], params, config=config)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
