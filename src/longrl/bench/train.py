@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from longrl.bench.common import qwen25vl_3b_config, random_model, tiny_bench_config
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt
@@ -35,42 +36,9 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 FRAME_TOKENS = 128  # a 448x448 frame: 32x32 patches, merged 2x2 -> 256 tokens per 2 frames
 
 
-def _fallback_config(tiny: bool):
-    """Qwen2.5-VL-3B's published shape (or a tiny one), used until longrl.bench.common exists."""
-    from transformers import Qwen2_5_VLConfig
-
-    text = dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-                num_key_value_heads=2, vocab_size=151936, max_position_embeddings=128000, tie_word_embeddings=True,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]})
-    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                  fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, window_size=112)
-    if tiny:
-        text.update(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
-                    vocab_size=151936, rope_parameters={"rope_type": "default", "rope_theta": 1e6,
-                                                        "mrope_section": [4, 6, 6]})
-        vision.update(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
-                      fullatt_block_indexes=[1])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True)
-
-
 def build_model(tiny: bool, device: torch.device, dtype: torch.dtype):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    try:
-        from longrl.bench.common import qwen25vl_3b_config, random_model, tiny_bench_config
-    except ImportError:
-        config = _fallback_config(tiny)
-        config._attn_implementation = "sdpa"
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                model = Qwen2_5_VLForConditionalGeneration(config)
-        finally:
-            torch.set_default_dtype(default)
-    else:
-        config = tiny_bench_config() if tiny else qwen25vl_3b_config()
-        model = random_model(config, device=device, dtype=dtype)
+    config = tiny_bench_config() if tiny else qwen25vl_3b_config()
+    model = random_model(config, device=device, dtype=dtype)
     use_longrl_attention(model.config.text_config)
     model.model.visual.requires_grad_(False)  # frozen tower: embeddings come from the cache
     return model
