@@ -176,3 +176,21 @@ def test_checkpoint_carries_hf_files(tmp_path):
     hf = tmp_path / "checkpoints" / "step_1" / "hf"
     assert {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= {p.name for p in hf.iterdir()}
     assert "longrl" not in (hf / "config.json").read_text()
+
+
+def test_checkpoints_past_the_resume_point_are_removed_on_the_next_save(tmp_path):
+    _saved_run(tmp_path, steps=(1, 2, 3))
+    (tmp_path / "checkpoints" / "step_3" / "trainer_state.pt").write_bytes(b"broken")
+    model, _ = tiny(seed=7)
+    opt, sched = optimizer_and_scheduler(model)
+    ckpt = Checkpointer(tmp_path)
+    assert ckpt.load_latest(model=model, optimizer=opt, scheduler=sched)["step"] == 2
+    train_step(model, opt, sched)
+    ckpt.save(3, model=model, optimizer=opt, scheduler=sched, extra={"timeline": "new"})
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step_1", "step_2", "step_3"]
+    assert Checkpointer(tmp_path).load_latest(model=model, optimizer=opt, scheduler=sched)["timeline"] == "new"
+    # a stale step_5 from an abandoned timeline is dropped when step_4 is written
+    shutil.copytree(tmp_path / "checkpoints" / "step_3", tmp_path / "checkpoints" / "step_5")
+    ckpt.save(4, model=model, optimizer=opt, scheduler=sched, extra={})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_2", "step_3", "step_4"]

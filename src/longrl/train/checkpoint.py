@@ -382,7 +382,7 @@ class Checkpointer:
             self._write_hf_files(model, tokenizer or self.tokenizer, tmp / "hf")
             _test_delay(step)
             self._publish(tmp, final, step)
-            self._prune()
+            self._prune(step)
         _barrier()
         return final
 
@@ -404,20 +404,31 @@ class Checkpointer:
         for path in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
             _fsync_dir(path)
         if final.exists():  # an older, unusable copy of this step (e.g. it failed to load)
-            trash = final.with_name(f"{TRASH_PREFIX}{final.name}")
-            shutil.rmtree(trash, ignore_errors=True)
-            final.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            self._delete(final)
         tmp.rename(final)
         _fsync_dir(self.root)
 
-    def _prune(self) -> None:
-        complete = [(s, p) for s, p in list_checkpoints(self.root) if (p / COMPLETE).is_file()]
-        for _, path in complete[self.keep_last:]:
-            # Rename first: a half-deleted step_N could otherwise still carry its marker.
-            trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
-            path.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+    def _prune(self, saved_step: int) -> None:
+        """Keep the newest ``keep_last`` checkpoints up to ``saved_step``. Any newer one was skipped
+        as unloadable when this run resumed from an older step, so it belongs to the abandoned
+        timeline and goes too (else a later resume could jump into it)."""
+        complete = []
+        for step, path in list_checkpoints(self.root):
+            if step > saved_step:
+                log.warning("removing %s: the run resumed from an older checkpoint and is now past it", path)
+                self._delete(path)
+            elif (path / COMPLETE).is_file():
+                complete.append(path)
+        for path in complete[self.keep_last:]:
+            self._delete(path)
+
+    @staticmethod
+    def _delete(path: Path) -> None:
+        # Rename first: a half-deleted step_N could otherwise still carry its marker.
+        trash = path.with_name(f"{TRASH_PREFIX}{path.name}")
+        shutil.rmtree(trash, ignore_errors=True)
+        path.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_leftovers(self) -> None:
         for path in self.root.iterdir():
