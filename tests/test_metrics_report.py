@@ -19,7 +19,7 @@ def test_report_renders_plots_and_summary(tmp_path):
             "accuracy": step / 80, "response_length/mean": 50 + step, "response_length/max": 96,
             "response_length/clip_frac": 0.1, "kl": 1e-3 * step, "entropy": 2 - step / 40,
             "grad_norm": 1 + math.sin(step), "lr": 1e-4, "tokens_per_s": 1000.0,
-            "time/rollout": 2.0, "time/update": 1.0,
+            "time/rollout": 2.0, "time/update": 1.0, "memory/peak_gb": 0.0,  # a CPU run: no memory plot
         })
     logger.close()
     index = render_report(tmp_path)

@@ -163,7 +163,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"--ckpt {path} does not exist")
-    if (path / COMPLETE).exists() or (path / "model").is_dir():
+    if (path / COMPLETE).exists() or (path / "trainer_state.pt").exists():
         reason = verify_checkpoint(path)
         if reason is not None:
             raise CheckpointError(f"checkpoint {path} is not usable: {reason}; export an older step_N instead")

@@ -21,6 +21,7 @@ class Plot:
     title: str
     pick: Callable[[list[str]], list[str]]  # all metric keys -> the keys to draw
     log_y: bool = False
+    skip_if_zero: bool = False  # e.g. GPU memory of a CPU run
 
 
 def _named(*names: str) -> Callable[[list[str]], list[str]]:
@@ -60,7 +61,7 @@ PLOTS = [
     Plot("lr", "Learning rate", _named("lr")),
     Plot("tokens_per_s", "Throughput (tokens/s)", _named("tokens_per_s")),
     Plot("phase_times", "Time per phase (s)", _prefixed("time/")),
-    Plot("memory", "Peak GPU memory (GiB)", _named("memory/peak_gb")),
+    Plot("memory", "Peak GPU memory (GiB)", _named("memory/peak_gb"), skip_if_zero=True),
 ]
 
 
@@ -91,7 +92,7 @@ def _draw(plot: Plot, rows: list[dict], keys: list[str], out: Path) -> bool:
 
     drawn = [(key, *_series(rows, key)) for key in keys]
     drawn = [d for d in drawn if d[1]]
-    if not drawn:
+    if not drawn or (plot.skip_if_zero and not any(v for _, _, vals in drawn for v in vals)):
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
     for i, (key, steps, values) in enumerate(drawn):
