@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,10 +25,17 @@ from longrl.train.logprobs import group_logprobs, sequence_logprobs
 TOL = 1e-5
 
 
-def tiny_video_group(seed: int = 0, gradient_checkpointing: bool = False):
+def tiny_video_group(seed: int = 0):
     """Tiny fp32 Qwen2.5-VL, a prompt holding an 8-frame video (4 temporal groups x 2x2 merged
-    patches = 16 video tokens), and 4 ragged responses (one of a single token)."""
-    cfg = ModelConfig(dtype="float32", train_vision=True, gradient_checkpointing=gradient_checkpointing)
+    patches = 16 video tokens), and 4 ragged responses (one of a single token). A fresh copy each
+    call (tests change flags and grads), built once per seed."""
+    model, prompt, responses = _tiny_video_group(seed)
+    return copy.deepcopy(model), copy.deepcopy(prompt), [r.clone() for r in responses]
+
+
+@functools.cache
+def _tiny_video_group(seed: int):
+    cfg = ModelConfig(dtype="float32", train_vision=True)
     texts = ["a red square enters at the top left, then the blue circle moves right."] * 8
     model, tok = load_model(cfg, tokenizer_texts=texts, seed=seed)
     g = torch.Generator().manual_seed(seed)

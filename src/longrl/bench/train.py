@@ -216,6 +216,10 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
+def _layer_counts(text: str) -> list[int]:
+    return [-1 if x == "all" else int(x) for x in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="longrl bench train", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
@@ -224,12 +228,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n", type=_ints, default=[8], help="responses per group (comma list)")
     parser.add_argument("--response-tokens", type=_ints, default=[128], help="tokens per response (comma list)")
     parser.add_argument("--backend", default="auto",
-                        help="group attention: auto (flex on GPU, dense on CPU), dense, flex, hybrid, split; comma list")
+                        help="group attention: auto (hybrid on GPU, dense on CPU), dense, flex, hybrid, split; comma list")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                         help="auto: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--checkpoint-layers", type=_ints, default=[-1],
-                        help="gradient-checkpoint only the first K decoder layers (-1: all; fewer is faster, more "
-                             "memory); a comma list runs each (the naive baseline only with the first)")
+    parser.add_argument("--checkpoint-layers", type=_layer_counts, default=[-1],
+                        help="gradient-checkpoint only the first K decoder layers ('all' by default; fewer is faster, "
+                             "more memory); a comma list such as all,20,10 runs each (naive only with the first)")
     parser.add_argument("--config", action="append", default=[], metavar="F,N,R",
                         help="a (frames, n, response tokens) configuration; repeatable; replaces the lists")
     parser.add_argument("--repeats", type=int, default=3)
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if peak is None and device.type == "cuda":
         name = torch.cuda.get_device_name()
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    backends = [b if b != "auto" else ("flex" if device.type == "cuda" else "dense") for b in args.backend.split(",")]
+    backends = [b if b != "auto" else ("hybrid" if device.type == "cuda" else "dense") for b in args.backend.split(",")]
     for b in backends:
         if b not in ("dense", "flex", "hybrid", "split"):
             parser.error(f"--backend {b!r} is not one of auto, dense, flex, hybrid, split")

@@ -182,7 +182,7 @@ class GroupAttention(AttentionLayout):
     def resolved_backend(self, device: torch.device) -> str:
         if self.backend != "auto":
             return self.backend
-        return "flex" if device.type == "cuda" else "dense"
+        return "hybrid" if device.type == "cuda" else "dense"  # hybrid: fastest measured on H100 (notes/train.md)
 
     def attend(self, module, query, key, value, scaling):
         backend = self.resolved_backend(query.device)
