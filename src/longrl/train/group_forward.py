@@ -167,7 +167,10 @@ def _flex_attention():
     if _compiled_flex is None:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        # default (automatic) dynamic shapes: the first new shape recompiles once with symbolic
+        # lengths, later groups reuse it; dynamic=False would recompile for every group's length
+        # until the recompile limit, then fall back to the eager flex that materializes all scores
+        _compiled_flex = torch.compile(flex_attention)
     return _compiled_flex
 
 
