@@ -112,7 +112,7 @@ def test_processor_files_carry_the_run_pixel_bounds(trained, tmp_path):
     assert (image.size["shortest_edge"], image.size["longest_edge"]) == (56 * 56, 224 * 224)
     assert (image.patch_size, image.merge_size, image.temporal_patch_size) == (14, 2, 2)
     video = json.loads((out / "video_preprocessor_config.json").read_text())
-    assert video["video_processor_type"] == "Qwen2VLVideoProcessor"
+    assert video["video_processor_type"] == "Qwen2VLVideoProcessor" and video["cap_pixels_per_frame"] is False
     assert video["size"] == {"shortest_edge": 56 * 56, "longest_edge": 224 * 224}
     assert video["image_mean"] == [0.48145466, 0.4578275, 0.40821073]
     assert (out / "chat_template.jinja").read_text().startswith("{% for message in messages %}")

@@ -107,6 +107,9 @@ class ProcessorSpec:
             "max_pixels": self.video_max_pixels,
             # longrl samples frames itself (data.num_frames / data.fps) and hands them over.
             "do_sample_frames": False,
+            # longrl's preprocessing has no per-frame pixel cap; pin it so newer transformers
+            # (which turn the cap on by default) still prepare what the model was trained on.
+            "cap_pixels_per_frame": False,
         }
 
 
