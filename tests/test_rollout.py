@@ -208,6 +208,9 @@ def test_bad_prompts_and_params_fail_clearly(tiny):
         generate(model, [p, empty], params)
     with pytest.raises(ValueError, match="prompt 0 is too long"):
         generate(model, [p], params, config=RolloutConfig(max_context_tokens=len(p) + 3))
+    positions = model.config.text_config.max_position_embeddings
+    with pytest.raises(ValueError, match="prompt 0 is too long: its response would reach"):
+        generate(model, [dataclasses.replace(p, next_position=positions - 2)], params)
     with pytest.raises(ValueError, match=r"position_ids must be \[3, "):
         generate(model, [dataclasses.replace(p, position_ids=p.position_ids[0])], params)
     with pytest.raises(ValueError, match="video placeholder tokens but"):

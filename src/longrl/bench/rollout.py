@@ -38,7 +38,7 @@ from longrl.bench.common import (device_name, gpu_peak_bandwidth, measured_copy_
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt
 from longrl.rollout import RolloutConfig, SamplingParams, generate
-from longrl.rollout.attention import cascade_attention
+from longrl.rollout.attention import attention_epilogue, cascade_attention
 
 FRAME_TOKENS = 128  # a 448x448 frame: 32x32 patches, 2x2-merged, 2 frames per temporal patch
 
@@ -67,14 +67,14 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy_by_sampling: bool = True) -> torch.Tensor:
+def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool) -> torch.Tensor:
     """transformers ``generate`` on the same prompt: [n, new_tokens] token ids.
 
     The vision tower's output is replaced by ``prompt.video_embeds`` (the pixel tensor is a
     placeholder with one row per patch); everything else is transformers' own path: placeholder
     scatter, 3-D M-RoPE from ``mm_token_type_ids``, replicated-prompt prefill, KV cache.
-    Greedy decoding with n sequences runs as top-k=1 sampling (transformers refuses plain greedy
-    with num_return_sequences > 1)."""
+    ``greedy`` decodes one sequence by argmax (transformers refuses greedy with
+    num_return_sequences > 1); otherwise n sequences are sampled at temperature 1."""
     cfg, device = model.config, model.device
     ids = prompt.input_ids[None]
     grid = prompt.vision.grid_thw.to(device)
@@ -85,8 +85,9 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy_by_sampli
         return SimpleNamespace(pooler_output=[prompt.video_embeds] * video_grid_thw.shape[0])
 
     inner.get_video_features = synthetic_tower
-    sampling = dict(do_sample=True, top_k=1, top_p=1.0, temperature=1.0) if n > 1 or greedy_by_sampling \
-        else dict(do_sample=False)
+    if greedy and n != 1:
+        raise ValueError("transformers decodes greedily one sequence per prompt: use n=1")
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
     try:
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels, video_grid_thw=grid,
@@ -112,20 +113,26 @@ def decode_roofline(model, prefix_tokens: int, n: int, new_tokens: int, bandwidt
     return n * bandwidth / step_bytes
 
 
-def attention_check(device: torch.device, dtype: torch.dtype, seed: int = 0) -> float:
-    """Relative error of the cascade attention (flash split-KV prefix + suffix) vs fp32 math."""
+def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: int = 0) -> dict:
+    """Relative errors (vs fp32 math on the same rounded inputs) of the bf16 decode kernels: the
+    cascade attention with the flash split-KV and the Triton prefix paths, and the skinny GEMM."""
     g = torch.Generator(device=device).manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g, device=device).to(dtype)  # noqa: E731
+    rel = lambda out, ref: float(f"{((out.float() - ref).norm() / ref.norm()).item():.2e}")  # noqa: E731
     n, hq, hkv, d, prefix, window, length = 8, 16, 2, 128, 16384 + 37, 128, 77
-    rnd = lambda *shape: torch.randn(*shape, generator=g, device=device)  # noqa: E731
-    q = rnd(n, hq, d)
-    pk, pv = rnd(hkv, prefix, d), rnd(hkv, prefix, d)
-    sk, sv = rnd(n, hkv, window, d), rnd(n, hkv, window, d)
-    q16, pk16, pv16, sk16, sv16 = (x.to(dtype) for x in (q, pk, pv, sk, sv))
-    length_t = torch.tensor(length, device=device)
-    out = cascade_attention(q16, [(pk16, pv16)], n, sk16, sv16, length_t, d ** -0.5).float()
-    ref = cascade_attention(*(x.float() for x in (q16,)), [(pk16.float(), pv16.float())], n, sk16.float(),
-                            sv16.float(), length_t, d ** -0.5)
-    return ((out - ref).norm() / ref.norm()).item()
+    q, pk, pv, sk, sv = rnd(n, hq, d), rnd(hkv, prefix, d), rnd(hkv, prefix, d), rnd(n, hkv, window, d), \
+        rnd(n, hkv, window, d)
+    length_t, scale = torch.tensor(length, device=device), d ** -0.5
+    ref = cascade_attention(q.float(), [(pk.float(), pv.float())], n, sk.float(), sv.float(), length_t, scale)
+    checks = dict(attn_flash_rel_err=rel(cascade_attention(q, [(pk, pv)], n, sk, sv, length_t, scale), ref))
+    if triton:
+        from longrl.rollout import kernels
+
+        parts = [kernels.prefix_partials_triton(q, pk, pv, scale)]
+        checks["attn_triton_rel_err"] = rel(attention_epilogue(q, [parts], n, sk, sv, length_t, scale), ref)
+        x, w, b = rnd(8, 2048), rnd(11008, 2048) * 0.02, rnd(11008)
+        checks["gemm_triton_rel_err"] = rel(kernels.skinny_linear(x, w, b), x.float() @ w.float().T + b.float())
+    return checks
 
 
 def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32) -> bool:
@@ -134,7 +141,7 @@ def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32)
     use_longrl_attention(model.config.text_config)
     prompt = video_prompt(model, frames, seed=1)
     prompt.video_embeds = prompt.video_embeds * 50  # a distinctive prefix keeps logits away from ties
-    hf = hf_generate(model, prompt, 1, new_tokens, greedy_by_sampling=False)[0].tolist()
+    hf = hf_generate(model, prompt, 1, new_tokens, greedy=True)[0].tolist()
     ours = generate(model, [prompt], SamplingParams(n=2, greedy=True, max_new_tokens=new_tokens),
                     config=RolloutConfig(compile=False))[0]
     del model
@@ -145,7 +152,7 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
     device = model.device
     prompt = video_prompt(model, frames)
     config = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
-                           compile=not args.no_compile)
+                           compile=not args.no_compile, use_triton=not args.no_triton)
     result = dict(frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -166,6 +173,7 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
         longrl_s=round(seconds, 3), longrl_tok_s=round(n * new_tokens / seconds, 1),
         prefill_s=round(stats["prefill_s"], 3), decode_s=round(stats["decode_s"], 3),
         longrl_decode_tok_s=round(n * stats["decode_steps"] / stats["decode_s"], 1),
+        decode_step_ms=round(1e3 * stats["decode_s"] / stats["decode_steps"], 3),
         graph_captures=stats["graph_captures"], compiled=stats["compiled"],
         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     )
@@ -185,22 +193,22 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
         torch.cuda.reset_peak_memory_stats(device)
     try:
         t0 = _sync(device)
-        hf = hf_generate(model, prompt, n, new_tokens)
+        hf_generate(model, prompt, n, new_tokens, greedy=False)
         hf_seconds = _sync(device) - t0
+        result.update(hf_s=round(hf_seconds, 3), hf_tok_s=round(n * new_tokens / hf_seconds, 1),
+                      speedup=round(hf_seconds / seconds, 1))
+        if device.type == "cuda":
+            result["hf_peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        hf_tokens = hf_generate(model, prompt, 1, new_tokens, greedy=True)[0].tolist()
     except torch.OutOfMemoryError as error:
         result["hf_error"] = f"out of memory: {str(error).splitlines()[0][:160]}"
         gc.collect()
         torch.cuda.empty_cache()
         return result
-    hf_tokens = hf[0].tolist()
     first = next((j for j, (a, b) in enumerate(zip(greedy, hf_tokens)) if a != b), None)
-    result.update(
-        hf_s=round(hf_seconds, 3), hf_tok_s=round(n * new_tokens / hf_seconds, 1),
-        speedup=round(hf_seconds / seconds, 1), greedy_match=first is None,
-        greedy_match_frac=round((new_tokens if first is None else first) / new_tokens, 3), first_mismatch=first,
-        hf_rows_identical=bool((hf == hf[:1]).all()),
-        hf_peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
-    )
+    result.update(greedy_match=first is None, first_mismatch=first,
+                  greedy_match_frac=round((new_tokens if first is None else first) / new_tokens, 3),
+                  longrl_greedy_rows_identical=len({tuple(s.token_ids) for s in runs["greedy"][2]}) == 1)
     return result
 
 
@@ -217,6 +225,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prefill-chunk", type=int, default=8192)
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--no-checks", action="store_true", help="skip the fp32 tiny and attention checks")
     ap.add_argument("--profile", action="store_true", help="print a kernel table of the first configuration")
     return ap.parse_args(argv)
@@ -232,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_checks:
         common["fp32_tiny_greedy_match"] = tiny_fp32_check(device)
         if device.type == "cuda":
-            common["attn_check_rel_err"] = float(f"{attention_check(device, dtype):.2e}")
+            common.update(kernel_checks(device, dtype, triton=not args.no_triton))
     bandwidth = gpu_peak_bandwidth(device)
     if device.type == "cuda":
         common.update(peak_bw_tb_s=bandwidth and bandwidth / 1e12,
@@ -242,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     # Warm-up: compile the decode step and initialise kernels outside the timed runs.
     t0 = _sync(device)
     warm = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
-                         compile=not args.no_compile)
+                         compile=not args.no_compile, use_triton=not args.no_triton)
     for n, new_tokens, greedy in itertools.product(args.n, args.new_tokens, (True, False)):
         generate(model, [video_prompt(model, 16)], SamplingParams(n=n, max_new_tokens=new_tokens, greedy=greedy, seed=1),
                  config=warm)
     common["warmup_s"] = round(_sync(device) - t0, 1)
+    if device.type == "cuda" and not args.no_triton:
+        from longrl.rollout.kernels import linear_timings
+        common["gemm_us_cublas_vs_triton"] = dict(linear_timings)
     for frames, n, new_tokens in itertools.product(args.frames, args.n, args.new_tokens):
         try:
             result = run_config(model, frames, n, new_tokens, args, bandwidth)
@@ -267,7 +279,7 @@ def profile_decode(model, frames: int, n: int, args, new_tokens: int = 64) -> No
 
     prompt = video_prompt(model, frames)
     config = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
-                           compile=not args.no_compile)
+                           compile=not args.no_compile, use_triton=not args.no_triton)
     params = SamplingParams(n=n, max_new_tokens=new_tokens, seed=0)
     generate(model, [prompt], params, config=config)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

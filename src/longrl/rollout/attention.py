@@ -110,9 +110,15 @@ def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
     (0-d tensor, >= 1) entries valid. Returns fp32 (out [B, Hq, D], lse [B, Hq])."""
     b, hq, dim = q.shape
     hkv, window = k.shape[1], k.shape[2]
-    qg = q.reshape(b, hkv, hq // hkv, dim)
-    valid = (torch.arange(window, device=q.device) < length).view(1, 1, 1, window)
-    out, lse = attention_lse_math(qg, k, v, scale, valid)
+    qg = q.reshape(b, hkv, hq // hkv, 1, dim).float()
+    # Broadcast-multiply-reduce rather than matmul: a few dozen keys per row, and the compiler
+    # fuses it with the softmax and the merges into one kernel instead of two small GEMMs.
+    scores = (qg * k[:, :, None].float()).sum(-1) * scale  # [B, Hkv, G, W]
+    valid = torch.arange(window, device=q.device) < length
+    scores = scores.masked_fill(~valid, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    probs = torch.exp(scores - lse[..., None])
+    out = (probs[..., None] * v[:, :, None].float()).sum(-2)  # [B, Hkv, G, D]
     return out.reshape(b, hq, dim), lse.reshape(b, hq)
 
 

@@ -15,7 +15,8 @@ class RolloutConfig:
     prefill_chunk_tokens: int = 8192  # long prefixes are prefilled in chunks of this many tokens
     max_prompts_per_batch: int = 16  # prompts decoded together
     max_batch_prefix_tokens: int = 0  # prefix tokens held per decode batch (0 = no limit)
-    max_context_tokens: int = 0  # prompt + response limit (0 = the model's max_position_embeddings)
+    max_context_tokens: int = 0  # prompt + response token limit (0 = none; positions are always checked)
     cuda_graphs: bool = True  # capture the decode step on GPU
     compile: bool = True  # torch.compile the per-layer elementwise work on GPU
+    use_triton: bool = True  # Triton prefix-attention and skinny-GEMM kernels on GPU
     finish_check_interval: int = 8  # decode steps between host checks for finished samples

@@ -15,7 +15,6 @@ import time
 
 import torch
 
-from longrl.rollout.attention import prefix_partials
 from longrl.rollout.config import RolloutConfig
 from longrl.rollout.decoder import TextDecoder
 from longrl.rollout.ops import DecodeOps
@@ -57,12 +56,9 @@ class DecodeBatch:
     def rows(self) -> int:
         return self.current.shape[0]
 
-    def _record(self, hidden: torch.Tensor, index: torch.Tensor) -> None:
-        """Sample response token ``index`` (0-d) from last hidden states [B, H]; make it current."""
-        dec, p = self.dec, self.params
-        tokens, logprobs = self.ops.head(hidden, dec.norm.weight, dec.lm_head.weight, self.keys, index,
-                                         self.vocab_hash, eps=dec.eps,
-                                         sampling=(p.is_greedy, p.temperature, p.top_k, p.top_p))
+    def _record(self, h: torch.Tensor, delta: torch.Tensor | None, index: torch.Tensor) -> None:
+        """Sample response token ``index`` (0-d) from the last layer's output; make it current."""
+        tokens, logprobs = self.ops.head(self.dec, h, delta, self.keys, index, self.vocab_hash, self.params)
         self.tokens.index_copy_(1, index.view(1), tokens[:, None])
         self.logprobs.index_copy_(1, index.view(1), logprobs[:, None])
         self.current.copy_(tokens)
@@ -70,32 +66,16 @@ class DecodeBatch:
 
     def start(self, last_hidden: torch.Tensor) -> None:
         """Sample token 0 of every row from its prompt's last prefill hidden state [prompts, H]."""
-        self._record(last_hidden.repeat_interleave(self.n, dim=0), self.step)
+        self._record(last_hidden.repeat_interleave(self.n, dim=0), None, self.step)
 
     def decode_step(self, window: int) -> None:
         """One token for every row; the suffix attention reads the first ``window`` slots."""
-        dec, ops, t, b, n = self.dec, self.ops, self.step, self.rows, self.n
-        h = dec.embed(self.current)[:, None]  # [B, 1, H]
-        pos = (self.next_position + t).view(1, b, 1).expand(3, b, 1)
-        cos, sin = dec.rope(h, pos)
-        slot = t.view(1)
-        length = t + 1
-        for i, w in enumerate(dec.layers):
-            q, k, v = ops.pre(h, *w.attn, cos, sin, eps=dec.eps, num_heads=dec.num_heads, kv_heads=dec.kv_heads)
-            q = q[:, :, 0]  # [B, Hq, D]
-            sk, sv = self.suffix_k[i], self.suffix_v[i]
-            sk.index_copy_(2, slot, k)
-            sv.index_copy_(2, slot, v)
-            parts = [prefix_partials(q[g * n:(g + 1) * n], *p.layer(i), dec.scale) for g, p in enumerate(self.prefixes)]
-            sk, sv = sk[:, :, :window], sv[:, :, :window]
-            if ops.compiled:  # one compiled kernel set for every prefix split count and suffix window
-                for o, l in (x for prompt_parts in parts for x in prompt_parts):
-                    torch._dynamo.maybe_mark_dynamic(o, 1)
-                    torch._dynamo.maybe_mark_dynamic(l, 1)
-                torch._dynamo.maybe_mark_dynamic(sk, 2)
-                torch._dynamo.maybe_mark_dynamic(sv, 2)
-            h = ops.post(h, q, parts, n, sk, sv, length, dec.scale, *w.mlp, eps=dec.eps, act=dec.act)
-        self._record(h[:, 0], t + 1)
+        dec, t, b = self.dec, self.step, self.rows
+        h = dec.embed(self.current)  # [B, H]
+        cos, sin = dec.rope(h[:, None], (self.next_position + t).view(1, b, 1).expand(3, b, 1))
+        h, delta = self.ops.decode_layers(dec, h, cos, sin, self.suffix_k, self.suffix_v, t.view(1), t + 1,
+                                          self.prefixes, self.n, window)
+        self._record(h, delta, t + 1)
         self.step += 1
 
     def select(self, keep: list[int]) -> DecodeBatch:
@@ -210,6 +190,14 @@ def _decode(batch: DecodeBatch, config: RolloutConfig, use_graphs: bool, results
         done_at += 1
 
 
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _sync_time(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -226,11 +214,11 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
     config = config or RolloutConfig()
     dec = TextDecoder(model)
     params.validate(dec.vocab_size)
-    check_prompts(prompts, dec, params.max_new_tokens, config.max_context_tokens or dec.max_positions)
+    check_prompts(prompts, dec, params.max_new_tokens, config.max_context_tokens)
     seed = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     cuda = dec.device.type == "cuda"
     use_graphs = config.cuda_graphs and cuda
-    ops = DecodeOps(compile=config.compile and cuda)
+    ops = DecodeOps(compile=config.compile and cuda, gpu_kernels=config.use_triton and cuda and _has_triton())
     timed = stats is not None
     stats = stats if timed else {}
     stats.update(prefill_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0)

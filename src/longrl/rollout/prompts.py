@@ -7,8 +7,13 @@ import torch
 from longrl.rollout.decoder import TextDecoder
 
 
-def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_context: int) -> None:
-    """Raise ValueError naming the first bad prompt and how to fix it."""
+def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_tokens: int = 0) -> None:
+    """Raise ValueError naming the first bad prompt and how to fix it.
+
+    A prompt is too long when its response would run past the model's positions
+    (``next_position + max_new_tokens > max_position_embeddings``; video tokens share M-RoPE
+    positions, so this is not the token count) or, if ``max_tokens`` > 0, when prompt tokens +
+    ``max_new_tokens`` exceed it."""
     if not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("generate() needs a non-empty list of Prompt objects (longrl.models.qwen2_5_vl.build_prompt)")
     for i, p in enumerate(prompts):
@@ -25,10 +30,14 @@ def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_context: i
         if length == 0:
             raise ValueError(f"{where} is empty (0 tokens): every prompt needs at least one token, "
                              "e.g. the chat template's generation prompt")
-        if length + max_new_tokens > max_context:
+        if max_tokens and length + max_new_tokens > max_tokens:
             raise ValueError(f"{where} is too long: {length} prompt tokens + max_new_tokens={max_new_tokens} > "
-                             f"{max_context}; sample fewer frames, lower max_new_tokens, or raise "
-                             "rollout max_context_tokens if the model supports it")
+                             f"rollout max_context_tokens={max_tokens}; sample fewer frames, lower "
+                             "max_new_tokens, or raise max_context_tokens")
+        last = int(p.next_position) + max_new_tokens
+        if last > dec.max_positions:
+            raise ValueError(f"{where} is too long: its response would reach M-RoPE position {last} > the model's "
+                             f"max_position_embeddings={dec.max_positions}; sample fewer frames or lower max_new_tokens")
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= dec.vocab_size:
             raise ValueError(f"{where}: token ids span [{lo}, {hi}], outside the vocabulary [0, {dec.vocab_size})")
