@@ -155,7 +155,7 @@ def test_files_config_and_reuse(tiny, tmp_path):
     assert sorted(p.name for p in (out / "videos").iterdir()) == (
         [f"test-{i:05d}.mp4" for i in range(4)] + [f"train-{i:05d}.mp4" for i in range(8)])
     config = json.loads((out / "synth_config.json").read_text())
-    assert config == {"version": 2, **TINY, "min_gap": 0.125}
+    assert config == {"version": 2, **TINY, "min_gap": 0.125, "options": "shuffled"}
     train_rows, test_rows = load_rows(train), load_rows(test)
     assert [r.id for r in test_rows] == [f"synth-test-{i:05d}" for i in range(4)]
     assert all(r.video == str(out / "videos" / f"train-{i:05d}.mp4") for i, r in enumerate(train_rows))
@@ -272,3 +272,30 @@ def test_reasoning_chains_are_short_and_timestamped():
     leave, move = cause.extra["events"][4:]
     assert cause.reasoning == (f"{leave['color']} leaves {leave['quadrant']} at {stamp(leave['time'])}. "
                                f"{move['color']} moves to {move['quadrant']} at {stamp(move['time'])}.")
+
+
+def test_fixed_options_name_the_answer():
+    from longrl.data.synth import FIXED_PALETTE, make_row
+
+    cfg = SynthConfig("unused", frames=32, options="fixed")
+    letters = {c: set() for c in CATEGORIES}
+    for i in range(64):
+        row = make_row(cfg, "train", i)
+        story = story_from_row(row)
+        arrivals = [e.color for e in story.arrivals]
+        assert set(arrivals) == set(FIXED_PALETTE)
+        if row.category == "Spatial":
+            assert row.options == list(QUADRANTS)
+            color = row.question.split("the ")[1].split(" object")[0]
+            entered = next(e for e in story.arrivals if e.color == color)
+            assert row.answer_text == entered.quadrant
+        elif row.category == "Goal & Purpose":
+            assert row.options == [f"the {c} object left it" for c in FIXED_PALETTE]
+            assert row.answer_text == f"the {story.departure.color} object left it"
+        else:
+            assert row.options == [f"the {c} object" for c in FIXED_PALETTE]
+            if row.category == "Plot & Narrative":
+                before = row.question.split("after the ")[1].split(" object")[0]
+                assert row.answer_text == f"the {arrivals[arrivals.index(before) + 1]} object"
+        letters[row.category].add(row.answer)
+    assert all(len(found) >= 3 for found in letters.values())  # the letter follows the video, not the question

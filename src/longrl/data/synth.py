@@ -72,6 +72,10 @@ class SynthConfig:
     seed: int = 0
     min_gap: float = 0.125  # minimum time between consecutive events, as a fraction of the duration
     workers: int = 0  # processes for rendering; 0 = os.cpu_count(). Does not change the output.
+    # "shuffled": options in random order, distractor colors drawn from 8 (the benchmark form).
+    # "fixed": four colors, options always in one canonical order (colors, or rooms top-left first),
+    # so the answer letter names the answer itself: the easy form the CPU quickstart learns in minutes.
+    options: str = "shuffled"
 
     def validate(self) -> None:
         if self.num_train < 0 or self.num_test < 0:
@@ -79,6 +83,8 @@ class SynthConfig:
         if self.size < 16 or self.size % 2:
             raise ValueError(f"size={self.size}: use an even canvas side >= 16 px (56 aligns quadrants "
                              "with Qwen2.5-VL merged tokens)")
+        if self.options not in ("shuffled", "fixed"):
+            raise ValueError(f"options={self.options!r}: choose 'shuffled' or 'fixed'")
         if self.fps <= 0:
             raise ValueError(f"fps={self.fps}: must be > 0")
         max_gap = 1.0 / NUM_EVENTS  # 5 gaps + half a gap of margin at each end must fit
@@ -144,11 +150,12 @@ class Story:
 # Events
 
 
-def make_story(rng: np.random.Generator, *, frames: int, fps: float, min_gap: float) -> Story:
+def make_story(rng: np.random.Generator, *, frames: int, fps: float, min_gap: float,
+               palette: tuple[str, ...] = tuple(PALETTE)) -> Story:
     """Draw one video's events. Times: 6 events with >= min_gap between them, half a gap of margin
     at each end (so the empty start and the final state are both visible), the rest random jitter."""
     background = int(rng.integers(BACKGROUND_RANGE[0], BACKGROUND_RANGE[1] + 1))
-    colors = [list(PALETTE)[i] for i in rng.choice(len(PALETTE), NUM_OBJECTS, replace=False)]
+    colors = [palette[i] for i in rng.choice(len(palette), NUM_OBJECTS, replace=False)]
     quadrants = [QUADRANTS[i] for i in rng.permutation(len(QUADRANTS))]
     leaver = int(rng.integers(NUM_OBJECTS))
     mover = int(rng.choice([i for i in range(NUM_OBJECTS) if i != leaver]))
@@ -198,6 +205,39 @@ def _place(correct: str, distractors: list[str], answer_index: int, rng: np.rand
     """Options with `correct` at `answer_index` and the distractors shuffled around it."""
     rest = [distractors[i] for i in rng.permutation(len(distractors))]
     return rest[:answer_index] + [correct] + rest[answer_index:]
+
+
+FIXED_PALETTE = ("red", "green", "blue", "yellow")  # the four colors of options="fixed"
+
+
+def make_fixed_question(story: Story, category: str, rng: np.random.Generator) -> Question:
+    """Options in canonical order (FIXED_PALETTE colors, or QUADRANTS): the letter follows the answer."""
+    arrivals = story.arrivals
+    colors = [e.color for e in arrivals]
+    color_options = [f"the {c} object" for c in FIXED_PALETTE]
+
+    def letter_of(color: str) -> str:
+        return LETTERS[FIXED_PALETTE.index(color)]
+
+    if category == "Temporal":
+        rank = int(rng.integers(NUM_OBJECTS))
+        return Question(category, f"Which object appeared {ORDINALS[rank]}?", color_options,
+                        letter_of(colors[rank]),
+                        " ".join([_sentence(e) for e in arrivals] + [f"{colors[rank]} came {ORDINALS[rank]}."]))
+    if category == "Spatial":
+        target = arrivals[int(rng.integers(NUM_OBJECTS))]
+        return Question(category, f"Where did the {target.color} object first appear?", list(QUADRANTS),
+                        LETTERS[QUADRANTS.index(target.quadrant)], _sentence(target))
+    if category == "Plot & Narrative":
+        k = int(rng.integers(NUM_OBJECTS - 1))
+        return Question(category, f"Which object arrived right after the {colors[k]} object?", color_options,
+                        letter_of(colors[k + 1]), f"{_sentence(arrivals[k])} {_sentence(arrivals[k + 1])}")
+    if category == "Goal & Purpose":
+        left, moved = story.departure, story.move
+        return Question(category, f"Why could the {moved.color} object move to the {moved.quadrant} quadrant?",
+                        [f"the {c} object left it" for c in FIXED_PALETTE], letter_of(left.color),
+                        f"{_sentence(left)} {_sentence(moved)}")
+    raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}")
 
 
 def make_question(story: Story, category: str, answer_index: int, rng: np.random.Generator) -> Question:
@@ -323,11 +363,15 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def make_row(cfg: SynthConfig, split: str, index: int) -> Row:
     """The row of one video (events and question), without writing the video."""
     rng = video_rng(cfg.seed, split, index)
-    story = make_story(rng, frames=cfg.frames, fps=cfg.fps, min_gap=cfg.min_gap)
-    # Round-robin categories; the correct letter cycles A-D within each category.
+    fixed = cfg.options == "fixed"
+    story = make_story(rng, frames=cfg.frames, fps=cfg.fps, min_gap=cfg.min_gap,
+                       palette=FIXED_PALETTE if fixed else tuple(PALETTE))
+    # Round-robin categories; with shuffled options the correct letter cycles A-D in each category.
     category = CATEGORIES[index % len(CATEGORIES)]
-    answer_index = (index // len(CATEGORIES)) % NUM_OBJECTS
-    q = make_question(story, category, answer_index, rng)
+    if fixed:
+        q = make_fixed_question(story, category, rng)
+    else:
+        q = make_question(story, category, (index // len(CATEGORIES)) % NUM_OBJECTS, rng)
     return Row(
         id=f"synth-{split}-{index:05d}",
         video=f"videos/{split}-{index:05d}.mp4",
