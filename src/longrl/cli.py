@@ -76,12 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     from longrl.config_utils import ConfigError
+    from longrl.data.rows import RowError
+    from longrl.data.video import VideoError
+    from longrl.train.checkpoint import CheckpointError
 
     try:
         return _dispatch(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except (RowError, VideoError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args) -> int:

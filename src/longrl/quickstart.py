@@ -23,7 +23,7 @@ from longrl.eval.evaluate import evaluate, write_report
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from longrl.train.metrics import MetricsLogger
 from longrl.train.rl import train_rl
-from longrl.train.sft import run_sft
+from longrl.train.sft import run_sft, sft_steps
 
 log = logging.getLogger("longrl.quickstart")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -66,7 +66,7 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
     model, tokenizer = load_model(cfg.model, device, tokenizer_texts=corpus_texts(train_rows), seed=cfg.trainer.seed)
 
     print("[3/5] chain-of-thought SFT")
-    sft_log = MetricsLogger(out / "sft", total_steps=0, log_every=cfg.trainer.log_every, tensorboard=False,
+    sft_log = MetricsLogger(out / "sft", total_steps=sft_steps(len(train_set.valid()), cfg.sft), log_every=cfg.trainer.log_every, tensorboard=False,
                             desc="sft", progress=False)
     run_sft(model, tokenizer, train_set.valid(), cfg.sft, seed=cfg.trainer.seed,
             log=lambda step, m: sft_log.log(step + 1, m))

@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from longrl.data.rows import Row
 from longrl.data.video import VideoError, decode_video
 from longrl.data.vision_preprocess import VisionInputs, preprocess_video
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("longrl.data")
 
@@ -21,6 +25,7 @@ log = logging.getLogger("longrl.data")
 class Example:
     row: Row
     vision: VisionInputs | None  # preprocessed video (or None for text-only rows)
+    video_embeds: "torch.Tensor | None" = None  # from the embedding cache, when one is in use
 
 
 def load_vision(row: Row, cfg) -> VisionInputs | None:
@@ -42,9 +47,10 @@ class ExampleSet:
     """Rows with their preprocessed videos: decoded up front and kept (``preload``, for small data),
     or decoded on demand and dropped after use (long videos: host memory stays bounded)."""
 
-    def __init__(self, rows: list[Row], cfg, *, preload: bool = True, progress: bool = False):
+    def __init__(self, rows: list[Row], cfg, *, preload: bool = True, progress: bool = False, embedder=None):
         self.rows = rows
         self.cfg = cfg
+        self.embedder = embedder  # a longrl.data.embed_cache.VideoEmbedder: cached embeddings
         self.keep = preload
         self.skipped: list[str] = []
         self._cache: dict[int, Example] = {}
@@ -69,7 +75,10 @@ class ExampleSet:
             return None
         row = self.rows[index]
         try:
-            example = Example(row, load_vision(row, self.cfg))
+            if self.embedder is not None and row.video:
+                example = Example(row, *self.embedder(row))
+            else:
+                example = Example(row, load_vision(row, self.cfg))
         except VideoError as err:
             if self.cfg.bad_sample == "error":
                 raise

@@ -163,6 +163,33 @@ def encode_video(model, vision: VisionInputs) -> torch.Tensor:
     return out.pooler_output
 
 
+def prompt_token_ids(model, tokenizer: PreTrainedTokenizerBase, messages: list[dict],
+                     vision: VisionInputs | None) -> torch.Tensor:
+    """Token ids [L] of chat ``messages`` with the video placeholder expanded to one token per
+    video embedding, ending with the assistant turn's header (generation starts after it)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    pad = "<|video_pad|>"
+    if vision is not None:
+        if text.count(pad) != 1:
+            raise ValueError(f"prompt must hold exactly one video placeholder, found {text.count(pad)}")
+        text = text.replace(pad, pad * vision_tokens(model, vision))
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+
+
+def mrope_positions(model, input_ids: torch.Tensor, vision: VisionInputs | None) -> torch.Tensor:
+    """M-RoPE positions [3, L] of one prompt, computed by the model's own ``get_rope_index``."""
+    if vision is None:
+        return torch.arange(len(input_ids)).view(1, -1).expand(3, -1).clone()
+    mm_type = (input_ids == model.config.video_token_id).int() * 2  # 2 marks video tokens
+    positions, _ = model.model.get_rope_index(
+        input_ids[None].cpu(),
+        mm_token_type_ids=mm_type[None].cpu(),
+        video_grid_thw=vision.grid_thw,
+        second_per_grid_ts=torch.tensor([vision.second_per_grid]),
+    )
+    return positions[:, 0]
+
+
 def build_prompt(
     model,
     tokenizer: PreTrainedTokenizerBase,
@@ -172,30 +199,14 @@ def build_prompt(
     video_embeds: torch.Tensor | None = None,
     meta: dict | None = None,
 ) -> Prompt:
-    """Tokenize chat ``messages`` (with at most one video part), expand its placeholder, and
-    compute M-RoPE positions. ``video_embeds`` reuses precomputed embeddings (e.g. a cache)."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    pad = "<|video_pad|>"
-    if vision is not None:
-        if text.count(pad) != 1:
-            raise ValueError(f"prompt must hold exactly one video placeholder, found {text.count(pad)}")
-        text = text.replace(pad, pad * vision_tokens(model, vision))
-    input_ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    """Tokenize ``messages`` (at most one video part), compute M-RoPE positions and the video
+    embeddings (one tower pass, no gradients; ``video_embeds`` reuses precomputed ones)."""
+    input_ids = prompt_token_ids(model, tokenizer, messages, vision)
+    positions = mrope_positions(model, input_ids, vision)
+    if vision is not None and video_embeds is None:
+        with torch.no_grad():
+            video_embeds = encode_video(model, vision)
     device = model.device
-    if vision is None:
-        positions = torch.arange(len(input_ids)).view(1, -1).expand(3, -1).clone()
-    else:
-        mm_type = (input_ids == model.config.video_token_id).int() * 2
-        positions, _ = model.model.get_rope_index(
-            input_ids[None],
-            mm_token_type_ids=mm_type[None],
-            video_grid_thw=vision.grid_thw,
-            second_per_grid_ts=torch.tensor([vision.second_per_grid]),
-        )
-        positions = positions[:, 0]
-        if video_embeds is None:
-            with torch.no_grad():
-                video_embeds = encode_video(model, vision)
     return Prompt(
         input_ids=input_ids.to(device),
         position_ids=positions.to(device),

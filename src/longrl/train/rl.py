@@ -24,6 +24,7 @@ from longrl.rl.dynamic_sampling import BatchFiller, overlong_penalty
 from longrl.rl.losses import kl_penalty, policy_loss
 from longrl.rollout import SamplingParams, generate
 from longrl.train.checkpoint import Checkpointer
+from longrl.train.export import ProcessorSpec
 from longrl.train.guard import NonFiniteGuard
 from longrl.train.logprobs import group_logprobs
 from longrl.train.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
@@ -49,7 +50,8 @@ class Group:
 
 def encode_prompts(model, tokenizer, examples: list[Example]) -> list[Prompt]:
     """Build each prompt once: tokens, M-RoPE positions, one vision-tower pass."""
-    return [build_prompt(model, tokenizer, messages_for(e.row), e.vision, meta={"id": e.row.id}) for e in examples]
+    return [build_prompt(model, tokenizer, messages_for(e.row), e.vision, video_embeds=e.video_embeds,
+                         meta={"id": e.row.id}) for e in examples]
 
 
 def rollout(model, tokenizer, prompts: list[Prompt], examples: list[Example], cfg, seed: int) -> list[Group]:
@@ -114,12 +116,13 @@ def collect(model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, s
 
 
 def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: list[torch.Tensor], cfg,
-                  guard: NonFiniteGuard) -> dict[str, float]:
+                  guard: NonFiniteGuard, step: int) -> dict[str, float]:
     """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over the groups; each group is one
     (or, over the token budget, a few) group forward(s) with gradient accumulation."""
     algo = cfg.algorithm
     sums: dict[str, float] = {}
     count = 0
+    grad_norms: list[float] = []
     size = max(1, len(groups) // algo.mini_batches)
     for _ in range(algo.ppo_epochs):
         for start in range(0, len(groups), size):
@@ -147,13 +150,15 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
                         sums[k] = sums.get(k, 0.0) + v
                     count += 1
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.rl.optim.grad_clip)
-            if guard.check(total_loss, grad_norm):
+            if guard.check(total_loss, grad_norm, step=step):
                 optimizer.step()
             else:
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * count  # averaged below
+            grad_norms.append(float(grad_norm))
     out = {f"actor/{k}": v / max(count, 1) for k, v in sums.items()}
+    out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
+    out["actor/clip_frac"] = out.get("actor/clip_frac_low", 0.0) + out.get("actor/clip_frac_high", 0.0)
     out["actor/lr"] = scheduler.get_last_lr()[0]
     return out
 
@@ -165,16 +170,18 @@ def reference_logprobs(ref_model, groups: list[Group], cfg) -> None:
                                         train_vision=cfg.model.train_vision).logprobs
 
 
-def step_advantages(groups: list[Group], cfg) -> list[torch.Tensor]:
+def step_advantages(groups: list[Group], cfg) -> tuple[list[torch.Tensor], dict[str, float]]:
     algo = cfg.algorithm
     token_kl = mask = None
+    metrics: dict[str, float] = {}
     if algo.kl_in_reward and algo.kl_coef > 0:
         logp, mask = pad_ragged([lp for g in groups for lp in g.old_logp])
         ref, _ = pad_ragged([lp for g in groups for lp in g.ref_logp])
         token_kl = kl_penalty(logp, ref, algo.kl_estimator)
+        metrics["actor/kl_in_reward"] = (token_kl[mask].mean().item())
     flat = compute_advantages(algo, [g.rewards for g in groups], token_kl=token_kl, mask=mask)
     sizes = [len(g.responses) for g in groups]
-    return list(flat.split(sizes))
+    return list(flat.split(sizes)), metrics
 
 
 def rollout_metrics(groups: list[Group], seen: list[Group]) -> dict[str, float]:
@@ -203,7 +210,8 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
     if algo.kl_coef > 0:  # kl_coef = 0 removes the reference model entirely
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     sampler = PromptSampler(len(data), seed=cfg.trainer.seed)
-    checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last, tokenizer=tokenizer)
+    checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last, tokenizer=tokenizer,
+                                processor=ProcessorSpec.from_model(model, cfg.data.min_pixels, cfg.data.max_pixels))
     guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
     start = 0
     if cfg.trainer.resume == "auto":
@@ -227,15 +235,16 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
                 reference_logprobs(ref_model, groups, cfg)
         actor: dict[str, float] = {}
         if groups:  # dynamic sampling can come back empty-handed; then this step only logs
-            advantages = step_advantages(groups, cfg)
+            advantages, actor = step_advantages(groups, cfg)
             model.train()
             with timer("update"):
-                actor = policy_update(model, optimizer, scheduler, groups, advantages, cfg, guard)
+                actor |= policy_update(model, optimizer, scheduler, groups, advantages, cfg, guard, step + 1)
         times = timer.pop()
         tokens = sum(len(r) for g in seen for r in g.responses)
         last = {**rollout_metrics(groups, seen), **info, **actor, **times,
                 "perf/rollout_tok_s": tokens / max(times.get("time/rollout", 0.0), 1e-9),
-                "perf/peak_mem_gb": peak_memory_gb()}
+                "perf/step_tok_s": tokens / max(sum(times.values()), 1e-9),
+                "perf/peak_mem_gb": peak_memory_gb(reset=True)}
         logger.log(step + 1, last)
         if step + 1 == cfg.rl.steps or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
             checkpointer.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler,

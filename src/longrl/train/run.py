@@ -42,7 +42,7 @@ def _model(cfg: Config, device, rows):
 
 def run_training(stage: str, config_path, overrides) -> None:
     from longrl.train.rl import train_rl
-    from longrl.train.sft import run_sft
+    from longrl.train.sft import run_sft, sft_steps
     from longrl.train.metrics import MetricsLogger
 
     cfg, out, device = _setup(config_path, overrides)
@@ -50,13 +50,18 @@ def run_training(stage: str, config_path, overrides) -> None:
     model, tokenizer = _model(cfg, device, rows)
     if stage == "sft":
         data = ExampleSet(rows, cfg.data, progress=cfg.trainer.progress)
-        logger = MetricsLogger(out, total_steps=0, log_every=cfg.trainer.log_every,
+        logger = MetricsLogger(out, total_steps=sft_steps(len(data.valid()), cfg.sft), log_every=cfg.trainer.log_every,
                                tensorboard=cfg.trainer.tensorboard, desc="sft", progress=False)
         run_sft(model, tokenizer, data.valid(), cfg.sft, seed=cfg.trainer.seed,
                 log=lambda step, m: logger.log(step + 1, m))
         logger.close()
     else:
-        train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False), cfg, out)
+        embedder = None
+        if cfg.data.embed_cache_dir:
+            from longrl.data.embed_cache import EmbedCache, VideoEmbedder
+
+            embedder = VideoEmbedder(model, cfg.data, EmbedCache(cfg.data.embed_cache_dir), cfg.model.train_vision)
+        train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False, embedder=embedder), cfg, out)
     save_pretrained(model, tokenizer, out / "model")
     log.info("saved the trained model to %s", out / "model")
 

@@ -59,6 +59,11 @@ def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     return F.cross_entropy(logits, targets), int(targets.numel())
 
 
+def sft_steps(num_examples: int, cfg) -> int:
+    """Optimizer steps of an SFT run over ``num_examples`` (``cfg`` an SFTConfig)."""
+    return max(1, math.ceil(cfg.epochs * math.ceil(num_examples / cfg.batch_size)))
+
+
 def run_sft(
     model,
     tokenizer,
@@ -71,8 +76,7 @@ def run_sft(
     """Train for ``cfg.epochs`` (an SFTConfig) over ``examples``; returns the per-step losses."""
     if not examples:
         raise ValueError("SFT needs at least one example; check data.train_path and data.bad_sample")
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = sft_steps(len(examples), cfg)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total)
     rng = random.Random(seed)
