@@ -112,10 +112,11 @@ class DecodeBatch:
 class StepRunner:
     """Runs decode steps eagerly, or through one CUDA graph per suffix window."""
 
-    def __init__(self, batch: DecodeBatch, use_graphs: bool, stats: dict):
+    def __init__(self, batch: DecodeBatch, use_graphs: bool, stats: dict, timed: bool):
         self.batch = batch
         self.use_graphs = use_graphs
         self.stats = stats
+        self.timed = timed
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
 
@@ -129,22 +130,38 @@ class StepRunner:
             ops.fall_back_to_eager(error)
             self.batch.decode_step(window)
 
+    def _capture(self, window: int) -> torch.cuda.CUDAGraph:
+        # torch.cuda.graph() minus its empty_cache(): freeing the allocator's cache before every
+        # capture would make the next prefill pay for fresh cudaMallocs.
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            graph.capture_begin(pool=self.pool)
+            try:
+                self.batch.decode_step(window)
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(side)
+        return graph
+
     def __call__(self, window: int) -> None:
         if not self.use_graphs:
             self._eager(window)
             return
         graph = self.graphs.get(window)
-        if graph is None:
-            # The first step at a new window runs eagerly (compiling and warming kernels and
-            # cuBLAS); capture then records the next step without running it.
-            self._eager(window)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
-                self.batch.decode_step(window)
-            self.graphs[window] = graph
-            self.stats["graph_captures"] = self.stats.get("graph_captures", 0) + 1
+        if graph is not None:
+            graph.replay()
             return
-        graph.replay()
+        # The first step at a new window runs eagerly (compiling and warming kernels and
+        # cuBLAS); capture then records the next one without running it.
+        t0 = _sync_time(self.batch.dec.device) if self.timed else 0.0
+        self._eager(window)
+        self.graphs[window] = self._capture(window)
+        self.stats["graph_captures"] += 1
+        if self.timed:
+            self.stats["eager_steps"] += 1
+            self.stats["capture_s"] += _sync_time(self.batch.dec.device) - t0
 
 
 def suffix_window(length: int, capacity: int, smallest: int = 256) -> int:
@@ -167,10 +184,11 @@ def prompt_batches(lengths: list[int], max_prompts: int, max_tokens: int) -> lis
     return batches
 
 
-def _decode(batch: DecodeBatch, config: RolloutConfig, use_graphs: bool, results: list, stats: dict) -> None:
+def _decode(batch: DecodeBatch, config: RolloutConfig, use_graphs: bool, results: list, stats: dict,
+            timed: bool) -> None:
     steps = batch.params.max_new_tokens
     capacity = batch.suffix_k.shape[3]
-    runner = StepRunner(batch, use_graphs, stats)
+    runner = StepRunner(batch, use_graphs, stats, timed)
     done_at = 1  # tokens sampled so far
     while True:
         if done_at >= steps or done_at % config.finish_check_interval == 0:
@@ -185,7 +203,7 @@ def _decode(batch: DecodeBatch, config: RolloutConfig, use_graphs: bool, results
                 for g in done:
                     results[batch.prompt_index[g]] = batch.samples(g, done_at)
                 batch = batch.select([g for g, f in enumerate(finished) if not f])
-                runner = StepRunner(batch, use_graphs, stats)
+                runner = StepRunner(batch, use_graphs, stats, timed)
         runner(suffix_window(done_at, capacity))
         done_at += 1
 
@@ -208,8 +226,9 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
              stats: dict | None = None) -> list[list[Sample]]:
     """Sample ``params.n`` responses for each prompt; returns one list of n Samples per prompt.
 
-    ``stats``, when given, receives timings (prefill_s, decode_s; the device is synchronised at
-    phase boundaries only then), decode_steps and graph_captures.
+    ``stats``, when given, receives timings (the device is synchronised at phase boundaries only
+    then): prefill_s, decode_s (all decode steps), capture_s (of it, the eager first step and the
+    capture at each new graph: eager_steps of the decode_steps), and graph_captures.
     """
     config = config or RolloutConfig()
     dec = TextDecoder(model)
@@ -221,7 +240,7 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
     ops = DecodeOps(compile=config.compile and cuda, gpu_kernels=config.use_triton and cuda and _has_triton())
     timed = stats is not None
     stats = stats if timed else {}
-    stats.update(prefill_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0)
+    stats.update(prefill_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0, eager_steps=0, capture_s=0.0)
     stop_ids = torch.tensor(list(params.stop_token_ids) or [-1], dtype=torch.long, device=dec.device)
     results: list = [None] * len(prompts)
     with torch.no_grad():
@@ -241,7 +260,7 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
             batch = DecodeBatch(dec, ops, params, members, prefixes, next_position, row_keys(seed, rows), stop_ids,
                                 suffix_capacity=max(1, params.max_new_tokens - 1))
             batch.start(torch.stack(last_hidden))
-            _decode(batch, config, use_graphs, results, stats)
+            _decode(batch, config, use_graphs, results, stats, timed)
             del batch, prefixes
             if timed:
                 t2 = _sync_time(dec.device)

@@ -1,4 +1,4 @@
-"""Triton kernels of the decode step (GPU only; imported lazily, so CPU installs need no Triton).
+"""Triton kernel of the decode step (GPU only; imported lazily, so CPU installs need no Triton).
 
 ``prefix_attention_kernel`` is the cascade's prefix part as split-KV "flash decoding": one
 program per (KV split, KV head, row tile) streams its slice of the shared prefix KV once and
@@ -6,9 +6,8 @@ attends all the group's folded queries (n samples x GQA group, gathered by index
 copy) with an online softmax, writing a normalised partial output and its log-sum-exp. The
 partials over splits merge afterwards (``attention.merge_partials``), together with the suffix.
 
-``skinny_linear_kernel`` is ``x @ w.T (+ b)`` for the few rows of a decode step: each program
-owns a BLOCK_N slice of output features and streams that slice of the weight once, deeply
-pipelined; the batch rows ride in one 16-row tensor-core tile.
+(A weight-streaming Triton GEMM for the few decode rows was tried and measured slower than cuBLAS
+on every decoder shape of the 3B model on an H100: notes/rollout.md.)
 """
 
 from __future__ import annotations
@@ -63,45 +62,10 @@ def prefix_attention_kernel(
     tl.store(lse_ptr + head * stride_lh + split * stride_ls + r, lse, mask=row_ok)
 
 
-@triton.autotune(
-    configs=[
-        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=st)
-        for bn, bk, st in ((16, 256, 4), (16, 512, 3), (32, 256, 4), (32, 128, 6), (64, 128, 4), (64, 256, 3))
-    ],
-    key=["M", "N", "K"],
-)
-@triton.jit
-def skinny_linear_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.arange(0, BLOCK_M)
-    kk = tl.arange(0, BLOCK_K)
-    col_ok = cols < N
-    row_ok = rows < M
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + kk
-        k_ok = k < K
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + k[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[:, None] * stride_wn + k[None, :], mask=col_ok[:, None] & k_ok[None, :], other=0.0)
-        acc += tl.dot(x, tl.trans(w))
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    out_off = rows[:, None] * stride_om + cols[None, :]
-    tl.store(out_ptr + out_off, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
-
-
 # ---------------------------------------------------------------------------------------------
 # Launchers
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-SKINNY_MAX_ROWS = 16
-_linear_choice: dict[tuple, bool] = {}
-linear_timings: dict[str, dict[str, float]] = {}  # "MxNxK" -> {"cublas_us", "triton_us"}, for reports
 
 
 def prefix_partials_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -138,41 +102,3 @@ def prefix_partials(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
 
         return reference(q, k, v, scale)
     return [prefix_partials_triton(q, k, v, scale)]
-
-
-def skinny_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """x [M <= 16, K] @ w[N, K].T (+ b) by the weight-streaming kernel."""
-    m, k = x.shape
-    n = w.shape[0]
-    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
-    skinny_linear_kernel[grid](x, w, w if b is None else b, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),
-                               HAS_BIAS=b is not None, BLOCK_M=SKINNY_MAX_ROWS)
-    return out
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` for a decode step: the skinny kernel where it measured faster than cuBLAS for
-    this shape (timed once per shape, outside graph capture), else cuBLAS."""
-    m = x.numel() // x.shape[-1]
-    if m > SKINNY_MAX_ROWS or x.dtype not in (torch.bfloat16, torch.float16) or w.stride(-1) != 1:
-        return F.linear(x, w, b)
-    x2 = x.reshape(m, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    key = (m, w.shape[0], w.shape[1], x.dtype, b is not None)
-    use = _linear_choice.get(key)
-    if use is None:
-        if torch.cuda.is_current_stream_capturing():
-            return F.linear(x, w, b)
-        from triton.testing import do_bench
-
-        skinny_linear(x2, w, b)  # autotune
-        triton_ms = do_bench(lambda: skinny_linear(x2, w, b), warmup=10, rep=40)
-        cublas_ms = do_bench(lambda: F.linear(x2, w, b), warmup=10, rep=40)
-        use = _linear_choice[key] = triton_ms < 0.97 * cublas_ms
-        linear_timings[f"{m}x{w.shape[0]}x{w.shape[1]}"] = dict(cublas_us=round(cublas_ms * 1e3, 1),
-                                                                triton_us=round(triton_ms * 1e3, 1))
-    if not use:
-        return F.linear(x, w, b)
-    return skinny_linear(x2, w, b).view(*x.shape[:-1], w.shape[0])

@@ -4,9 +4,8 @@ A decode step is three kinds of work per layer: weight GEMMs with a few rows (me
 weights stream once), the prefix part of the cascade attention, and many small elementwise and
 reduction ops (norms, rotary, cache writes, the suffix attention and LSE merges, SiLU,
 residuals). Under a CUDA graph every small op costs its launch latency, so on GPU the glue
-between two GEMMs is one ``torch.compile``d function (a kernel or two), the GEMMs go to the
-faster of cuBLAS and a weight-streaming Triton kernel, and the prefix attention is a Triton
-split-KV kernel. Weights are arguments, never captured attributes, so each compiled function
+between two GEMMs is one ``torch.compile``d function (a kernel or two), the GEMMs are cuBLAS,
+and the prefix attention is a Triton split-KV kernel. Weights are arguments, never captured attributes, so each compiled function
 serves every layer and every ``generate`` call. On CPU everything runs eagerly, op for op the
 same arithmetic as transformers.
 """
@@ -76,13 +75,12 @@ class DecodeOps:
         glue = DecodeOps._compiled if compile else _GLUE
         for name in _GLUE:
             setattr(self, name, glue[name])
+        self.linear = F.linear  # cuBLAS: a Triton weight-streaming GEMM measured slower (notes/rollout.md)
         if gpu_kernels:
             from longrl.rollout import kernels
 
-            self.linear = kernels.linear
             self.prefix = kernels.prefix_partials
         else:
-            self.linear = F.linear
             self.prefix = prefix_partials
 
     def fall_back_to_eager(self, error: Exception) -> None:
