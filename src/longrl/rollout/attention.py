@@ -6,9 +6,9 @@ of one dense attention per KV head (``[Hkv, n*G, D]`` against ``[Hkv, P, D]``), 
 prefix once for the whole group. Each sample then attends to its own short suffix KV, and the
 two partial results merge by their log-sum-exp.
 
-On CUDA the prefix part runs flash attention over KV splits (split-KV "flash decoding": the
-splits ride the head axis of the flash kernel so the whole GPU streams the prefix, then merge by
-LSE); elsewhere (CPU tests, fp32) a plain fp32 matmul softmax does the same arithmetic.
+On GPU the decode step uses the Triton split-KV kernel of ``kernels.py`` for the prefix part;
+``prefix_partials`` here is the fallback without Triton (flash attention over KV splits laid on
+the flash kernel's head axis) and, on CPU and in fp32, a plain fp32 matmul softmax.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from longrl.rollout.decoder import TextDecoder
 from longrl.rollout.ops import DecodeOps
 from longrl.rollout.prefill import PrefixKV, prefill
 from longrl.rollout.prompts import PromptEmbedder, check_prompts
-from longrl.rollout.sampling import Sample, SamplingParams, hashed_vocab, row_keys, sample_tokens
+from longrl.rollout.sampling import Sample, SamplingParams, hashed_vocab, row_keys
 
 
 class DecodeBatch:

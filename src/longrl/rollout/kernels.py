@@ -12,6 +12,7 @@ on every decoder shape of the 3B model on an H100: notes/rollout.md.)
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -62,16 +63,13 @@ def prefix_attention_kernel(
     tl.store(lse_ptr + head * stride_lh + split * stride_ls + r, lse, mask=row_ok)
 
 
-# ---------------------------------------------------------------------------------------------
-# Launchers
-
-import torch  # noqa: E402
-
 
 def prefix_partials_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                            block_n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """q [n, Hq, D] (last dim contiguous) over k/v [Hkv, P, D]: partials (out [Hkv, S, n*G, D] in
     q's dtype, lse [Hkv, S, n*G] fp32) over S splits sized so the programs fill the GPU once."""
+    if q.stride(-1) != 1:
+        q = q.contiguous()
     n, hq, dim = q.shape
     hkv, prefix_len = k.shape[0], k.shape[1]
     group = hq // hkv
