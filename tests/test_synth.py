@@ -10,6 +10,7 @@ from longrl.data.rows import LETTERS, load_rows
 from longrl.data.synth import (
     CATEGORIES,
     FLOOR_SHADES,
+    lit,
     PALETTE,
     QUADRANTS,
     SceneState,
@@ -50,7 +51,8 @@ def test_render_frame_pixels_by_hand():
     assert tuple(frame[5, 5]) == PALETTE["red"] and tuple(frame[21, 21]) == PALETTE["red"]
     # Floors: background level plus each room's shade (0, 30, 60, 90 in reading order).
     assert tuple(frame[4, 5]) == (20, 20, 20) and tuple(frame[22, 21]) == (20, 20, 20)
-    assert tuple(frame[33, 33]) == PALETTE["cyan"] and tuple(frame[49, 49]) == PALETTE["cyan"]
+    cyan = tuple(round(c * 0.45) for c in PALETTE["cyan"])  # the bottom-right room's light
+    assert tuple(frame[33, 33]) == cyan and tuple(frame[49, 49]) == cyan
     assert tuple(frame[50, 49]) == (110, 110, 110)
     assert (frame[:28, 28:] == 50).all() and (frame[28:, :28] == 80).all()  # empty quadrants
     assert (frame == np.array(PALETTE["red"], np.uint8)).all(-1).sum() == 17 * 17
@@ -122,14 +124,14 @@ def test_decoded_frames_show_each_event(tiny):
             assert video.timestamps[e.frame] == e.time
             if e.kind == "enter":
                 assert_shows(e.frame - 1, e.quadrant, floor(e.quadrant))
-                assert_shows(e.frame, e.quadrant, PALETTE[e.color])
+                assert_shows(e.frame, e.quadrant, lit(e.color, QUADRANTS.index(e.quadrant)))
             elif e.kind == "leave":
-                assert_shows(e.frame - 1, e.quadrant, PALETTE[e.color])
+                assert_shows(e.frame - 1, e.quadrant, lit(e.color, QUADRANTS.index(e.quadrant)))
                 assert_shows(e.frame, e.quadrant, floor(e.quadrant))
             else:  # move: the object is gone from its source and stands in the vacated quadrant
-                assert_shows(e.frame - 1, e.source, PALETTE[e.color])
+                assert_shows(e.frame - 1, e.source, lit(e.color, QUADRANTS.index(e.source)))
                 assert_shows(e.frame, e.source, floor(e.source))
-                assert_shows(e.frame, e.quadrant, PALETTE[e.color])
+                assert_shows(e.frame, e.quadrant, lit(e.color, QUADRANTS.index(e.quadrant)))
     assert worst <= 24
 
 
@@ -155,7 +157,7 @@ def test_files_config_and_reuse(tiny, tmp_path):
     assert sorted(p.name for p in (out / "videos").iterdir()) == (
         [f"test-{i:05d}.mp4" for i in range(4)] + [f"train-{i:05d}.mp4" for i in range(8)])
     config = json.loads((out / "synth_config.json").read_text())
-    assert config == {"version": 2, **TINY, "min_gap": 0.125, "options": "shuffled"}
+    assert config == {"version": 3, **TINY, "min_gap": 0.125, "options": "shuffled"}
     train_rows, test_rows = load_rows(train), load_rows(test)
     assert [r.id for r in test_rows] == [f"synth-test-{i:05d}" for i in range(4)]
     assert all(r.video == str(out / "videos" / f"train-{i:05d}.mp4") for i, r in enumerate(train_rows))

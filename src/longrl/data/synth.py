@@ -36,7 +36,7 @@ import numpy as np
 
 from longrl.data.rows import LETTERS, Row, save_rows
 
-SYNTH_VERSION = 2  # bump when the generated content changes, so cached datasets are rebuilt
+SYNTH_VERSION = 3  # bump when the generated content changes, so cached datasets are rebuilt
 
 QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -58,6 +58,14 @@ BACKGROUND_RANGE = (10, 45)  # dark gray level, drawn per video
 # Each quadrant is a room with its own floor shade, added to the video's background level: where a
 # thing is shows in what a video token sees (Qwen's vision tower has no absolute positions).
 FLOOR_SHADES = (0, 30, 60, 90)
+# ...and its own light: an object looks brighter or dimmer by the room it stands in, as in any real
+# scene, so what a thing looks like also says where it is.
+ROOM_LIGHT = (1.0, 0.8, 0.62, 0.45)
+
+
+def lit(color: str, quadrant: int) -> tuple[int, int, int]:
+    """The RGB an object of ``color`` shows in room ``quadrant`` (index into QUADRANTS)."""
+    return tuple(int(round(c * ROOM_LIGHT[quadrant])) for c in PALETTE[color])
 MIN_FRAMES_PER_GAP = 2  # >= 2 frames per state, so frame-pair (temporal patch) sampling still sees it
 
 
@@ -299,7 +307,7 @@ def render_frame(state: SceneState, size: int) -> np.ndarray:
     for q, color in enumerate(state.cells):
         if color is not None:
             top, left = (q // 2) * half + pad, (q % 2) * half + pad
-            frame[top : top + side, left : left + side] = PALETTE[color]
+            frame[top : top + side, left : left + side] = lit(color, q)
     return frame
 
 
