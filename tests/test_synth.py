@@ -297,7 +297,10 @@ def test_fixed_options_name_the_answer():
         else:
             assert row.options == [f"the {c} object" for c in FIXED_PALETTE]
             if row.category == "Plot & Narrative":
-                before = row.question.split("after the ")[1].split(" object")[0]
-                assert row.answer_text == f"the {arrivals[arrivals.index(before) + 1]} object"
+                assert row.answer_text == f"the {story.move.color} object"
+            else:
+                rank = 0 if "first" in row.question else 3
+                assert "first" in row.question or "last" in row.question
+                assert row.answer_text == f"the {arrivals[rank]} object"
         letters[row.category].add(row.answer)
     assert all(len(found) >= 3 for found in letters.values())  # the letter follows the video, not the question

@@ -85,13 +85,15 @@ def presets_markdown() -> str:
     defaults = {f.name: f.default for f in dataclasses.fields(AlgorithmConfig)}
     lines = ["| preset | settings | paper |", "| --- | --- | --- |"]
     for name, preset in PRESETS.items():
-        changed = [f"`{key}={_show(value)}`" for key, value in preset.items()
+        changed = [f"`{key}={_show(key, value)}`" for key, value in preset.items()
                    if key != "name" and value != defaults[key]]
         lines.append(f"| `{name}` | {', '.join(changed) or 'defaults'} | {PAPERS[name]} |")
     return "\n".join(lines) + "\n"
 
 
-def _show(value) -> str:
-    if value == MAX_RESPONSE_LEN and isinstance(value, float):
+def _show(key: str, value) -> str:
+    if key == "token_sum_divisor" and value == MAX_RESPONSE_LEN:
         return "max_response_len"
+    if key == "overlong_buffer" and value == int(MAX_RESPONSE_LEN):
+        return "0.2*max_response_len"
     return str(value)
