@@ -67,8 +67,8 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
     model, tokenizer = load_model(cfg.model, device, tokenizer_texts=corpus_texts(train_rows), seed=cfg.trainer.seed)
 
     print("[3/5] chain-of-thought SFT")
-    sft_log = MetricsLogger(out / "sft", total_steps=sft_steps(len(train_set.valid()), cfg.sft), log_every=cfg.trainer.log_every, tensorboard=False,
-                            desc="sft", progress=False)
+    sft_log = MetricsLogger(out / "sft", total_steps=sft_steps(len(train_set.valid()), cfg.sft),
+                            log_every=cfg.trainer.log_every, tensorboard=False, desc="sft", progress=False)
     run_sft(model, tokenizer, train_set.valid(), cfg.sft, seed=cfg.trainer.seed,
             log=lambda step, m: sft_log.log(step + 1, m))
     sft_log.close()

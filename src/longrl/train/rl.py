@@ -98,7 +98,7 @@ def collect(model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, s
     equal (no learning signal) are dropped and sampling goes on until the batch is full or
     ``max_tries`` rounds have run."""
     want = cfg.rl.prompts_per_step
-    filler = BatchFiller(want, cfg.algorithm.max_tries if cfg.algorithm.dynamic_sampling else 1)
+    filler = BatchFiller(want, cfg.algorithm.max_tries)
     seen: list[Group] = []
     while not filler.done:
         examples = [e for e in (data.get(i) for i in sampler.next_indices(want)) if e is not None]
@@ -110,7 +110,9 @@ def collect(model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, s
         with timer("reward"):
             score(groups, tokenizer, reward_model, cfg)
         seen += groups
-        filler.add(groups, rewards=[g.rewards for g in groups] if cfg.algorithm.dynamic_sampling else None)
+        if not cfg.algorithm.dynamic_sampling:
+            return groups, seen, {"rollout/groups_seen": len(seen), "rollout/tries": 1}
+        filler.add(groups, rewards=[g.rewards for g in groups])
     info = {"rollout/groups_seen": len(seen), "rollout/tries": filler.tries}
     return filler.take(), seen, info
 

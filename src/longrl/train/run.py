@@ -50,7 +50,8 @@ def run_training(stage: str, config_path, overrides) -> None:
     model, tokenizer = _model(cfg, device, rows)
     if stage == "sft":
         data = ExampleSet(rows, cfg.data, progress=cfg.trainer.progress)
-        logger = MetricsLogger(out, total_steps=sft_steps(len(data.valid()), cfg.sft), log_every=cfg.trainer.log_every,
+        logger = MetricsLogger(out, total_steps=sft_steps(len(data.valid()), cfg.sft),
+                               log_every=cfg.trainer.log_every,
                                tensorboard=cfg.trainer.tensorboard, desc="sft", progress=False)
         run_sft(model, tokenizer, data.valid(), cfg.sft, seed=cfg.trainer.seed,
                 log=lambda step, m: logger.log(step + 1, m))
