@@ -135,6 +135,7 @@ RSS_PEAK_SCRIPT = """
 import os, sys, threading, time
 import av  # loaded before the baseline: its libraries are not decoding memory
 from longrl.data.video import decode_video
+decode_video(sys.argv[1], num_frames=2)  # warm-up: codec set-up and first-use allocations
 page = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as f:
