@@ -157,7 +157,7 @@ def test_files_config_and_reuse(tiny, tmp_path):
     assert sorted(p.name for p in (out / "videos").iterdir()) == (
         [f"test-{i:05d}.mp4" for i in range(4)] + [f"train-{i:05d}.mp4" for i in range(8)])
     config = json.loads((out / "synth_config.json").read_text())
-    assert config == {"version": 3, **TINY, "min_gap": 0.125, "options": "shuffled"}
+    assert config == {"version": 3, **TINY, "min_gap": 0.125, "options": "shuffled", "object_fraction": 0.6}
     train_rows, test_rows = load_rows(train), load_rows(test)
     assert [r.id for r in test_rows] == [f"synth-test-{i:05d}" for i in range(4)]
     assert all(r.video == str(out / "videos" / f"train-{i:05d}.mp4") for i, r in enumerate(train_rows))

@@ -35,6 +35,7 @@ class QuickstartData:
     num_test: int = 200
     frames: int = 32  # frames per synthetic video file
     options: str = "fixed"  # the synthetic task's easy form, learnable from scratch in CPU minutes
+    object_fraction: float = 1.0  # objects fill their room: evidence a small model sees at once
 
 
 def resolve_device(name: str) -> torch.device:
@@ -58,7 +59,7 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
     print(f"[1/5] synthetic long-video task -> {out / 'data'}")
     train_path, test_path = generate_synth(SynthConfig(
         out_dir=str(out / "data"), num_train=data.num_train, num_test=data.num_test, frames=data.frames,
-        options=data.options, seed=cfg.trainer.seed))
+        options=data.options, object_fraction=data.object_fraction, seed=cfg.trainer.seed))
     train_rows, test_rows = load_rows(train_path), load_rows(test_path)
     train_set = ExampleSet(train_rows, cfg.data, progress=cfg.trainer.progress)
     test = ExampleSet(test_rows, cfg.data, progress=cfg.trainer.progress).valid()

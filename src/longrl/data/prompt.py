@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from longrl.data.rows import Row, format_options
 
-SYSTEM_PROMPT = (
-    "You are a careful video analyst. Think step by step inside <think> </think>, "
-    "then give the letter of the correct option inside <answer> </answer>."
-)
+SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the option letter inside <answer> </answer>."
 
 
 def question_text(row: Row) -> str:

@@ -84,6 +84,7 @@ class SynthConfig:
     # "fixed": four colors, options always in one canonical order (colors, or rooms top-left first),
     # so the answer letter names the answer itself: the easy form the CPU quickstart learns in minutes.
     options: str = "shuffled"
+    object_fraction: float = OBJECT_FRACTION  # object side / room side; 1.0 fills the room
 
     def validate(self) -> None:
         if self.num_train < 0 or self.num_test < 0:
@@ -299,7 +300,7 @@ def make_question(story: Story, category: str, answer_index: int, rng: np.random
 # Pixels
 
 
-def render_frame(state: SceneState, size: int) -> np.ndarray:
+def render_frame(state: SceneState, size: int, object_fraction: float = OBJECT_FRACTION) -> np.ndarray:
     """uint8 [size, size, 3]: four rooms with floors of different gray shades, one centered square
     per occupied quadrant."""
     frame = np.empty((size, size, 3), dtype=np.uint8)
@@ -307,7 +308,7 @@ def render_frame(state: SceneState, size: int) -> np.ndarray:
     for q, shade in enumerate(FLOOR_SHADES):
         top, left = (q // 2) * half, (q % 2) * half
         frame[top : top + half, left : left + half] = state.background + shade
-    side = round(OBJECT_FRACTION * half)
+    side = round(object_fraction * half)
     pad = (half - side) // 2
     for q, color in enumerate(state.cells):
         if color is not None:
@@ -322,13 +323,13 @@ def quadrant_center(quadrant: str, size: int) -> tuple[int, int]:
     return (q // 2) * half + half // 2, (q % 2) * half + half // 2
 
 
-def render_story(story: Story, size: int) -> Iterator[np.ndarray]:
+def render_story(story: Story, size: int, object_fraction: float = OBJECT_FRACTION) -> Iterator[np.ndarray]:
     """Every frame of the video, one at a time; a state is drawn once and reused until it changes."""
     cached: tuple[SceneState, np.ndarray] | None = None
     for frame in range(story.frames):
         state = story.state_at(frame)
         if cached is None or cached[0] != state:
-            cached = (state, render_frame(state, size))
+            cached = (state, render_frame(state, size, object_fraction))
         yield cached[1]
 
 
@@ -413,7 +414,7 @@ def story_from_row(row: Row) -> Story:
 def _make_video(job: tuple[SynthConfig, str, int]) -> Row:
     cfg, split, index = job
     row = make_row(cfg, split, index)
-    encode_mp4(Path(cfg.out_dir) / row.video, render_story(story_from_row(row), cfg.size), cfg.fps)
+    encode_mp4(Path(cfg.out_dir) / row.video, render_story(story_from_row(row), cfg.size, cfg.object_fraction), cfg.fps)
     return row
 
 
