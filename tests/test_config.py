@@ -10,6 +10,7 @@ def test_defaults_yaml_and_overrides(tmp_path):
     assert cfg.rollout.n == 8  # the override beats the file
     assert cfg.rl.optim.lr == 0.001 and cfg.data.fps == 2.0 and cfg.trainer.resume == "never"
     assert load_config().rollout.n == Config().rollout.n
+    assert load_config(None, ["rl.optim.lr=3e-4"]).rl.optim.lr == 3e-4  # YAML 1.1 reads this as a string
 
 
 def test_unknown_key_names_key_and_allowed():
