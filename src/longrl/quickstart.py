@@ -12,18 +12,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-from longrl.config import Config, load_config, save_config
 from longrl.data.dataset import ExampleSet
 from longrl.data.prompt import corpus_texts
 from longrl.data.rows import load_rows
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.eval.evaluate import evaluate, write_report
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
-from longrl.train.metrics import MetricsLogger
 from longrl.train.rl import train_rl
-from longrl.train.sft import run_sft, sft_steps
+from longrl.train.run import setup_run, sft_stage
 
 log = logging.getLogger("longrl.quickstart")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -38,23 +35,12 @@ class QuickstartData:
     object_fraction: float = 1.0  # objects fill their room: evidence a small model sees at once
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str] | None = None,
                data: QuickstartData | None = None) -> dict:
     started = time.time()
-    out = Path(out_dir)
     data = data or QuickstartData()
-    cfg: Config = load_config(DEFAULT_CONFIG, [f"algorithm.name={algorithm}", f"trainer.out_dir={out}",
-                                               *(overrides or [])])
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    torch.manual_seed(cfg.trainer.seed)
-    device = resolve_device(cfg.trainer.device)
+    cfg, out, device = setup_run(DEFAULT_CONFIG, [f"algorithm.name={algorithm}", f"trainer.out_dir={out_dir}",
+                                                  *(overrides or [])])
 
     print(f"[1/5] synthetic long-video task -> {out / 'data'}")
     train_path, test_path = generate_synth(SynthConfig(
@@ -68,11 +54,7 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
     model, tokenizer = load_model(cfg.model, device, tokenizer_texts=corpus_texts(train_rows), seed=cfg.trainer.seed)
 
     print("[3/5] chain-of-thought SFT")
-    sft_log = MetricsLogger(out / "sft", total_steps=sft_steps(len(train_set.valid()), cfg.sft),
-                            log_every=cfg.trainer.log_every, tensorboard=False, desc="sft", progress=False)
-    run_sft(model, tokenizer, train_set.valid(), cfg.sft, seed=cfg.trainer.seed,
-            log=lambda step, m: sft_log.log(step + 1, m))
-    sft_log.close()
+    sft_stage(model, tokenizer, train_set, cfg, out / "sft")
     save_pretrained(model, tokenizer, out / "sft_model")
     sft_report = evaluate(model, tokenizer, test, max_new_tokens=cfg.eval.max_new_tokens,
                           batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)

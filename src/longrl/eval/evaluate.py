@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from longrl.data.dataset import Example
+from longrl.models.qwen2_5_vl import encode_prompts
 from longrl.rewards.multiple_choice import extract_choice, parse_response
 from longrl.rollout import SamplingParams, generate
-from longrl.train.rl import encode_prompts
 
 
 def evaluate(model, tokenizer, examples: list[Example], *, max_new_tokens: int = 96, batch_prompts: int = 32,

@@ -20,6 +20,7 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
+from longrl.data.prompt import messages_for
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.attention import AttentionLayout, use_longrl_attention
 from longrl.models.config import ModelConfig, TinyModelConfig
@@ -215,6 +216,13 @@ def build_prompt(
         next_position=int(positions.max()) + 1,
         meta=meta or {},
     )
+
+
+def encode_prompts(model, tokenizer: PreTrainedTokenizerBase, examples) -> list[Prompt]:
+    """One Prompt per ``longrl.data.dataset.Example`` in longrl's chat template: tokens, M-RoPE
+    positions, and one vision-tower pass (or the example's cached embeddings)."""
+    return [build_prompt(model, tokenizer, messages_for(e.row), e.vision, video_embeds=e.video_embeds,
+                         meta={"id": e.row.id}) for e in examples]
 
 
 def prompt_embeds(model, prompt: Prompt, *, grad_through_vision: bool = False) -> torch.Tensor:

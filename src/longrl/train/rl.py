@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from longrl.data.dataset import Example, PromptSampler
-from longrl.data.prompt import messages_for
-from longrl.models.qwen2_5_vl import Prompt, build_prompt
+from longrl.models.qwen2_5_vl import Prompt, encode_prompts
 from longrl.rewards.model import build_reward
 from longrl.rewards.registry import RewardInput
 from longrl.rl.advantages import compute_advantages
@@ -46,12 +45,6 @@ class Group:
     rewards: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     components: list[dict[str, float]] = field(default_factory=list)
     ref_logp: list[torch.Tensor] | None = None
-
-
-def encode_prompts(model, tokenizer, examples: list[Example]) -> list[Prompt]:
-    """Build each prompt once: tokens, M-RoPE positions, one vision-tower pass."""
-    return [build_prompt(model, tokenizer, messages_for(e.row), e.vision, video_embeds=e.video_embeds,
-                         meta={"id": e.row.id}) for e in examples]
 
 
 def rollout(model, tokenizer, prompts: list[Prompt], examples: list[Example], cfg, seed: int) -> list[Group]:

@@ -13,12 +13,18 @@ from longrl.data.prompt import corpus_texts
 from longrl.data.rows import load_rows
 from longrl.eval.evaluate import evaluate, markdown_table, write_report
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
-from longrl.quickstart import resolve_device
 
 log = logging.getLogger("longrl.run")
 
 
-def _setup(config_path, overrides) -> tuple[Config, Path, torch.device]:
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_run(config_path, overrides) -> tuple[Config, Path, torch.device]:
+    """Resolve the config, create ``trainer.out_dir`` with the config saved in it, seed, pick the device."""
     cfg = load_config(config_path, overrides)
     out = Path(cfg.trainer.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,22 +46,29 @@ def _model(cfg: Config, device, rows):
     return load_model(cfg.model, device, tokenizer_texts=texts, seed=cfg.trainer.seed)
 
 
+def sft_stage(model, tokenizer, data: ExampleSet, cfg: Config, log_dir: Path) -> list[float]:
+    """CoT-SFT over the usable rows of ``data``, logging to ``log_dir``; returns the per-step losses."""
+    from longrl.train.metrics import MetricsLogger
+    from longrl.train.sft import run_sft, sft_steps
+
+    examples = data.valid()
+    logger = MetricsLogger(log_dir, total_steps=sft_steps(len(examples), cfg.sft), log_every=cfg.trainer.log_every,
+                           tensorboard=cfg.trainer.tensorboard, desc="sft", progress=False)
+    try:
+        return run_sft(model, tokenizer, examples, cfg.sft, seed=cfg.trainer.seed,
+                       log=lambda step, m: logger.log(step + 1, m))
+    finally:
+        logger.close()
+
+
 def run_training(stage: str, config_path, overrides) -> None:
     from longrl.train.rl import train_rl
-    from longrl.train.sft import run_sft, sft_steps
-    from longrl.train.metrics import MetricsLogger
 
-    cfg, out, device = _setup(config_path, overrides)
+    cfg, out, device = setup_run(config_path, overrides)
     rows = _rows(cfg.data.train_path, cfg, "train_path")
     model, tokenizer = _model(cfg, device, rows)
     if stage == "sft":
-        data = ExampleSet(rows, cfg.data, progress=cfg.trainer.progress)
-        logger = MetricsLogger(out, total_steps=sft_steps(len(data.valid()), cfg.sft),
-                               log_every=cfg.trainer.log_every,
-                               tensorboard=cfg.trainer.tensorboard, desc="sft", progress=False)
-        run_sft(model, tokenizer, data.valid(), cfg.sft, seed=cfg.trainer.seed,
-                log=lambda step, m: logger.log(step + 1, m))
-        logger.close()
+        sft_stage(model, tokenizer, ExampleSet(rows, cfg.data, progress=cfg.trainer.progress), cfg, out)
     else:
         embedder = None
         if cfg.data.embed_cache_dir:
@@ -68,7 +81,7 @@ def run_training(stage: str, config_path, overrides) -> None:
 
 
 def run_eval(config_path, overrides, out_dir=None) -> dict:
-    cfg, out, device = _setup(config_path, overrides)
+    cfg, out, device = setup_run(config_path, overrides)
     rows = _rows(cfg.data.test_path, cfg, "test_path")
     if cfg.eval.max_rows:
         rows = rows[: cfg.eval.max_rows]
@@ -85,7 +98,7 @@ def run_eval(config_path, overrides, out_dir=None) -> dict:
 def run_cache_embeds(config_path, overrides) -> dict:
     from longrl.data.embed_cache import EmbedCache, precompute_embeds
 
-    cfg, out, device = _setup(config_path, overrides)
+    cfg, out, device = setup_run(config_path, overrides)
     if not cfg.data.embed_cache_dir:
         raise ValueError("data.embed_cache_dir is empty: say where the embeddings go, e.g. data.embed_cache_dir=cache/")
     rows = []
