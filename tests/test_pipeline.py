@@ -97,3 +97,11 @@ def test_quickstart_writes_its_report(tmp_path):
     assert set(saved["rl"]["per_category"]) <= {"Temporal", "Spatial", "Plot & Narrative", "Goal & Purpose"}
     assert (tmp_path / "qs" / "eval_rl" / "report.md").read_text().startswith("| category |")
     assert (tmp_path / "qs" / "rl_model" / "model.safetensors").exists()
+
+
+def test_mini_batches_never_exceed_the_configured_count():
+    from longrl.train.rl import mini_batches
+
+    assert mini_batches(8, 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]  # 8 // 3 = 2 would make 4 updates
+    assert mini_batches(8, 1) == [list(range(8))]
+    assert mini_batches(2, 4) == [[0], [1]]

@@ -8,6 +8,7 @@ GRPO by default; DAPO, REINFORCE++, RLOO, Dr.GRPO and GSPO are settings of the s
 from __future__ import annotations
 
 import copy
+import math
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,13 @@ def collect(model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, s
     return filler.take(), seen, info
 
 
+def mini_batches(num_groups: int, count: int) -> list[list[int]]:
+    """Split group indices into at most ``count`` contiguous, near-equal mini-batches (the LR
+    schedule counts ``ppo_epochs x mini_batches`` optimizer steps per RL step)."""
+    size = max(1, math.ceil(num_groups / count))
+    return [list(range(start, min(start + size, num_groups))) for start in range(0, num_groups, size)]
+
+
 def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: list[torch.Tensor], cfg,
                   guard: NonFiniteGuard, step: int) -> dict[str, float]:
     """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over the groups; each group is one
@@ -118,10 +126,8 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
     sums: dict[str, float] = {}
     count = 0
     grad_norms: list[float] = []
-    size = max(1, len(groups) // algo.mini_batches)
     for _ in range(algo.ppo_epochs):
-        for start in range(0, len(groups), size):
-            batch = list(range(start, min(start + size, len(groups))))
+        for batch in mini_batches(len(groups), algo.mini_batches):
             lens = [len(r) for i in batch for r in groups[i].responses]
             normalizer = accumulation_normalizer(algo.loss_agg, lens)
             optimizer.zero_grad(set_to_none=True)
