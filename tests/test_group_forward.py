@@ -19,6 +19,8 @@ from longrl.train.group_forward import (
     group_block_counts,
     group_block_mask,
     group_mask_mod,
+    plan_checkpointing,
+    resolved_layers,
 )
 from longrl.train.logprobs import group_logprobs, sequence_logprobs
 
@@ -212,3 +214,44 @@ def test_flex_mask_mod_matches_dense():
     got = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=packing.dense_mask(), enable_gqa=True)
     assert (got - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_layer_implementations_agree(checkpointed, monkeypatch):
+    """longrl's layer functions (eager, and compiled through AOTAutograd as on the GPU, where
+    inductor replaces aot_eager) equal transformers' layers in log-probs and every gradient, also
+    under gradient checkpointing (the compiled functions re-run in backward)."""
+    import longrl.train.group_forward as gf
+
+    monkeypatch.setattr(gf, "_compile", lambda fn: torch.compile(fn, backend="aot_eager", dynamic=True))
+    monkeypatch.setattr(gf, "_compiled_layer_fns", None)
+    model, prompt, responses = tiny_video_group(seed=4)
+    model.model.visual.requires_grad_(False)
+    if checkpointed:
+        enable_gradient_checkpointing(model, 3)
+        model.train()
+    results = {}
+    for layers in ("hf", "eager", "compiled"):
+        out = group_logprobs(model, prompt, responses, layers=layers)
+        assert out.info == {"layers": layers, "checkpointed_layers": 3 if checkpointed else 0}
+        weighted_loss(out.logprobs).backward()
+        results[layers] = (out.logprobs, grads(model))
+    ref_logp, ref_grads = results["hf"]
+    for layers in ("eager", "compiled"):
+        logp, g = results[layers]
+        assert max((a - b).abs().max().item() for a, b in zip(logp, ref_logp)) <= TOL
+        assert_same_grads(g, ref_grads)
+    assert resolved_layers("auto", torch.device("cpu"), model.model.language_model) == "eager"
+    model.model.language_model.config.hidden_act = "gelu"  # not the SwiGLU the functions implement
+    assert resolved_layers("compiled", torch.device("cpu"), model.model.language_model) == "hf"
+
+
+def test_plan_checkpointing_keeps_what_fits():
+    flagged = [True] * 6
+    # kept layer 10 bytes, checkpointed 1: need = keep*10 + (6-keep)*1 + 2*10
+    assert plan_checkpointing(flagged, 10, 1, 10**6) == [False] * 6  # everything fits: recompute nothing
+    assert plan_checkpointing(flagged, 10, 1, 6 + 20 + 9 * 3) == [True] * 3 + [False] * 3
+    assert plan_checkpointing(flagged, 10, 1, 0) == [True] * 6  # nothing fits: checkpoint all flagged
+    # unflagged layers always keep theirs, and count against the room
+    assert plan_checkpointing([True, True, False], 10, 1, 2 + 10 + 20 + 9) == [True, False, False]
+    assert plan_checkpointing([False, False], 10, 1, 0) == [False, False]

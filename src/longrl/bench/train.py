@@ -95,10 +95,10 @@ def run_naive(model, prompt, responses, weights) -> list[torch.Tensor]:
     return logps
 
 
-def run_longrl(model, prompt, responses, weights, backend) -> list[torch.Tensor]:
-    logps = group_logprobs(model, prompt, responses, backend=backend).logprobs
-    (-sum((w * lp).sum() for w, lp in zip(weights, logps))).backward()
-    return [lp.detach() for lp in logps]
+def run_longrl(model, prompt, responses, weights, backend, layers="auto") -> tuple[list[torch.Tensor], dict]:
+    out = group_logprobs(model, prompt, responses, backend=backend, layers=layers)
+    (-sum((w * lp).sum() for w, lp in zip(weights, out.logprobs))).backward()
+    return [lp.detach() for lp in out.logprobs], out.info
 
 
 def timed(fn, device) -> tuple[float, object]:
@@ -147,8 +147,9 @@ def profile_table(fn, device, rows: int = 12) -> str:
 
 
 def bench_config(model, device, frames: int, n: int, length: int, *, backends: list[str], repeats: int,
-                 naive: bool, peak: float | None, profile: bool = False) -> list[dict]:
-    """One JSON-able result per backend; the naive baseline runs once and is shared."""
+                 naive: bool, peak: float | None, profile: bool = False, layer_impls: tuple[str, ...] = ("auto",)
+                 ) -> list[dict]:
+    """One JSON-able result per (backend, layer implementation); the naive baseline runs once and is shared."""
     prompt = video_prompt(model, frames)
     g = torch.Generator().manual_seed(2)
     vocab = model.config.text_config.vocab_size
@@ -178,16 +179,17 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
             naive_result = {"naive_s": None, "naive_error": "out of memory"}
 
     results = []
-    for backend in backends:
+    for backend, layers in itertools.product(backends, layer_impls):
         result = {**common, "backend": backend, **naive_result}
-        try:  # warm up (compiles flex_attention for this shape), then the median of `repeats`
-            run_longrl(model, prompt, responses, weights, backend)
+        run = lambda: run_longrl(model, prompt, responses, weights, backend, layers)  # noqa: E731
+        try:  # warm up (compiles flex_attention and the layer functions for this shape), then the median
+            run()
             take_grads(model)
             times = []
             for _ in range(repeats):
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                seconds, logps = timed(lambda: run_longrl(model, prompt, responses, weights, backend), device)
+                seconds, (logps, info) = timed(run, device)
                 times.append(seconds)
                 grads = take_grads(model)
         except Exception as err:  # report and go on with the other backends / configurations
@@ -196,9 +198,10 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
             results.append(result)
             continue
         result["longrl_s"] = statistics.median(times)
+        result.update(layers=info.get("layers"), checkpointed_layers=info.get("checkpointed_layers"))
         if profile:
-            print(f"# profile: {backend}, F={frames} n={n} R={length}\n" + profile_table(
-                lambda: (run_longrl(model, prompt, responses, weights, backend), take_grads(model)), device), flush=True)
+            print(f"# profile: {backend}, {info.get('layers')} layers, F={frames} n={n} R={length}\n" + profile_table(
+                lambda: (run(), take_grads(model)), device), flush=True)
         if cuda:
             result["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         result["tflops"] = flops / result["longrl_s"] / 1e12
@@ -216,8 +219,8 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",")]
 
 
-def _layer_counts(text: str) -> list[int]:
-    return [-1 if x == "all" else int(x) for x in text.split(",")]
+def _layer_counts(text: str) -> list[str | int]:
+    return [x if x in ("auto", "all") else int(x) for x in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -231,9 +234,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="group attention: auto (hybrid on GPU, dense on CPU), dense, flex, hybrid, split; comma list")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
                         help="auto: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--checkpoint-layers", type=_layer_counts, default=[-1],
-                        help="gradient-checkpoint only the first K decoder layers ('all' by default; fewer is faster, "
-                             "more memory); a comma list such as all,20,10 runs each (naive only with the first)")
+    parser.add_argument("--layers", default="auto",
+                        help="decoder layers of the group forward: auto (compiled on GPU, eager on CPU), compiled, "
+                             "eager, hf (transformers' own); comma list")
+    parser.add_argument("--checkpoint-layers", type=_layer_counts, default=["auto"],
+                        help="gradient checkpointing: auto (default: every layer may be checkpointed, the group forward "
+                             "checkpoints only as many as free GPU memory needs, as in training), all (every layer), "
+                             "or K (exactly the first K); a comma list such as auto,all,10 runs each "
+                             "(naive only with the first)")
     parser.add_argument("--config", action="append", default=[], metavar="F,N,R",
                         help="a (frames, n, response tokens) configuration; repeatable; replaces the lists")
     parser.add_argument("--repeats", type=int, default=3)
@@ -265,15 +273,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
                else list(itertools.product(args.frames, args.n, args.response_tokens)))
     checkpointing = device.type == "cuda" and not args.no_grad_checkpointing
     layers = model.config.text_config.num_hidden_layers
+    layer_impls = tuple(args.layers.split(","))
+    for impl in layer_impls:
+        if impl not in ("auto", "compiled", "eager", "hf"):
+            parser.error(f"--layers {impl!r} is not one of auto, compiled, eager, hf")
     for variant, ckpt_layers in enumerate(args.checkpoint_layers if checkpointing else [0]):
         if checkpointing:
-            enable_gradient_checkpointing(model, None if ckpt_layers < 0 else ckpt_layers)
+            enable_gradient_checkpointing(model, None if isinstance(ckpt_layers, str) else ckpt_layers,
+                                          adaptive=ckpt_layers == "auto")
         for frames, n, length in configs:
             naive = not args.no_naive and frames <= args.naive_max_frames and variant == 0
             for result in bench_config(model, device, frames, n, length, backends=backends, repeats=args.repeats,
-                                       naive=naive, peak=peak, profile=args.profile and variant == 0):
+                                       naive=naive, peak=peak, profile=args.profile and variant == 0,
+                                       layer_impls=layer_impls):
                 result["model"] = "tiny" if args.tiny else "qwen2.5-vl-3b-shape"
-                result["checkpointed_layers"] = (layers if ckpt_layers < 0 else min(ckpt_layers, layers)) if checkpointing else 0
+                result["checkpointing"] = ckpt_layers if checkpointing else "off"
+                result["decoder_layers"] = layers
                 print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in result.items()}),
                       flush=True)
                 results.append(result)

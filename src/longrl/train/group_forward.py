@@ -22,11 +22,12 @@ Attention backends (:class:`GroupAttention`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from longrl.models.attention import AttentionLayout
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, prompt_embeds
@@ -156,7 +157,13 @@ def hybrid_attention(packing: GroupPacking, block_mask, query, key, value, scali
     prefix_out = F.scaled_dot_product_attention(query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True,
                                                 scale=scaling, enable_gqa=gqa)
     resp_out = _flex_attention()(query[:, :, P:], key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
-    return torch.cat([prefix_out, resp_out], dim=2)
+    return _cat_rows(prefix_out, resp_out)
+
+
+def _cat_rows(*parts: torch.Tensor) -> torch.Tensor:
+    """Concatenate [1, H, L_i, D] pieces along L into a tensor stored as [1, T, H, D] (returned as its
+    [1, H, T, D] view): the layer's ``transpose(1, 2).contiguous()`` is then free, one copy instead of two."""
+    return torch.cat([p.transpose(1, 2) for p in parts], dim=1).transpose(1, 2)
 
 
 _compiled_flex = None
@@ -237,7 +244,7 @@ def split_attention(packing: GroupPacking, query, key, value, scaling) -> torch.
                                               attn_mask=causal_lower_right(longest, P + longest), scale=scaling)
     real = j[None] < torch.tensor(lens, device=query.device)[:, None]  # [n, longest]
     resp_out = resp_out.transpose(1, 2)[real]  # [sum R, Hq, D], in packed order
-    return torch.cat([prefix_out, resp_out.permute(1, 0, 2)[None]], dim=2)
+    return _cat_rows(prefix_out, resp_out.permute(1, 0, 2)[None])
 
 
 def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vision: bool = False):
@@ -259,19 +266,206 @@ def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vi
     return embeds[None], positions[:, None], packing
 
 
+# ---- the decoder layers of the group forward ------------------------------------------------------
+#
+# The group forward runs the text decoder's layers itself: each layer is two pure functions of
+# (activations, weights) around the layout's attention. On CUDA both are compiled once with
+# torch.compile and serve all 36 layers (the weights are arguments, so one graph fits every layer):
+# RMSNorm, q/k/v bias and rotary become one or two fused kernels, SwiGLU and the residual adds
+# likewise, and the backward is fused too. Profiled eagerly these small ops were ~20% of the step
+# (notes/train.md). The functions compute exactly what transformers' Qwen2.5-VL layer computes (same
+# op order; the CPU tests check the group forward through them against transformers' own layers
+# run per sequence, fp32, 1e-5).
+
+LayerImpl = Literal["auto", "hf", "eager", "compiled"]
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # as Qwen2_5_VLRMSNorm: fp32 statistics, cast back before the weight
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def attention_inputs(hidden, norm_w, eps: float, wq, bq, wk, bk, wv, bv, cos, sin, head_dim: int):
+    """input RMSNorm, q/k/v projections, rotary: hidden [1, T, H] -> q [1, Hq, T, D], k, v [1, Hkv, T, D].
+    ``cos``/``sin`` [1, T, D] are the M-RoPE tables already recomposed per position (one per forward)."""
+    b, t, _ = hidden.shape
+    x = _rms_norm(hidden, norm_w, eps)
+    q = F.linear(x, wq, bq).view(b, t, -1, head_dim).transpose(1, 2)
+    k = F.linear(x, wk, bk).view(b, t, -1, head_dim).transpose(1, 2)
+    v = F.linear(x, wv, bv).view(b, t, -1, head_dim).transpose(1, 2)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
+
+
+def attention_output_and_mlp(hidden, attn, wo, norm_w, eps: float, w_gate, w_up, w_down):
+    """o_proj + residual, post-attention RMSNorm, SwiGLU MLP + residual. attn [1, T, Hq, D] -> [1, T, H]."""
+    h = hidden + F.linear(attn.flatten(2), wo)
+    x = _rms_norm(h, norm_w, eps)
+    return h + F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+
+_compile = torch.compile  # tests swap in an aot_eager compile to check the plumbing on CPU
+_compiled_layer_fns = None
+
+
+def _layer_functions(compiled: bool):
+    global _compiled_layer_fns
+    if not compiled:
+        return attention_inputs, attention_output_and_mlp
+    if _compiled_layer_fns is None:
+        # automatic dynamic shapes, as for flex: a second packed length recompiles once with a
+        # symbolic length, later groups reuse it
+        _compiled_layer_fns = (_compile(attention_inputs), _compile(attention_output_and_mlp))
+    return _compiled_layer_fns
+
+
+def unfusable_reason(text_model) -> str | None:
+    """Why longrl's layer functions cannot stand in for this decoder's layers (None: they can)."""
+    cfg = text_model.config
+    if getattr(cfg, "hidden_act", None) != "silu":
+        return f"hidden_act {getattr(cfg, 'hidden_act', None)!r}"
+    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ["full_attention"]):
+        return "sliding-window layers"
+    if getattr(cfg, "attention_dropout", 0.0):
+        return "attention dropout"
+    for layer in text_model.layers:
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        if attn is None or mlp is None or not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            return f"unknown layer {type(layer).__name__}"
+        if attn.q_proj.bias is None or attn.o_proj.bias is not None or any(
+                getattr(mlp, n).bias is not None for n in ("gate_proj", "up_proj", "down_proj")):
+            return "unexpected biases"
+    return None
+
+
+def resolved_layers(layers: LayerImpl, device: torch.device, text_model) -> str:
+    if layers == "hf":
+        return "hf"
+    if layers not in ("auto", "eager", "compiled"):
+        raise ValueError(f"unknown layer implementation {layers!r}; use auto, hf, eager or compiled")
+    if unfusable_reason(text_model) is not None:
+        return "hf"
+    if layers == "auto":
+        return "compiled" if device.type == "cuda" else "eager"
+    return layers
+
+
+def _decoder_layer(layer, layout: AttentionLayout, fns, hidden, cos, sin):
+    pre, post = fns
+    attn, mlp = layer.self_attn, layer.mlp
+    ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
+    q, k, v = pre(hidden, ln1.weight, ln1.variance_epsilon, attn.q_proj.weight, attn.q_proj.bias,
+                  attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight, attn.v_proj.bias, cos, sin, attn.head_dim)
+    out = layout.attend(attn, q, k, v, attn.scaling)  # [1, T, Hq, D]
+    return post(hidden, out, attn.o_proj.weight, ln2.weight, ln2.variance_epsilon,
+                mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+
+
+# ---- how many layers to checkpoint ------------------------------------------------------------------
+
+def kept_layer_bytes(text_config, tokens: int, dtype_bytes: int) -> int:
+    """Activations one non-checkpointed layer keeps for backward, over ``tokens`` packed tokens:
+    its input, q, k, v, attention output (pieces and their concatenation), the post-attention
+    residual and the MLP's gate and up projections (SwiGLU's product is recomputed in the fused
+    backward) = 5 d + 2 kv + 2 intermediate per token, +10% for statistics (RMSNorm, softmax LSE)."""
+    d, inter = text_config.hidden_size, text_config.intermediate_size
+    kv = text_config.num_key_value_heads * (d // text_config.num_attention_heads)
+    return int(1.1 * tokens * dtype_bytes * (5 * d + 2 * kv + 2 * inter))
+
+
+def plan_checkpointing(flagged: list[bool], kept: int, checkpointed: int, available: int) -> list[bool]:
+    """Which layers to checkpoint: of the ``flagged`` ones, the first as few as fit ``available``
+    bytes, when a kept layer costs ``kept`` bytes and a checkpointed one ``checkpointed`` (its
+    input). Two kept layers' worth stays free for backward (a recomputed layer, or the MLP's
+    gate/up gradients). Unflagged layers always keep their activations."""
+    n = sum(flagged)
+    always = len(flagged) - n
+    room = available - always * kept - n * checkpointed - 2 * kept
+    keep = max(0, min(n, room // max(kept - checkpointed, 1)))
+    out, to_checkpoint = [], n - keep
+    for f in flagged:
+        out.append(f and to_checkpoint > 0)
+        to_checkpoint -= int(f)
+    return out
+
+
+def _available_bytes(model, device: torch.device, response_tokens: int) -> int:
+    """GPU bytes the group forward's activations may take: free memory (the driver's and the caching
+    allocator's) less what backward will still allocate: gradients of trainable parameters that have
+    none yet, the LM head's fp32 chunk (logits, softmax, gradient), and a margin for fragmentation."""
+    free, total = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
+    vocab = model.config.text_config.vocab_size
+    head = 3 * min(response_tokens, 1024) * vocab * 4
+    margin = 2 * 2**30 + total // 20
+    return free - grads - head - margin
+
+
+def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.device) -> list[bool]:
+    """Per decoder layer: recompute it in backward? Layers flagged by (transformers') gradient
+    checkpointing, in training mode with grad enabled; on CUDA with adaptive checkpointing (the
+    default) only as many of them as the free memory needs."""
+    text = model.model.language_model
+    flagged = [bool(getattr(layer, "gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
+               for layer in text.layers]
+    if not any(flagged) or device.type != "cuda" or not getattr(text, "longrl_adaptive_checkpointing", True):
+        return flagged
+    cfg = model.config.text_config
+    elem = text.layers[0].mlp.up_proj.weight.element_size()
+    kept = kept_layer_bytes(cfg, tokens, elem)
+    return plan_checkpointing(flagged, kept, tokens * cfg.hidden_size * elem,
+                              _available_bytes(model, device, response_tokens))
+
+
 def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vision: bool = False,
-                 backend: Backend = "auto") -> tuple[torch.Tensor, GroupPacking]:
-    """Final hidden states [T, H] of the packed group, and its packing."""
+                 backend: Backend = "auto", layers: LayerImpl = "auto",
+                 stats: dict | None = None) -> tuple[torch.Tensor, GroupPacking]:
+    """Final hidden states [T, H] of the packed group, and its packing.
+
+    ``layers``: "compiled" (longrl's fused layer functions under torch.compile; the CUDA default),
+    "eager" (the same functions uncompiled; the CPU default), "hf" (transformers' own layers).
+    ``stats``, if given, receives the layer implementation and the number of checkpointed layers."""
     embeds, positions, packing = pack_group(model, prompt, responses, train_vision=train_vision)
-    hidden = decoder_forward(model, embeds, positions, attention=GroupAttention(packing, backend))
-    return hidden[0], packing
+    layout = GroupAttention(packing, backend)
+    text = model.model.language_model
+    impl = resolved_layers(layers, embeds.device, text)
+    if impl == "hf":
+        hidden = decoder_forward(model, embeds, positions, attention=layout)[0]
+        flags = [bool(getattr(layer, "gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
+                 for layer in text.layers]
+    else:
+        fns = _layer_functions(impl == "compiled")
+        cos, sin = text.rotary_emb(embeds, positions)
+        flags = checkpoint_flags(model, packing.total_len, sum(packing.response_lens), embeds.device)
+        hidden = embeds
+        for layer, ckpt in zip(text.layers, flags):
+            step = partial(_decoder_layer, layer, layout, fns)
+            hidden = checkpoint(step, hidden, cos, sin, use_reentrant=False) if ckpt else step(hidden, cos, sin)
+        hidden = text.norm(hidden)[0]
+    if stats is not None:
+        stats.update(layers=impl, checkpointed_layers=sum(flags))
+    return hidden, packing
 
 
-def enable_gradient_checkpointing(model, layers: int | None = None) -> None:
+def enable_gradient_checkpointing(model, layers: int | None = None, *, adaptive: bool = True) -> None:
     """Non-reentrant activation checkpointing on the text decoder layers (it composes with the
     group layout: the layout object is an ordinary argument of every layer). With ``layers``, only
-    the first ``layers`` layers recompute their activations; the rest keep them (faster, more memory)."""
+    the first ``layers`` layers may recompute their activations; the rest keep them (faster, more memory).
+
+    ``adaptive`` (the default; also what a model flagged by transformers' own
+    ``gradient_checkpointing_enable`` gets): on CUDA the group forward checkpoints only as many of
+    the flagged layers as the free memory needs, the first ones; ``adaptive=False`` checkpoints
+    exactly the flagged layers."""
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    decoder_layers = model.model.language_model.layers
-    for i, layer in enumerate(decoder_layers):
+    text = model.model.language_model
+    for i, layer in enumerate(text.layers):
         layer.gradient_checkpointing = layers is None or i < layers
+    text.longrl_adaptive_checkpointing = adaptive

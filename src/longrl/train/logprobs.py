@@ -11,20 +11,21 @@ where ``h_{t-1}`` is the hidden state before it (the last prefix position for t 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, lm_head, prompt_embeds
-from longrl.train.group_forward import Backend, group_hidden
+from longrl.train.group_forward import Backend, LayerImpl, group_hidden
 
 
 @dataclass
 class GroupLogprobs:
     logprobs: list[torch.Tensor]  # n tensors [R_i], fp32
     entropy: list[torch.Tensor] | None  # n tensors [R_i], fp32, of the temperature-scaled policy
+    info: dict = field(default_factory=dict)  # layer implementation, checkpointed layers (group_hidden)
 
 
 def _chunk_logprobs(hidden, targets, weight, bias, temperature: float, with_entropy: bool):
@@ -74,17 +75,22 @@ def group_logprobs(
     with_entropy: bool = False,
     chunk_tokens: int = 1024,
     backend: Backend = "auto",
+    layers: LayerImpl = "auto",
 ) -> GroupLogprobs:
     """Log-probs of n ragged ``responses`` ([R_i] token ids) after ``prompt``, by one group forward:
     the prefix runs once and the responses are packed after it (see ``group_forward``).
-    Differentiable; call under ``torch.no_grad()`` for old-policy / reference log-probs."""
-    hidden, packing = group_hidden(model, prompt, responses, train_vision=train_vision, backend=backend)
+    Differentiable; call under ``torch.no_grad()`` for old-policy / reference log-probs.
+    ``backend``: group attention (see ``GroupAttention``); ``layers``: decoder layer implementation
+    (see ``group_hidden``; compiled fused layers on CUDA by default)."""
+    info: dict = {}
+    hidden, packing = group_hidden(model, prompt, responses, train_vision=train_vision, backend=backend,
+                                   layers=layers, stats=info)
     predictors = hidden.index_select(0, packing.predictor_index(hidden.device))
     targets = torch.cat([r.to(hidden.device) for r in responses])
     logp, ent = token_logprobs(lm_head(model), predictors, targets, temperature=temperature,
                                with_entropy=with_entropy, chunk_tokens=chunk_tokens)
     sizes = packing.response_lens
-    return GroupLogprobs(list(logp.split(sizes)), list(ent.split(sizes)) if ent is not None else None)
+    return GroupLogprobs(list(logp.split(sizes)), list(ent.split(sizes)) if ent is not None else None, info)
 
 
 def sequence_logprobs(
