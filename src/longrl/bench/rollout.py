@@ -18,7 +18,7 @@ process) one JSON line:
 * ``greedy_match``: greedy tokens equal token for token (``greedy_match_frac``: the matching
   leading fraction, ``first_mismatch``). Random weights give nearly flat logits, so bf16 runs can
   legitimately part at a near-tie; ``fp32_tiny_greedy_match`` is the exact check (tiny model,
-  fp32, same device), and ``attn_check_rel_err`` checks the bf16 cascade attention kernels
+  fp32, same device), and ``attn_*_rel_err`` check the bf16 cascade attention kernels
   against an fp32 reference.
 """
 
@@ -38,7 +38,7 @@ from longrl.bench.common import (device_name, gpu_peak_bandwidth, measured_copy_
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt
 from longrl.rollout import RolloutConfig, SamplingParams, generate
-from longrl.rollout.attention import attention_epilogue, cascade_attention
+from longrl.rollout.attention import cascade_attention
 
 FRAME_TOKENS = 128  # a 448x448 frame: 32x32 patches, 2x2-merged, 2 frames per temporal patch
 
@@ -115,7 +115,8 @@ def decode_roofline(model, prefix_tokens: int, n: int, new_tokens: int, bandwidt
 
 def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: int = 0) -> dict:
     """Relative errors (vs fp32 math on the same rounded inputs) of the bf16 cascade attention
-    with the flash split-KV and with the Triton prefix kernel."""
+    with the flash split-KV (the path without Triton) and of the fused Triton decode attention
+    (rotary, suffix-cache write, prefix + suffix attention, merge)."""
     g = torch.Generator(device=device).manual_seed(seed)
     rnd = lambda *shape: torch.randn(*shape, generator=g, device=device).to(dtype)  # noqa: E731
     rel = lambda out, ref: float(f"{((out.float() - ref).norm() / ref.norm()).item():.2e}")  # noqa: E731
@@ -127,10 +128,66 @@ def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: 
     checks = dict(attn_flash_rel_err=rel(cascade_attention(q, [(pk, pv)], n, sk, sv, length_t, scale), ref))
     if triton:
         from longrl.rollout import kernels
+        from longrl.rollout.decoder import rotate_half
 
-        parts = [kernels.prefix_partials_triton(q, pk, pv, scale)]
-        checks["attn_triton_rel_err"] = rel(attention_epilogue(q, [parts], n, sk, sv, length_t, scale), ref)
+        # raw (pre-rotary) projections of step t = length - 1; the kernel rotates and caches them
+        k_new, v_new = rnd(n, hkv * d), rnd(n, hkv * d)
+        angles = torch.rand(n, 2 * window, d // 2, generator=g, device=device) * 100
+        cos, sin = (torch.cat([f(angles)] * 2, -1).to(dtype) for f in (torch.cos, torch.sin))
+        t = torch.tensor(length - 1, device=device)
+        plan = kernels.attention_plan([prefix], n, hq, hkv, d, device)
+        sk_k, sv_k = sk.clone(), sv.clone()
+        out = kernels.decode_attention(plan, q.flatten(1), k_new, v_new, cos, sin, t, [(pk, pv)], sk_k, sv_k, scale)
+        c, s = cos[:, length - 1, None].float(), sin[:, length - 1, None].float()
+        rot = lambda x: x * c + rotate_half(x) * s  # noqa: E731
+        sk_ref, sv_ref = sk.float(), sv.float()
+        sk_ref[:, :, length - 1] = rot(k_new.float().view(n, hkv, d))
+        sv_ref[:, :, length - 1] = v_new.float().view(n, hkv, d)
+        ref = cascade_attention(rot(q.float()), [(pk.float(), pv.float())], n, sk_ref, sv_ref, length_t, scale)
+        checks["attn_fused_rel_err"] = rel(out.view(n, hq, d), ref)
+        checks["attn_fused_cache_rel_err"] = rel(sk_k[:, :, length - 1], sk_ref[:, :, length - 1])
     return checks
+
+
+def gemm_times(model, rows: int = 8, reps: int = 20) -> dict:
+    """Per-layer time (us) of the decode step's weight GEMMs at ``rows`` rows, one projection
+    at a time vs packed (one q/k/v, one gate/up GEMM), each variant captured as a CUDA graph
+    over every layer's own weights (as a decode step streams them: no L2 reuse) and replayed."""
+    from longrl.rollout.decoder import TextDecoder
+    from longrl.rollout.ops import decode_weights
+
+    dec = TextDecoder(model)
+    sep, packed = decode_weights(dec, pack=False), decode_weights(dec, pack=True)
+    g = torch.Generator(device=model.device).manual_seed(0)
+    x = torch.randn(rows, dec.hidden_size, generator=g, device=model.device, dtype=model.dtype)
+    xi = torch.randn(rows, sep[0].down_w.shape[1], generator=g, device=model.device, dtype=model.dtype)
+    lin = torch.nn.functional.linear
+    variants = {
+        "q_k_v": lambda: [lin(x, w, b) for lw in sep for w, b in lw.qkv],
+        "qkv_packed": lambda: [lin(x, w, b) for lw in packed for w, b in lw.qkv],
+        "o": lambda: [lin(x, lw.o_w) for lw in sep],
+        "gate_up": lambda: [lin(x, w) for lw in sep for w in lw.mlp_in],
+        "gate_up_packed": lambda: [lin(x, w) for lw in packed for w in lw.mlp_in],
+        "down": lambda: [lin(xi, lw.down_w) for lw in sep],
+        "lm_head_total": lambda: [lin(x, dec.lm_head.weight) for _ in range(dec.num_layers)],
+    }
+    out = {}
+    for name, fn in variants.items():
+        fn()
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        out[name] = round(1e3 * start.elapsed_time(end) / reps / dec.num_layers, 2)
+    del sep, packed
+    return dict(gemm_rows=rows, gemm_us_per_layer=out)
 
 
 def teacher_forced_checks(model, prompt: Prompt, greedy, sampled) -> dict:
@@ -175,8 +232,7 @@ def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32)
 def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: float | None) -> dict:
     device = model.device
     prompt = video_prompt(model, frames)
-    config = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
-                           compile=not args.no_compile, use_triton=not args.no_triton)
+    config = rollout_config(args)
     result = dict(frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -203,6 +259,7 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
         decode_step_ms=round(1e3 * steady_s / steady_steps, 3),
         longrl_decode_incl_capture_tok_s=round(n * stats["decode_steps"] / stats["decode_s"], 1),
         capture_s=round(stats["capture_s"], 3), graph_captures=stats["graph_captures"], compiled=stats["compiled"],
+        pack_weights=config.pack_weights, packed_weight_gb=stats["packed_weight_gb"],
         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     )
     if bandwidth:
@@ -245,6 +302,11 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
     return result
 
 
+def rollout_config(args) -> RolloutConfig:
+    return RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
+                         compile=not args.no_compile, use_triton=not args.no_triton, pack_weights=not args.no_pack)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     ap = argparse.ArgumentParser(prog="longrl bench rollout", description=__doc__.split("\n\n")[0])
@@ -261,6 +323,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-triton", action="store_true")
+    ap.add_argument("--no-pack", action="store_true", help="one GEMM per projection (no packed q/k/v, gate/up)")
+    ap.add_argument("--gemms", action="store_true", help="also time the decode GEMMs, separate vs packed")
     ap.add_argument("--no-checks", action="store_true", help="skip the fp32 tiny and attention checks")
     ap.add_argument("--profile", action="store_true", help="print a kernel table of the first configuration")
     return ap.parse_args(argv)
@@ -285,12 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     use_longrl_attention(model.config.text_config)
     # Warm-up: compile the decode step and initialise kernels outside the timed runs.
     t0 = _sync(device)
-    warm = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
-                         compile=not args.no_compile, use_triton=not args.no_triton)
+    warm = rollout_config(args)
     for n, new_tokens, greedy in itertools.product(args.n, args.new_tokens, (True, False)):
         generate(model, [video_prompt(model, 16)], SamplingParams(n=n, max_new_tokens=new_tokens, greedy=greedy, seed=1),
                  config=warm)
     common["warmup_s"] = round(_sync(device) - t0, 1)
+    if args.gemms and device.type == "cuda":
+        print(json.dumps(gemm_times(model, rows=args.n[0])), flush=True)
     for frames, n, new_tokens in itertools.product(args.frames, args.n, args.new_tokens):
         try:
             result = run_config(model, frames, n, new_tokens, args, bandwidth)
@@ -310,8 +375,7 @@ def profile_decode(model, frames: int, n: int, args, new_tokens: int = 64) -> No
     from torch.profiler import ProfilerActivity, profile
 
     prompt = video_prompt(model, frames)
-    config = RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
-                           compile=not args.no_compile, use_triton=not args.no_triton)
+    config = rollout_config(args)
     params = SamplingParams(n=n, max_new_tokens=new_tokens, seed=0)
     generate(model, [prompt], params, config=config)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -51,6 +51,12 @@ class DecodeBatch:
         self.suffix_k = torch.zeros(shape, dtype=dec.dtype, device=dev)
         self.suffix_v = torch.zeros(shape, dtype=dec.dtype, device=dev)
         self.vocab_hash = hashed_vocab(dec.vocab_size, dev)
+        # Rotary cos/sin of every response index, per row ([B, T, D]): a step reads row ``step``
+        # instead of running the rotary module (a handful of small kernels) inside every step.
+        # Response tokens are text: all three M-RoPE axes advance together from next_position.
+        positions = next_position[:, None] + torch.arange(params.max_new_tokens, device=dev)
+        self.cos, self.sin = dec.rope(self.tokens[:, :, None].to(dec.dtype), positions[None].expand(3, -1, -1))
+        self.plan = ops.plan(dec, [len(p) for p in prefixes], self.n)
 
     @property
     def rows(self) -> int:
@@ -70,12 +76,8 @@ class DecodeBatch:
 
     def decode_step(self, window: int) -> None:
         """One token for every row; the suffix attention reads the first ``window`` slots."""
-        dec, t, b = self.dec, self.step, self.rows
-        h = dec.embed(self.current)  # [B, H]
-        cos, sin = dec.rope(h[:, None], (self.next_position + t).view(1, b, 1).expand(3, b, 1))
-        h, delta = self.ops.decode_layers(dec, h, cos, sin, self.suffix_k, self.suffix_v, t.view(1), t + 1,
-                                          self.prefixes, self.n, window)
-        self._record(h, delta, t + 1)
+        h, delta = self.ops.decode_layers(self, self.dec.embed(self.current), window)
+        self._record(h, delta, self.step + 1)
         self.step += 1
 
     def select(self, keep: list[int]) -> DecodeBatch:
@@ -86,8 +88,9 @@ class DecodeBatch:
         new.prompt_index = [self.prompt_index[g] for g in keep]
         new.prefixes = [self.prefixes[g] for g in keep]
         new.stop_ids, new.vocab_hash = self.stop_ids, self.vocab_hash
-        for name in ("next_position", "keys", "tokens", "logprobs", "current", "finished"):
+        for name in ("next_position", "keys", "tokens", "logprobs", "current", "finished", "cos", "sin"):
             setattr(new, name, getattr(self, name).index_select(0, rows))
+        new.plan = self.ops.plan(self.dec, [len(p) for p in new.prefixes], self.n)
         new.step = self.step.clone()
         new.suffix_k = self.suffix_k.index_select(1, rows)
         new.suffix_v = self.suffix_v.index_select(1, rows)
@@ -204,7 +207,7 @@ def _decode(batch: DecodeBatch, config: RolloutConfig, use_graphs: bool, results
                     results[batch.prompt_index[g]] = batch.samples(g, done_at)
                 batch = batch.select([g for g, f in enumerate(finished) if not f])
                 runner = StepRunner(batch, use_graphs, stats, timed)
-        runner(suffix_window(done_at, capacity))
+        runner(capacity if batch.ops.fixed_window else suffix_window(done_at, capacity))
         done_at += 1
 
 
@@ -214,6 +217,14 @@ def _has_triton() -> bool:
     except ImportError:
         return False
     return True
+
+
+def decode_ops(config: RolloutConfig, device: torch.device) -> DecodeOps:
+    """What a decode step runs on ``device``: compiled glue, Triton kernels and packed weights on
+    CUDA (each switchable in the config), plain eager PyTorch on CPU."""
+    cuda = device.type == "cuda"
+    return DecodeOps(compile=config.compile and cuda, gpu_kernels=config.use_triton and cuda and _has_triton(),
+                     pack=config.pack_weights and cuda)
 
 
 def _sync_time(device: torch.device) -> float:
@@ -228,16 +239,16 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
 
     ``stats``, when given, receives timings (the device is synchronised at phase boundaries only
     then): prefill_s, decode_s (all decode steps), capture_s (of it, the eager first step and the
-    capture at each new graph: eager_steps of the decode_steps), and graph_captures.
+    capture at each new graph: eager_steps of the decode_steps), graph_captures, and
+    packed_weight_gb (the transient packed q/k/v and gate/up copies, ``RolloutConfig.pack_weights``).
     """
     config = config or RolloutConfig()
     dec = TextDecoder(model)
     params.validate(dec.vocab_size)
     check_prompts(prompts, dec, params.max_new_tokens, config.max_context_tokens)
     seed = params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    cuda = dec.device.type == "cuda"
-    use_graphs = config.cuda_graphs and cuda
-    ops = DecodeOps(compile=config.compile and cuda, gpu_kernels=config.use_triton and cuda and _has_triton())
+    use_graphs = config.cuda_graphs and dec.device.type == "cuda"
+    ops = decode_ops(config, dec.device)
     timed = stats is not None
     stats = stats if timed else {}
     stats.update(prefill_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0, eager_steps=0, capture_s=0.0)
@@ -253,6 +264,7 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
                                          config.prefill_chunk_tokens)
                 prefixes.append(prefix)
                 last_hidden.append(hidden)
+            ops.prepare(dec)  # after the first prefill: the packed copies add nothing to its peak
             t1 = _sync_time(dec.device) if timed else 0.0
             rows = torch.tensor([i * params.n + j for i in members for j in range(params.n)], device=dec.device)
             next_position = torch.tensor([prompts[i].next_position for i in members],
@@ -267,4 +279,6 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
                 stats["prefill_s"] += t1 - t0
                 stats["decode_s"] += t2 - t1
     stats["compiled"] = ops.compiled
+    stats["packed_weight_gb"] = round(ops.packed_bytes() / 2**30, 2)
+    del ops  # the packed weight copies go with it
     return results
