@@ -248,10 +248,11 @@ def test_layer_implementations_agree(checkpointed, monkeypatch):
 
 def test_plan_checkpointing_keeps_what_fits():
     flagged = [True] * 6
-    # kept layer 10 bytes, checkpointed 1: need = keep*10 + (6-keep)*1 + 2*10
+    # kept layer 10 bytes, checkpointed 1: need = keep*10 + (6-keep)*1 + 10 (backward's room)
     assert plan_checkpointing(flagged, 10, 1, 10**6) == [False] * 6  # everything fits: recompute nothing
-    assert plan_checkpointing(flagged, 10, 1, 6 + 20 + 9 * 3) == [True] * 3 + [False] * 3
+    assert plan_checkpointing(flagged, 10, 1, 6 + 10 + 9 * 3) == [True] * 3 + [False] * 3
+    assert plan_checkpointing(flagged, 10, 1, 6 + 10 + 9 * 3 - 1) == [True] * 4 + [False] * 2
     assert plan_checkpointing(flagged, 10, 1, 0) == [True] * 6  # nothing fits: checkpoint all flagged
     # unflagged layers always keep theirs, and count against the room
-    assert plan_checkpointing([True, True, False], 10, 1, 2 + 10 + 20 + 9) == [True, False, False]
+    assert plan_checkpointing([True, True, False], 10, 1, 2 + 10 + 10 + 9) == [True, False, False]
     assert plan_checkpointing([False, False], 10, 1, 0) == [False, False]

@@ -6,7 +6,10 @@ from the embedding cache) and N random responses of R tokens. Both variants comp
 loss (a token mean of advantage-weighted response log-probs) on the same weights and tokens:
 
 * naive: N separate sequences [prompt | response_i], each forward + backward (gradients summed),
-* longrl: one packed group forward ``[prompt | r1 | ... | rN]`` + backward.
+* longrl: one packed group forward ``[prompt | r1 | ... | rN]`` + backward, through ``group_logprobs``
+  exactly as the RL trainer calls it (compiled fused decoder layers on GPU, adaptive checkpointing).
+
+The naive baseline runs transformers' own decoder layers, every layer checkpointed on GPU.
 
 Prints one JSON line per configuration (comma lists in --frames/--n/--response-tokens run the
 cross product in one process): times, speedup, MFU, peak memory and the gradient difference.
@@ -147,8 +150,8 @@ def profile_table(fn, device, rows: int = 12) -> str:
 
 
 def bench_config(model, device, frames: int, n: int, length: int, *, backends: list[str], repeats: int,
-                 naive: bool, peak: float | None, profile: bool = False, layer_impls: tuple[str, ...] = ("auto",)
-                 ) -> list[dict]:
+                 naive: bool, peak: float | None, profile: bool = False, layer_impls: tuple[str, ...] = ("auto",),
+                 vary_shapes: bool = False) -> list[dict]:
     """One JSON-able result per (backend, layer implementation); the naive baseline runs once and is shared."""
     prompt = video_prompt(model, frames)
     g = torch.Generator().manual_seed(2)
@@ -185,6 +188,10 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
         try:  # warm up (compiles flex_attention and the layer functions for this shape), then the median
             run()
             take_grads(model)
+            if vary_shapes:  # a group of another length: the compiled code turns dynamic, as in training
+                run_longrl(model, prompt, [r[:-1] for r in responses], _loss_weights(n, length - 1, device),
+                           backend, layers)
+                take_grads(model)
             times = []
             for _ in range(repeats):
                 if cuda:
@@ -250,6 +257,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="skip the naive baseline above this many frames (it takes n full passes)")
     parser.add_argument("--no-grad-checkpointing", action="store_true")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of one longrl run per backend")
+    parser.add_argument("--vary-shapes", action="store_true",
+                        help="warm up on a second group length too, so the timed runs use the dynamic-shape "
+                             "compiled code that training (groups of varying length) runs")
+    parser.add_argument("--hold-gb", type=float, default=0.0,
+                        help="hold this much GPU memory during the runs, standing for optimizer state / a "
+                             "reference model (adaptive checkpointing then keeps fewer layers)")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak for MFU (default: by GPU name)")
     args = parser.parse_args(argv)
 
@@ -259,6 +272,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
              "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
     model = build_model(args.tiny, device, dtype)
     model.train()
+    held = torch.empty(int(args.hold_gb * 2**30), dtype=torch.uint8, device=device) if args.hold_gb else None
     peak = args.peak_tflops * 1e12 or None
     if peak is None and device.type == "cuda":
         name = torch.cuda.get_device_name()
@@ -285,10 +299,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             naive = not args.no_naive and frames <= args.naive_max_frames and variant == 0
             for result in bench_config(model, device, frames, n, length, backends=backends, repeats=args.repeats,
                                        naive=naive, peak=peak, profile=args.profile and variant == 0,
-                                       layer_impls=layer_impls):
+                                       layer_impls=layer_impls, vary_shapes=args.vary_shapes):
                 result["model"] = "tiny" if args.tiny else "qwen2.5-vl-3b-shape"
                 result["checkpointing"] = ckpt_layers if checkpointing else "off"
                 result["decoder_layers"] = layers
+                if held is not None:
+                    result["held_gb"] = args.hold_gb
+                if args.vary_shapes:
+                    result["vary_shapes"] = True
                 print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in result.items()}),
                       flush=True)
                 results.append(result)
