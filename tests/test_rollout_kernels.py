@@ -70,7 +70,8 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
     g = torch.Generator().manual_seed(0)
     prompts = []
     for frames in (4, 2):
-        video = VisionInputs(torch.randn(frames * 16, 3 * 2 * 14 * 14, generator=g), torch.tensor([[frames, 4, 4]]), 1.0)
+        pixels = torch.randn(frames * 16, 3 * 2 * 14 * 14, generator=g)
+        video = VisionInputs(pixels, torch.tensor([[frames, 4, 4]]), 1.0)
         prompts.append(build_prompt(model, tok, [{"role": "user", "content": [{"type": "video"},
                                                                               {"type": "text", "text": "What?"}]}],
                                     video))

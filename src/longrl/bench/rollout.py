@@ -162,6 +162,22 @@ def gemm_times(model, rows: int = 8, reps: int = 20) -> dict:
     x = torch.randn(rows, dec.hidden_size, generator=g, device=model.device, dtype=model.dtype)
     xi = torch.randn(rows, sep[0].down_w.shape[1], generator=g, device=model.device, dtype=model.dtype)
     lin = torch.nn.functional.linear
+    side = torch.cuda.Stream()
+
+    def two_streams(first, second):
+        """``first()`` on a side stream, ``second()`` on the current one, joined (a fork in the graph)."""
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            a = first()
+        b = second()
+        main.wait_stream(side)
+        return a, b
+
+    def k_halves(x_, w):  # two GEMMs over halves of K, concurrently (partial sums, timing only)
+        k = w.shape[1] // 2
+        return two_streams(lambda: lin(x_[:, :k], w[:, :k]), lambda: lin(x_[:, k:], w[:, k:]))
+
     variants = {
         "q_k_v": lambda: [lin(x, w, b) for lw in sep for w, b in lw.qkv],
         "qkv_packed": lambda: [lin(x, w, b) for lw in packed for w, b in lw.qkv],
@@ -169,6 +185,12 @@ def gemm_times(model, rows: int = 8, reps: int = 20) -> dict:
         "gate_up": lambda: [lin(x, w) for lw in sep for w in lw.mlp_in],
         "gate_up_packed": lambda: [lin(x, w) for lw in packed for w in lw.mlp_in],
         "down": lambda: [lin(xi, lw.down_w) for lw in sep],
+        "gate_up_2streams": lambda: [two_streams(lambda: lin(x, lw.mlp_in[1]), lambda: lin(x, lw.mlp_in[0]))
+                                     for lw in sep],
+        "gate_up_packed_khalves_2streams": lambda: [k_halves(x, lw.mlp_in[0]) for lw in packed],
+        "down_khalves_2streams": lambda: [k_halves(xi, lw.down_w) for lw in sep],
+        "o_khalves_2streams": lambda: [k_halves(x, lw.o_w) for lw in sep],
+        "qkv_packed_khalves_2streams": lambda: [k_halves(x, lw.qkv[0][0]) for lw in packed],
         "lm_head_total": lambda: [lin(x, dec.lm_head.weight) for _ in range(dec.num_layers)],
     }
     out = {}
@@ -188,6 +210,53 @@ def gemm_times(model, rows: int = 8, reps: int = 20) -> dict:
         out[name] = round(1e3 * start.elapsed_time(end) / reps / dec.num_layers, 2)
     del sep, packed
     return dict(gemm_rows=rows, gemm_us_per_layer=out)
+
+
+def attention_sweep(device: torch.device, dtype: torch.dtype, prefix: int, n: int, layers: int = 36,
+                    step: int = 100, reps: int = 20) -> dict:
+    """Per-layer time (us) of the fused decode attention (attention kernel + merge) at the 3B
+    model's head shape for launch variants (warps per program, prefix programs per prompt),
+    captured over ``layers`` distinct prefix KVs (as a step reads them: no L2 reuse)."""
+    from longrl.rollout import kernels
+
+    hq, hkv, d, capacity = 16, 2, 128, 127
+    g = torch.Generator(device=device).manual_seed(0)
+    rnd = lambda *shape: torch.randn(*shape, generator=g, device=device).to(dtype)  # noqa: E731
+    pk, pv = rnd(layers, hkv, prefix, d), rnd(layers, hkv, prefix, d)
+    sk, sv = rnd(layers, n, hkv, capacity, d), rnd(layers, n, hkv, capacity, d)
+    q, k, v = rnd(n, (hq + 2 * hkv) * d).split([hq * d, hkv * d, hkv * d], dim=1)
+    cos, sin = rnd(n, capacity + 1, d), rnd(n, capacity + 1, d)
+    t = torch.tensor(step, device=device)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    variants = {"w4_1cta_per_sm": dict(num_warps=4), "w8_1cta_per_sm": dict(num_warps=8),
+                "w8_sm_minus_suffix": dict(num_warps=8, programs=sms - n * hkv),
+                "w4_2ctas_per_sm": dict(num_warps=4, programs=2 * sms),
+                "w8_bn32_sm_minus_suffix": dict(num_warps=8, block_n=32, programs=sms - n * hkv)}
+    out = {}
+    for name, kw in variants.items():
+        plan = kernels.attention_plan([prefix], n, hq, hkv, d, device, **kw)
+
+        def fn():
+            for i in range(layers):
+                kernels.decode_attention(plan, q, k, v, cos, sin, t, [(pk[i], pv[i])], sk[i], sv[i], d ** -0.5)
+
+        try:
+            fn()
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            graph.replay()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                graph.replay()
+            end.record()
+            torch.cuda.synchronize()
+            out[name] = dict(us=round(1e3 * start.elapsed_time(end) / reps / layers, 2), splits=plan.splits)
+        except Exception as error:  # a variant that fails to compile or launch is reported, not fatal
+            out[name] = f"{type(error).__name__}: {error}"[:200]
+    return dict(attn_prefix=prefix, attn_n=n, attn_us_per_layer=out)
 
 
 def teacher_forced_checks(model, prompt: Prompt, greedy, sampled) -> dict:
@@ -253,13 +322,14 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
     steady_s = stats["decode_s"] - stats["capture_s"]
     result.update(
         longrl_s=round(seconds, 3), longrl_tok_s=round(n * new_tokens / seconds, 1),
-        prefill_s=round(stats["prefill_s"], 3), decode_s=round(stats["decode_s"], 3),
+        prefill_s=round(stats["prefill_s"], 3), pack_s=round(stats["pack_s"], 3), decode_s=round(stats["decode_s"], 3),
         # steady state: graph replays only; the per-call eager step + capture is reported apart
         longrl_decode_tok_s=round(n * steady_steps / steady_s, 1),
         decode_step_ms=round(1e3 * steady_s / steady_steps, 3),
         longrl_decode_incl_capture_tok_s=round(n * stats["decode_steps"] / stats["decode_s"], 1),
         capture_s=round(stats["capture_s"], 3), graph_captures=stats["graph_captures"], compiled=stats["compiled"],
-        pack_weights=config.pack_weights, packed_weight_gb=stats["packed_weight_gb"],
+        pack_weights=config.pack_weights, pack_gate_up=config.pack_gate_up,
+        packed_weight_gb=stats["packed_weight_gb"],
         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     )
     if bandwidth:
@@ -304,7 +374,8 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
 
 def rollout_config(args) -> RolloutConfig:
     return RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
-                         compile=not args.no_compile, use_triton=not args.no_triton, pack_weights=not args.no_pack)
+                         compile=not args.no_compile, use_triton=not args.no_triton, pack_weights=not args.no_pack,
+                         pack_gate_up=not args.no_pack_gate_up)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -324,7 +395,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--no-pack", action="store_true", help="one GEMM per projection (no packed q/k/v, gate/up)")
-    ap.add_argument("--gemms", action="store_true", help="also time the decode GEMMs, separate vs packed")
+    ap.add_argument("--no-pack-gate-up", action="store_true", help="packed q/k/v only; gate and up on two streams")
+    ap.add_argument("--gemms", action="store_true",
+                    help="also time the decode GEMMs (separate, packed, two streams) and attention launch variants")
     ap.add_argument("--no-checks", action="store_true", help="skip the fp32 tiny and attention checks")
     ap.add_argument("--profile", action="store_true", help="print a kernel table of the first configuration")
     return ap.parse_args(argv)
@@ -356,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     common["warmup_s"] = round(_sync(device) - t0, 1)
     if args.gemms and device.type == "cuda":
         print(json.dumps(gemm_times(model, rows=args.n[0])), flush=True)
+        prefix = len(video_prompt(model, args.frames[0]))
+        print(json.dumps(attention_sweep(device, dtype, prefix, args.n[0])), flush=True)
     for frames, n, new_tokens in itertools.product(args.frames, args.n, args.new_tokens):
         try:
             result = run_config(model, frames, n, new_tokens, args, bandwidth)

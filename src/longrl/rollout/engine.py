@@ -223,8 +223,10 @@ def decode_ops(config: RolloutConfig, device: torch.device) -> DecodeOps:
     """What a decode step runs on ``device``: compiled glue, Triton kernels and packed weights on
     CUDA (each switchable in the config), plain eager PyTorch on CPU."""
     cuda = device.type == "cuda"
+    pack = config.pack_weights and cuda
+    pack_gate_up = pack and config.pack_gate_up
     return DecodeOps(compile=config.compile and cuda, gpu_kernels=config.use_triton and cuda and _has_triton(),
-                     pack=config.pack_weights and cuda)
+                     pack=pack, pack_gate_up=pack_gate_up, overlap=cuda and not pack_gate_up)
 
 
 def _sync_time(device: torch.device) -> float:
@@ -238,9 +240,10 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
     """Sample ``params.n`` responses for each prompt; returns one list of n Samples per prompt.
 
     ``stats``, when given, receives timings (the device is synchronised at phase boundaries only
-    then): prefill_s, decode_s (all decode steps), capture_s (of it, the eager first step and the
-    capture at each new graph: eager_steps of the decode_steps), graph_captures, and
-    packed_weight_gb (the transient packed q/k/v and gate/up copies, ``RolloutConfig.pack_weights``).
+    then): prefill_s, pack_s (taking the decode weights, packing them), decode_s (all decode
+    steps), capture_s (of it, the eager first step and the capture at each new graph:
+    eager_steps of the decode_steps), graph_captures, and packed_weight_gb (the transient packed
+    q/k/v and gate/up copies, ``RolloutConfig.pack_weights``).
     """
     config = config or RolloutConfig()
     dec = TextDecoder(model)
@@ -251,7 +254,8 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
     ops = decode_ops(config, dec.device)
     timed = stats is not None
     stats = stats if timed else {}
-    stats.update(prefill_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0, eager_steps=0, capture_s=0.0)
+    stats.update(prefill_s=0.0, pack_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0, eager_steps=0,
+                 capture_s=0.0)
     stop_ids = torch.tensor(list(params.stop_token_ids) or [-1], dtype=torch.long, device=dec.device)
     results: list = [None] * len(prompts)
     with torch.no_grad():
@@ -264,8 +268,9 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
                                          config.prefill_chunk_tokens)
                 prefixes.append(prefix)
                 last_hidden.append(hidden)
-            ops.prepare(dec)  # after the first prefill: the packed copies add nothing to its peak
             t1 = _sync_time(dec.device) if timed else 0.0
+            ops.prepare(dec)  # after the first prefill: the packed copies add nothing to its peak
+            t_pack = _sync_time(dec.device) if timed else 0.0
             rows = torch.tensor([i * params.n + j for i in members for j in range(params.n)], device=dec.device)
             next_position = torch.tensor([prompts[i].next_position for i in members],
                                          device=dec.device).repeat_interleave(params.n)
@@ -277,7 +282,8 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
             if timed:
                 t2 = _sync_time(dec.device)
                 stats["prefill_s"] += t1 - t0
-                stats["decode_s"] += t2 - t1
+                stats["pack_s"] += t_pack - t1
+                stats["decode_s"] += t2 - t_pack
     stats["compiled"] = ops.compiled
     stats["packed_weight_gb"] = round(ops.packed_bytes() / 2**30, 2)
     del ops  # the packed weight copies go with it

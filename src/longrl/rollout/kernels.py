@@ -46,53 +46,55 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _rotary(x_lo, x_hi, cos_lo, cos_hi, sin_lo, sin_hi):
-    """Rotate-half rotary on the two halves of the head dim: x * cos + [-x_hi, x_lo] * sin."""
-    return x_lo * cos_lo - x_hi * sin_lo, x_hi * cos_hi + x_lo * sin_hi
+def _rotated(ptr, off, c_ptr, s_ptr, c_off, mask, HEAD_DIM: tl.constexpr):
+    """Rotate-half rotary of rows ``ptr + off`` (fp32): x * cos + rotate_half(x) * sin, where
+    rotate_half(x) = [-x_hi, x_lo] is read as a second, half-swapped load of the same row (so
+    the result is one full-width tile and the scores are one dot over the whole head dim)."""
+    dd = tl.arange(0, HEAD_DIM)
+    swap = (dd + HEAD_DIM // 2) % HEAD_DIM
+    sign = tl.where(dd < HEAD_DIM // 2, -1.0, 1.0)
+    # loaded in their 16-bit type and widened per element at use: four fp32 tiles live at once
+    # would spill the prefix program's registers
+    x = tl.load(ptr + off[:, None] + dd[None, :], mask=mask[:, None], other=0.0)
+    x_sw = tl.load(ptr + off[:, None] + swap[None, :], mask=mask[:, None], other=0.0)
+    cos = tl.load(c_ptr + c_off[:, None] + dd[None, :], mask=mask[:, None], other=0.0)
+    sin = tl.load(s_ptr + c_off[:, None] + dd[None, :], mask=mask[:, None], other=0.0)
+    return x.to(tl.float32) * cos.to(tl.float32) + sign[None, :] * x_sw.to(tl.float32) * sin.to(tl.float32)
 
 
 @triton.jit
 def _prefix_part(
     q_ptr, cos_ptr, sin_ptr, pk_ptr, pv_ptr, o_ptr, lse_ptr, t, split, tile, head,
     stride_q, stride_cb, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
-    stride_oh, stride_os, stride_or, stride_lh, stride_ls, prefix_len, split_len, rows, scale_log2,
+    stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, prefix_len, split_len, rows, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
     """One KV split of the shared prefix for a tile of folded rows -> one partial."""
-    HALF: tl.constexpr = HEAD_DIM // 2
-    dh = tl.arange(0, HALF)
     dd = tl.arange(0, HEAD_DIM)
-    dtype = q_ptr.dtype.element_ty
     r = tile * BLOCK_R + tl.arange(0, BLOCK_R)  # folded row: sample r // G, head h*G + r % G
     row_ok = r < rows
     sample = r // GROUP
     q_off = sample * stride_q + (head * GROUP + r % GROUP) * HEAD_DIM
-    c_off = sample * stride_cb + t * stride_ct
-    q_lo = tl.load(q_ptr + q_off[:, None] + dh[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    q_hi = tl.load(q_ptr + q_off[:, None] + HALF + dh[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    cos_lo = tl.load(cos_ptr + c_off[:, None] + dh[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    cos_hi = tl.load(cos_ptr + c_off[:, None] + HALF + dh[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    sin_lo = tl.load(sin_ptr + c_off[:, None] + dh[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    sin_hi = tl.load(sin_ptr + c_off[:, None] + HALF + dh[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-    q_lo, q_hi = _rotary(q_lo, q_hi, cos_lo, cos_hi, sin_lo, sin_hi)
-    q_lo = q_lo.to(dtype)
-    q_hi = q_hi.to(dtype)
+    q = _rotated(q_ptr, q_off, cos_ptr, sin_ptr, sample * stride_cb + t * stride_ct, row_ok,
+                 HEAD_DIM).to(q_ptr.dtype.element_ty)
 
     start = split * split_len
     end = tl.minimum(start + split_len, prefix_len)
-    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    # m starts finite: a block with no valid key (past a shorter prompt's end: all prompts of a
+    # batch share the split count) then leaves m, l and acc as they were instead of making NaNs;
+    # an all-empty split ends with l = 0 and writes an empty partial (lse = -inf).
+    m = tl.full([BLOCK_R], -1.0e30, tl.float32)
     l = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
     k_base = pk_ptr + head * stride_pkh
     v_base = pv_ptr + head * stride_pvh
-    # Only blocks holding at least one key of this split: a split past a shorter prompt's end
-    # (all prompts of a batch share the split count) runs no block and writes an empty partial.
-    for i in range(0, tl.cdiv(tl.maximum(end - start, 0), BLOCK_N)):
+    # A uniform trip count (split_len is a multiple of BLOCK_N): a bound computed from the split's
+    # end made the compiler spill (255 registers + 112 B of stack at 4 warps, vs 8 B).
+    for i in range(0, split_len // BLOCK_N):
         n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = n < end
-        k_lo = tl.load(k_base + n[:, None] * stride_pkp + dh[None, :], mask=key_ok[:, None], other=0.0)
-        k_hi = tl.load(k_base + n[:, None] * stride_pkp + HALF + dh[None, :], mask=key_ok[:, None], other=0.0)
-        s = (_dot(q_lo, tl.trans(k_lo), IEEE) + _dot(q_hi, tl.trans(k_hi), IEEE)) * scale_log2
+        k = tl.load(k_base + n[:, None] * stride_pkp + dd[None, :], mask=key_ok[:, None], other=0.0)
+        s = _dot(q, tl.trans(k), IEEE) * scale_log2
         s = tl.where(key_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp2(m - m_new)
@@ -106,47 +108,34 @@ def _prefix_part(
     lse = tl.where(has, (m + tl.log2(tl.where(has, l, 1.0))) * LN2, float("-inf"))  # natural log, like flash's
     o_off = head * stride_oh + split * stride_os + r[:, None] * stride_or + dd[None, :]
     tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(lse_ptr + head * stride_lh + split * stride_ls + r, lse, mask=row_ok)
+    tl.store(lse_ptr + head * stride_lh + split * stride_ls + r * stride_lr, lse, mask=row_ok)
 
 
 @triton.jit
 def _suffix_part(
     q_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr, sk_ptr, sv_ptr, o_ptr, lse_ptr, t, sample, head, part,
     stride_q, stride_kn, stride_vn, stride_cb, stride_ct, stride_sb, stride_sh, stride_sp,
-    stride_oh, stride_os, stride_or, stride_lh, stride_ls, scale_log2,
+    stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr, IEEE: tl.constexpr,
 ):
     """One sample's G query heads over its own response KV -> partial ``part``; writes this
     step's rotated key and value into the suffix cache at slot t."""
-    HALF: tl.constexpr = HEAD_DIM // 2
-    dh = tl.arange(0, HALF)
     dd = tl.arange(0, HEAD_DIM)
-    dtype = q_ptr.dtype.element_ty
     g = tl.arange(0, BLOCK_G)
     g_ok = g < GROUP
-    q_off = sample * stride_q + (head * GROUP + g) * HEAD_DIM
-    c_off = sample * stride_cb + t * stride_ct
-    cos_lo = tl.load(cos_ptr + c_off + dh).to(tl.float32)
-    cos_hi = tl.load(cos_ptr + c_off + HALF + dh).to(tl.float32)
-    sin_lo = tl.load(sin_ptr + c_off + dh).to(tl.float32)
-    sin_hi = tl.load(sin_ptr + c_off + HALF + dh).to(tl.float32)
-    q_lo = tl.load(q_ptr + q_off[:, None] + dh[None, :], mask=g_ok[:, None], other=0.0).to(tl.float32)
-    q_hi = tl.load(q_ptr + q_off[:, None] + HALF + dh[None, :], mask=g_ok[:, None], other=0.0).to(tl.float32)
-    q_lo, q_hi = _rotary(q_lo, q_hi, cos_lo[None, :], cos_hi[None, :], sin_lo[None, :], sin_hi[None, :])
-    q_lo = q_lo.to(dtype)
-    q_hi = q_hi.to(dtype)
-    # this step's key (rotated) and value: into the cache at slot t, and used from registers
-    kn_off = sample * stride_kn + head * HEAD_DIM
-    k_lo = tl.load(kn_ptr + kn_off + dh).to(tl.float32)
-    k_hi = tl.load(kn_ptr + kn_off + HALF + dh).to(tl.float32)
-    k_lo, k_hi = _rotary(k_lo, k_hi, cos_lo, cos_hi, sin_lo, sin_hi)
-    k_lo = k_lo.to(sk_ptr.dtype.element_ty)
-    k_hi = k_hi.to(sk_ptr.dtype.element_ty)
-    v_new = tl.load(vn_ptr + sample * stride_vn + head * HEAD_DIM + dd)
+    c_off = sample * stride_cb + t * stride_ct + 0 * g  # one cos/sin row, broadcast over the heads
+    q = _rotated(q_ptr, sample * stride_q + (head * GROUP + g) * HEAD_DIM, cos_ptr, sin_ptr, c_off, g_ok,
+                 HEAD_DIM).to(q_ptr.dtype.element_ty)
+    # this step's key (rotated) and value, loaded into every row of the tile (the same address:
+    # cache hits) so they combine with q row by row; row 0 writes them into the cache at slot t
+    kv_rows = 0 * g[:, None] + dd[None, :]
+    k = _rotated(kn_ptr, sample * stride_kn + head * HEAD_DIM + 0 * g, cos_ptr, sin_ptr, c_off, g >= 0,
+                 HEAD_DIM).to(sk_ptr.dtype.element_ty)
+    v_new = tl.load(vn_ptr + sample * stride_vn + head * HEAD_DIM + kv_rows)
     s_off = sample * stride_sb + head * stride_sh
-    tl.store(sk_ptr + s_off + t * stride_sp + dh, k_lo)
-    tl.store(sk_ptr + s_off + t * stride_sp + HALF + dh, k_hi)
-    tl.store(sv_ptr + s_off + t * stride_sp + dd, v_new.to(sv_ptr.dtype.element_ty))
+    first = (g == 0)[:, None]
+    tl.store(sk_ptr + s_off + t * stride_sp + kv_rows, k, mask=first)
+    tl.store(sv_ptr + s_off + t * stride_sp + kv_rows, v_new.to(sv_ptr.dtype.element_ty), mask=first)
 
     m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_G], tl.float32)
@@ -154,10 +143,8 @@ def _suffix_part(
     for w0 in range(0, t, BLOCK_W):  # earlier response tokens (none at step 0)
         n = w0 + tl.arange(0, BLOCK_W)
         key_ok = n < t
-        ck_lo = tl.load(sk_ptr + s_off + n[:, None] * stride_sp + dh[None, :], mask=key_ok[:, None], other=0.0)
-        ck_hi = tl.load(sk_ptr + s_off + n[:, None] * stride_sp + HALF + dh[None, :], mask=key_ok[:, None],
-                        other=0.0)
-        s = (_dot(q_lo, tl.trans(ck_lo), IEEE) + _dot(q_hi, tl.trans(ck_hi), IEEE)) * scale_log2
+        ck = tl.load(sk_ptr + s_off + n[:, None] * stride_sp + dd[None, :], mask=key_ok[:, None], other=0.0)
+        s = _dot(q, tl.trans(ck), IEEE) * scale_log2
         s = tl.where(key_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp2(m - m_new)
@@ -167,19 +154,18 @@ def _suffix_part(
         acc = acc * alpha[:, None] + _dot(p.to(cv.dtype), cv, IEEE)
         m = m_new
     # the current token (always present, so every row ends with l > 0)
-    s_cur = (tl.sum(q_lo.to(tl.float32) * k_lo.to(tl.float32)[None, :], 1)
-             + tl.sum(q_hi.to(tl.float32) * k_hi.to(tl.float32)[None, :], 1)) * scale_log2
+    s_cur = tl.sum(q.to(tl.float32) * k.to(tl.float32), 1) * scale_log2
     m_new = tl.maximum(m, s_cur)
     alpha = tl.exp2(m - m_new)
     p_cur = tl.exp2(s_cur - m_new)
     l = l * alpha + p_cur
-    acc = acc * alpha[:, None] + p_cur[:, None] * v_new.to(tl.float32)[None, :]
+    acc = acc * alpha[:, None] + p_cur[:, None] * v_new.to(tl.float32)
     out = acc / l[:, None]
     lse = (m_new + tl.log2(l)) * LN2
     r = sample * GROUP + g  # folded rows of this sample's heads
     o_off = head * stride_oh + part * stride_os + r[:, None] * stride_or + dd[None, :]
     tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=g_ok[:, None])
-    tl.store(lse_ptr + head * stride_lh + part * stride_ls + r, lse, mask=g_ok)
+    tl.store(lse_ptr + head * stride_lh + part * stride_ls + r * stride_lr, lse, mask=g_ok)
 
 
 @triton.jit
@@ -189,7 +175,7 @@ def decode_attention_kernel(
     stride_q, stride_kn, stride_vn, stride_cb, stride_ct,
     stride_pkh, stride_pkp, stride_pvh, stride_pvp,
     stride_sb, stride_sh, stride_sp,
-    stride_oh, stride_os, stride_or, stride_lh, stride_ls,
+    stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr,
     prefix_len, split_len, splits, row_tiles, rows, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr, IEEE: tl.constexpr,
@@ -202,37 +188,32 @@ def decode_attention_kernel(
     if pid < splits * row_tiles:
         _prefix_part(q_ptr, cos_ptr, sin_ptr, pk_ptr, pv_ptr, o_ptr, lse_ptr, t, pid % splits, pid // splits, head,
                      stride_q, stride_cb, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
-                     stride_oh, stride_os, stride_or, stride_lh, stride_ls, prefix_len, split_len, rows, scale_log2,
+                     stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, prefix_len, split_len, rows,
+                     scale_log2,
                      GROUP, HEAD_DIM, BLOCK_R, BLOCK_N, IEEE)
     else:
         _suffix_part(q_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr, sk_ptr, sv_ptr, o_ptr, lse_ptr, t,
                      pid - splits * row_tiles, head, splits,
                      stride_q, stride_kn, stride_vn, stride_cb, stride_ct, stride_sb, stride_sh, stride_sp,
-                     stride_oh, stride_os, stride_or, stride_lh, stride_ls, scale_log2,
+                     stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, scale_log2,
                      GROUP, HEAD_DIM, BLOCK_G, BLOCK_W, IEEE)
 
 
 @triton.jit
-def merge_kernel(o_ptr, lse_ptr, out_ptr, stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_ob,
-                 parts, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
-                 BLOCK_C: tl.constexpr):
+def merge_kernel(o_ptr, lse_ptr, out_ptr, stride_oh, stride_or, stride_lh, stride_lr, stride_ob, parts,
+                 GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+    # A row's partials are contiguous ([parts, D] and [parts]): all loads go out at once (a
+    # chunked loop was latency-bound, 6 us per layer for 2 MB).
     r = tl.program_id(0)  # folded row over all prompts: sample r // G, head h*G + r % G
     head = tl.program_id(1)
-    sidx = tl.arange(0, BLOCK_S)
+    s = tl.arange(0, BLOCK_S)
     dd = tl.arange(0, HEAD_DIM)
-    lse_row = lse_ptr + head * stride_lh + r
-    lse = tl.load(lse_row + sidx * stride_ls, mask=sidx < parts, other=float("-inf"))
-    top = tl.max(lse, 0)  # finite: the suffix partial always holds the current token
-    total = tl.sum(tl.exp(lse - top), 0)
-    acc = tl.zeros([HEAD_DIM], tl.float32)
-    o_row = o_ptr + head * stride_oh + r * stride_or
-    for c in range(0, parts, BLOCK_C):
-        s = c + tl.arange(0, BLOCK_C)
-        ok = s < parts
-        w = tl.exp(tl.load(lse_row + s * stride_ls, mask=ok, other=float("-inf")) - top)
-        o = tl.load(o_row + s[:, None] * stride_os + dd[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        acc += tl.sum(o * w[:, None], 0)
-    out = acc / total
+    ok = s < parts
+    lse = tl.load(lse_ptr + head * stride_lh + r * stride_lr + s, mask=ok, other=float("-inf"))
+    o = tl.load(o_ptr + head * stride_oh + r * stride_or + s[:, None] * HEAD_DIM + dd[None, :], mask=ok[:, None],
+                other=0.0).to(tl.float32)
+    w = tl.exp(lse - tl.max(lse, 0))  # the max is finite: the suffix partial holds the current token
+    out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out_ptr + (r // GROUP) * stride_ob + (head * GROUP + r % GROUP) * HEAD_DIM + dd,
              out.to(out_ptr.dtype.element_ty))
 
@@ -252,22 +233,27 @@ class AttentionPlan:
     block_r: int
     row_tiles: int
     block_n: int
+    num_warps: int
 
 
 def attention_plan(prefix_lens: list[int], n: int, num_heads: int, kv_heads: int, head_dim: int,
-                   device: torch.device, block_n: int = 64) -> AttentionPlan:
-    """Splits sized so one prompt's prefix programs fill the GPU about once (the longest prefix
-    decides the count; shorter prompts get shorter splits, trailing ones may be empty)."""
+                   device: torch.device, block_n: int = 64, num_warps: int = 4,
+                   programs: int | None = None) -> AttentionPlan:
+    """Splits sized so one prompt's prefix programs number about ``programs`` (default: one per
+    SM; the longest prefix decides the count; shorter prompts get shorter splits, trailing ones
+    may be empty)."""
     group = num_heads // kv_heads
     rows = n * group
     block_r = min(128, max(16, triton.next_power_of_2(rows)))
     row_tiles = triton.cdiv(rows, block_r)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     longest = max(prefix_lens)
-    splits = max(1, min(triton.cdiv(longest, block_n), triton.cdiv(sms, kv_heads * row_tiles)))
+    # (at most 255: the merge kernel takes a row's splits + the suffix in one 256-wide tile)
+    programs = programs or sms
+    splits = max(1, min(triton.cdiv(longest, block_n), triton.cdiv(programs, kv_heads * row_tiles), 255))
     split_lens = tuple(max(block_n, triton.cdiv(triton.cdiv(p, splits), block_n) * block_n) for p in prefix_lens)
     return AttentionPlan(n, group, kv_heads, head_dim, splits, split_lens, tuple(prefix_lens), block_r, row_tiles,
-                         block_n)
+                         block_n, num_warps)
 
 
 def decode_attention(plan: AttentionPlan, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
@@ -288,28 +274,29 @@ def decode_attention(plan: AttentionPlan, q: torch.Tensor, k_new: torch.Tensor, 
     assert suffix_k.stride() == suffix_v.stride() and prefixes[0][0].shape[-1] == dim
     rows = n * group
     parts = splits + 1  # the prefix splits, then the suffix
-    out = torch.empty(hkv, parts, b * group, dim, device=q.device, dtype=q.dtype)
-    lse = torch.empty(hkv, parts, b * group, device=q.device, dtype=torch.float32)
+    # partials [Hkv, folded row, part, D]: the merge reads each row's parts as one contiguous block
+    out = torch.empty(hkv, b * group, parts, dim, device=q.device, dtype=q.dtype)
+    lse = torch.empty(hkv, b * group, parts, device=q.device, dtype=torch.float32)
     ieee = q.dtype == torch.float32
     block_g = max(16, triton.next_power_of_2(group))
     for g, (pk, pv) in enumerate(prefixes):
         lo, hi = g * n, (g + 1) * n
-        o_g, l_g = out[:, :, lo * group:], lse[:, :, lo * group:]
+        o_g, l_g = out[:, lo * group:], lse[:, lo * group:]
         decode_attention_kernel[(splits * plan.row_tiles + n, hkv)](
             q[lo:hi], k_new[lo:hi], v_new[lo:hi], cos[lo:hi], sin[lo:hi], step,
             pk, pv, suffix_k[lo:hi], suffix_v[lo:hi], o_g, l_g,
             q.stride(0), k_new.stride(0), v_new.stride(0), cos.stride(0), cos.stride(1),
             pk.stride(0), pk.stride(1), pv.stride(0), pv.stride(1),
             suffix_k.stride(0), suffix_k.stride(1), suffix_k.stride(2),
-            out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
+            out.stride(0), out.stride(2), out.stride(1), lse.stride(0), lse.stride(2), lse.stride(1),
             pk.shape[1], plan.split_lens[g], splits, plan.row_tiles, rows, scale * LOG2E,
             GROUP=group, HEAD_DIM=dim, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n, BLOCK_G=block_g,
-            BLOCK_W=block_w, IEEE=ieee, num_warps=4, num_stages=3,
+            BLOCK_W=block_w, IEEE=ieee, num_warps=plan.num_warps, num_stages=3,
         )
     merged = torch.empty(b, group * hkv * dim, device=q.device, dtype=q.dtype)
+    block_s = triton.next_power_of_2(parts)
     merge_kernel[(b * group, hkv)](
-        out, lse, merged, out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
-        merged.stride(0), parts, GROUP=group, HEAD_DIM=dim, BLOCK_S=triton.next_power_of_2(parts), BLOCK_C=16,
-        num_warps=4,
+        out, lse, merged, out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), merged.stride(0), parts,
+        GROUP=group, HEAD_DIM=dim, BLOCK_S=block_s, num_warps=8 if block_s * dim >= 8192 else 4,
     )
     return merged

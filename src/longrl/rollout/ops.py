@@ -84,7 +84,9 @@ class DecodeLayer:
     down_w: torch.Tensor
 
 
-def decode_weights(dec: TextDecoder, pack: bool) -> list[DecodeLayer]:
+def decode_weights(dec: TextDecoder, pack: bool, pack_gate_up: bool | None = None) -> list[DecodeLayer]:
+    """Each layer's decode weights; ``pack`` packs q/k/v, ``pack_gate_up`` (default: ``pack``) gate/up."""
+    pack_gate_up = pack if pack_gate_up is None else pack_gate_up
     layers = []
     with torch.no_grad():
         for w in dec.layers:
@@ -93,10 +95,9 @@ def decode_weights(dec: TextDecoder, pack: bool) -> list[DecodeLayer]:
             if pack:
                 bias = None if q_b is None else torch.cat([q_b, k_b, v_b])
                 qkv = [(torch.cat([q_w, k_w, v_w]), bias)]
-                mlp_in = [torch.cat([gate_w, up_w])]
             else:
                 qkv = [(q_w, q_b), (k_w, k_b), (v_w, v_b)]
-                mlp_in = [gate_w, up_w]
+            mlp_in = [torch.cat([gate_w, up_w])] if pack_gate_up else [gate_w, up_w]
             layers.append(DecodeLayer(ln1, qkv, o_w, ln2, mlp_in, down_w))
     return layers
 
@@ -114,10 +115,14 @@ class DecodeOps:
 
     _compiled: dict[str, Callable] = {}
 
-    def __init__(self, compile: bool, gpu_kernels: bool, pack: bool = False):
+    def __init__(self, compile: bool, gpu_kernels: bool, pack: bool = False, pack_gate_up: bool | None = None,
+                 overlap: bool = False):
         self.compiled = compile
         self.gpu_kernels = gpu_kernels
         self.pack = pack
+        self.pack_gate_up = pack if pack_gate_up is None else pack_gate_up
+        # unpacked gate and up GEMMs on two streams (a fork and join inside the captured graph)
+        self.side = torch.cuda.Stream() if overlap else None
         self.layers: list[DecodeLayer] | None = None
         if compile and not DecodeOps._compiled:
             DecodeOps._compiled.update({name: torch.compile(fn, dynamic=None) for name, fn in _GLUE.items()})
@@ -138,13 +143,12 @@ class DecodeOps:
     def prepare(self, dec: TextDecoder) -> None:
         """Take the layers' weights (packing them if asked): once per ``generate`` call."""
         if self.layers is None:
-            self.layers = decode_weights(dec, self.pack)
+            self.layers = decode_weights(dec, self.pack, self.pack_gate_up)
 
     def packed_bytes(self) -> int:
-        if not (self.pack and self.layers):
-            return 0
-        return sum(t.numel() * t.element_size() for lw in self.layers
-                   for t in (lw.qkv[0][0], lw.qkv[0][1], lw.mlp_in[0]) if t is not None)
+        packed = [t for lw in self.layers or [] for t in (
+            *(lw.qkv[0] if len(lw.qkv) == 1 else ()), *(lw.mlp_in if len(lw.mlp_in) == 1 else ()))]
+        return sum(t.numel() * t.element_size() for t in packed if t is not None)
 
     def plan(self, dec: TextDecoder, prefix_lens: list[int], n: int):
         if not self.gpu_kernels:
@@ -156,7 +160,8 @@ class DecodeOps:
                       "eager PyTorch ops instead (set rollout compile=false / use_triton=false to choose)",
                       stacklevel=3)
         layers = self.layers
-        self.__init__(compile=False, gpu_kernels=False, pack=self.pack)
+        self.__init__(compile=False, gpu_kernels=False, pack=self.pack, pack_gate_up=self.pack_gate_up,
+                      overlap=self.side is not None)
         self.layers = layers
 
     def _qkv(self, dec: TextDecoder, x, lw: DecodeLayer):
@@ -170,6 +175,16 @@ class DecodeOps:
         if len(lw.mlp_in) == 1:
             gate_up = self.linear(x, lw.mlp_in[0])
             gate, up = gate_up.split(gate_up.shape[1] // 2, dim=1)
+        elif self.side is not None:
+            # ``up`` is allocated on this stream and only written on the side one, which this
+            # stream then waits for: the allocator never sees a cross-stream tensor
+            main = torch.cuda.current_stream()
+            up = torch.empty(x.shape[0], lw.mlp_in[1].shape[0], dtype=x.dtype, device=x.device)
+            self.side.wait_stream(main)
+            with torch.cuda.stream(self.side):
+                torch.mm(x, lw.mlp_in[1].t(), out=up)
+            gate = self.linear(x, lw.mlp_in[0])
+            main.wait_stream(self.side)
         else:
             gate, up = (self.linear(x, w) for w in lw.mlp_in)
         return self.linear(self.silu_mul(gate, up, act=dec.act), lw.down_w)
