@@ -194,6 +194,9 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
                 take_grads(model)
             times = []
             for _ in range(repeats):
+                # drop the previous repeat's gradients first: kept, they would take 6 GB (3B) from the timed
+                # run, shrinking what adaptive checkpointing may keep and inflating the peak
+                grads = None
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                 seconds, (logps, info) = timed(run, device)
