@@ -30,7 +30,7 @@ LOAD_WITHOUT_LONGRL = textwrap.dedent("""
         text = model(input_ids=inputs["text_ids"]).logits
         video = model(input_ids=inputs["video_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
                       pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"],
-                      second_per_grid_ts=inputs["second_per_grid_ts"]).logits
+                      second_per_grid_ts=inputs["second_per_grid_ts"], position_ids=inputs["position_ids"]).logits
     save_file({"text": text.contiguous(), "video": video.contiguous()}, io + "/logits.safetensors")
     tok = AutoTokenizer.from_pretrained(export)
     chat = tok.apply_chat_template([{"role": "user", "content": "red enters"}], tokenize=False,
@@ -65,10 +65,16 @@ def _inputs(model, tok) -> dict[str, torch.Tensor]:
     video_ids = torch.tensor([[cfg.vision_start_token_id] + [cfg.video_token_id] * video_tokens
                               + [cfg.vision_end_token_id] + text])
     patch_dim = 3 * cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size**2
+    types = (video_ids == cfg.video_token_id).long() * 2
+    # longrl's M-RoPE rule (Qwen's reference, longrl.models.rope) places text after a video differently
+    # from transformers 5.17's own; positions are inputs, so both sides get the same explicit ones.
+    positions, _ = model.model.get_rope_index(video_ids, mm_token_type_ids=types, video_grid_thw=grid,
+                                              second_per_grid_ts=torch.tensor([1.0]))
     return {
+        "position_ids": positions,
         "text_ids": torch.tensor([text]),
         "video_ids": video_ids,
-        "mm_token_type_ids": (video_ids == cfg.video_token_id).long() * 2,
+        "mm_token_type_ids": types,
         "pixel_values_videos": torch.randn(int(grid.prod()), patch_dim),
         "video_grid_thw": grid,
         "second_per_grid_ts": torch.tensor([1.0]),
@@ -93,7 +99,7 @@ def test_export_loads_without_longrl_with_equal_logits(trained, tmp_path):
         ref_text = model(input_ids=inputs["text_ids"]).logits
         ref_video = model(input_ids=inputs["video_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
                           pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"],
-                          second_per_grid_ts=inputs["second_per_grid_ts"]).logits
+                          second_per_grid_ts=inputs["second_per_grid_ts"], position_ids=inputs["position_ids"]).logits
     torch.testing.assert_close(got["text"], ref_text, rtol=0, atol=1e-5)
     torch.testing.assert_close(got["video"], ref_video, rtol=0, atol=1e-5)
 

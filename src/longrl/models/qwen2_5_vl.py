@@ -24,6 +24,7 @@ from longrl.data.prompt import messages_for
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.attention import AttentionLayout, use_longrl_attention
 from longrl.models.config import ModelConfig, TinyModelConfig
+from longrl.models.rope import use_reference_rope_index
 from longrl.models.tokenizer import train_tokenizer
 
 
@@ -130,6 +131,7 @@ def load_model(
             path, dtype=dtype, attn_implementation=cfg.attn_implementation
         )
     use_longrl_attention(model.config.text_config)
+    use_reference_rope_index(model)
     model.to(device=device, dtype=dtype)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -178,7 +180,7 @@ def prompt_token_ids(model, tokenizer: PreTrainedTokenizerBase, messages: list[d
 
 
 def mrope_positions(model, input_ids: torch.Tensor, vision: VisionInputs | None) -> torch.Tensor:
-    """M-RoPE positions [3, L] of one prompt, computed by the model's own ``get_rope_index``."""
+    """M-RoPE positions [3, L] of one prompt, by the reference rule (``longrl.models.rope``)."""
     if vision is None:
         return torch.arange(len(input_ids)).view(1, -1).expand(3, -1).clone()
     mm_type = (input_ids == model.config.video_token_id).int() * 2  # 2 marks video tokens
