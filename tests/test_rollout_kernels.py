@@ -16,6 +16,7 @@ from longrl.rollout import RolloutConfig, SamplingParams, engine, generate, kern
 from longrl.rollout.attention import cascade_attention  # noqa: E402
 from longrl.rollout.decoder import rotate_half  # noqa: E402
 from longrl.rollout.ops import DecodeOps  # noqa: E402
+from longrl.rollout.sampling import SamplingParams as SP, hashed_vocab, row_keys, sample_tokens  # noqa: E402
 
 
 @pytest.fixture
@@ -36,12 +37,12 @@ def test_fused_decode_attention_equals_cascade_reference(eight_sms, n, hq, hkv, 
     rnd = lambda *shape: torch.randn(*shape, generator=g).to(DEVICE)  # noqa: E731
     prompts, capacity, steps = len(prefix_lens), 80, 90
     b = n * prompts
-    plan = kernels.attention_plan(prefix_lens, n, hq, hkv, dim, torch.device(DEVICE), block_n=32)
+    plan = kernels.attention_plan(prefix_lens, n, hq, hkv, dim, torch.device(DEVICE), block_n=32, programs=8)
     assert plan.splits > 1
     # one packed projection output, as the GPU path passes it: q, k, v are row-strided views
     qkv = rnd(b, (hq + 2 * hkv) * dim)
     q, k, v = qkv.split([hq * dim, hkv * dim, hkv * dim], dim=1)
-    angles = rnd(b, steps, dim // 2)
+    angles = rnd(prompts, steps, dim // 2)
     cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
     prefixes = [(rnd(hkv, p, dim), rnd(hkv, p, dim)) for p in prefix_lens]
     sk, sv = rnd(b, hkv, capacity, dim), rnd(b, hkv, capacity, dim)
@@ -50,7 +51,7 @@ def test_fused_decode_attention_equals_cascade_reference(eight_sms, n, hq, hkv, 
 
     out = kernels.decode_attention(plan, q, k, v, cos, sin, t, prefixes, sk, sv, 0.2, block_w=16)
 
-    c, s = cos[:, step, None], sin[:, step, None]  # [B, 1, D]
+    c, s = (x[:, step, None].repeat_interleave(n, 0) for x in (cos, sin))  # [B, 1, D]
     q_rot = rotary(q.reshape(b, hq, dim), c, s)
     sk_ref[:, :, step] = rotary(k.reshape(b, hkv, dim), c, s)
     sv_ref[:, :, step] = v.reshape(b, hkv, dim)
@@ -61,7 +62,7 @@ def test_fused_decode_attention_equals_cascade_reference(eight_sms, n, hq, hkv, 
 
 def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
     """The GPU decode path end to end on the CPU interpreter: packed q/k/v and gate/up GEMMs, the
-    fused attention kernel: same greedy tokens, log-probs within 1e-5, of the eager path."""
+    fused attention and sampling kernels: same tokens, log-probs within 1e-5, as the eager path."""
     from longrl.models.config import ModelConfig
     from longrl.models.qwen2_5_vl import build_prompt, load_model
     from longrl.data.vision_preprocess import VisionInputs
@@ -83,9 +84,11 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
 
     fused_ops = DecodeOps(False, True, pack=True)
     fused_ops.kernels = type("K", (), {"decode_attention": staticmethod(counted),
+                                       "sample": staticmethod(kernels.sample),
                                        "attention_plan": staticmethod(kernels.attention_plan)})
-    for params in (SamplingParams(n=2, greedy=True, max_new_tokens=10),
-                   SamplingParams(n=3, temperature=0.9, top_k=20, max_new_tokens=10, seed=4)):
+    for params in (SamplingParams(n=2, greedy=True, max_new_tokens=10),  # the sampling kernels
+                   SamplingParams(n=3, temperature=0.9, max_new_tokens=10, seed=4),
+                   SamplingParams(n=3, temperature=0.9, top_k=20, max_new_tokens=10, seed=4)):  # torch sampler
         plain = generate(model, prompts, params)
         with monkeypatch.context() as m:
             fused_ops.layers = None
@@ -97,3 +100,19 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
             for a, b in zip(ga, gb):
                 assert a.token_ids == b.token_ids
                 assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-5
+
+
+@pytest.mark.parametrize("temperature,greedy", [(1.0, False), (0.7, False), (1.0, True)])
+def test_sampling_kernel_equals_torch_sampler(temperature, greedy):
+    g = torch.Generator().manual_seed(1)
+    rows, vocab = 5, 3000
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(DEVICE)
+    logits[1, 17] = logits[1, 2500] = 50.0  # an exact tie: the first index wins, as in torch.argmax
+    keys, vh = row_keys(9, torch.arange(rows, device=DEVICE)), hashed_vocab(vocab, torch.device(DEVICE))
+    for step in (0, 3, 2**33 + 5):
+        t = torch.tensor(step, device=DEVICE)
+        ref_tok, ref_lp = sample_tokens(logits, SP(temperature=temperature, greedy=greedy), keys, t, vh)
+        tok, lp = kernels.sample(logits, keys, t, vh, temperature, greedy, chunks=4, block=256)
+        assert torch.equal(tok, ref_tok) and (lp - ref_lp).abs().max().item() < 1e-5
+        if greedy:
+            assert tok[1].item() == 17

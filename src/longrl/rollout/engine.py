@@ -51,11 +51,11 @@ class DecodeBatch:
         self.suffix_k = torch.zeros(shape, dtype=dec.dtype, device=dev)
         self.suffix_v = torch.zeros(shape, dtype=dec.dtype, device=dev)
         self.vocab_hash = hashed_vocab(dec.vocab_size, dev)
-        # Rotary cos/sin of every response index, per row ([B, T, D]): a step reads row ``step``
-        # instead of running the rotary module (a handful of small kernels) inside every step.
-        # Response tokens are text: all three M-RoPE axes advance together from next_position.
-        positions = next_position[:, None] + torch.arange(params.max_new_tokens, device=dev)
-        self.cos, self.sin = dec.rope(self.tokens[:, :, None].to(dec.dtype), positions[None].expand(3, -1, -1))
+        # Rotary cos/sin of every response index, per prompt ([prompts, T, D]; its n samples share
+        # positions): a step reads index ``step`` instead of running the rotary module (a handful
+        # of small kernels). Response tokens are text: all three M-RoPE axes advance together.
+        positions = next_position[::self.n, None] + torch.arange(params.max_new_tokens, device=dev)
+        self.cos, self.sin = dec.rope(positions[:, :, None].to(dec.dtype), positions[None].expand(3, -1, -1))
         self.plan = ops.plan(dec, [len(p) for p in prefixes], self.n)
 
     @property
@@ -88,8 +88,10 @@ class DecodeBatch:
         new.prompt_index = [self.prompt_index[g] for g in keep]
         new.prefixes = [self.prefixes[g] for g in keep]
         new.stop_ids, new.vocab_hash = self.stop_ids, self.vocab_hash
-        for name in ("next_position", "keys", "tokens", "logprobs", "current", "finished", "cos", "sin"):
+        for name in ("next_position", "keys", "tokens", "logprobs", "current", "finished"):
             setattr(new, name, getattr(self, name).index_select(0, rows))
+        groups = torch.tensor(keep, device=self.current.device)
+        new.cos, new.sin = self.cos.index_select(0, groups), self.sin.index_select(0, groups)
         new.plan = self.ops.plan(self.dec, [len(p) for p in new.prefixes], self.n)
         new.step = self.step.clone()
         new.suffix_k = self.suffix_k.index_select(1, rows)

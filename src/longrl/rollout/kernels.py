@@ -46,26 +46,23 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _rotated(ptr, off, c_ptr, s_ptr, c_off, mask, HEAD_DIM: tl.constexpr):
+def _rotated(ptr, off, mask, cos, sin, HEAD_DIM: tl.constexpr):
     """Rotate-half rotary of rows ``ptr + off`` (fp32): x * cos + rotate_half(x) * sin, where
     rotate_half(x) = [-x_hi, x_lo] is read as a second, half-swapped load of the same row (so
-    the result is one full-width tile and the scores are one dot over the whole head dim)."""
+    the result is one full-width tile and the scores are one dot over the whole head dim).
+    cos/sin [D] (fp32): every row of a program is one prompt's, at one position."""
     dd = tl.arange(0, HEAD_DIM)
     swap = (dd + HEAD_DIM // 2) % HEAD_DIM
-    sign = tl.where(dd < HEAD_DIM // 2, -1.0, 1.0)
-    # loaded in their 16-bit type and widened per element at use: four fp32 tiles live at once
-    # would spill the prefix program's registers
-    x = tl.load(ptr + off[:, None] + dd[None, :], mask=mask[:, None], other=0.0)
-    x_sw = tl.load(ptr + off[:, None] + swap[None, :], mask=mask[:, None], other=0.0)
-    cos = tl.load(c_ptr + c_off[:, None] + dd[None, :], mask=mask[:, None], other=0.0)
-    sin = tl.load(s_ptr + c_off[:, None] + dd[None, :], mask=mask[:, None], other=0.0)
-    return x.to(tl.float32) * cos.to(tl.float32) + sign[None, :] * x_sw.to(tl.float32) * sin.to(tl.float32)
+    sin = tl.where(dd < HEAD_DIM // 2, -sin, sin)
+    x = tl.load(ptr + off[:, None] + dd[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+    x_sw = tl.load(ptr + off[:, None] + swap[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+    return x * cos[None, :] + x_sw * sin[None, :]
 
 
 @triton.jit
 def _prefix_part(
     q_ptr, cos_ptr, sin_ptr, pk_ptr, pv_ptr, o_ptr, lse_ptr, t, split, tile, head,
-    stride_q, stride_cb, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
+    stride_q, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
     stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, prefix_len, split_len, rows, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
 ):
@@ -75,8 +72,9 @@ def _prefix_part(
     row_ok = r < rows
     sample = r // GROUP
     q_off = sample * stride_q + (head * GROUP + r % GROUP) * HEAD_DIM
-    q = _rotated(q_ptr, q_off, cos_ptr, sin_ptr, sample * stride_cb + t * stride_ct, row_ok,
-                 HEAD_DIM).to(q_ptr.dtype.element_ty)
+    cos = tl.load(cos_ptr + t * stride_ct + dd).to(tl.float32)
+    sin = tl.load(sin_ptr + t * stride_ct + dd).to(tl.float32)
+    q = _rotated(q_ptr, q_off, row_ok, cos, sin, HEAD_DIM).to(q_ptr.dtype.element_ty)
 
     start = split * split_len
     end = tl.minimum(start + split_len, prefix_len)
@@ -114,7 +112,7 @@ def _prefix_part(
 @triton.jit
 def _suffix_part(
     q_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr, sk_ptr, sv_ptr, o_ptr, lse_ptr, t, sample, head, part,
-    stride_q, stride_kn, stride_vn, stride_cb, stride_ct, stride_sb, stride_sh, stride_sp,
+    stride_q, stride_kn, stride_vn, stride_ct, stride_sb, stride_sh, stride_sp,
     stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, scale_log2,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr, IEEE: tl.constexpr,
 ):
@@ -123,13 +121,14 @@ def _suffix_part(
     dd = tl.arange(0, HEAD_DIM)
     g = tl.arange(0, BLOCK_G)
     g_ok = g < GROUP
-    c_off = sample * stride_cb + t * stride_ct + 0 * g  # one cos/sin row, broadcast over the heads
-    q = _rotated(q_ptr, sample * stride_q + (head * GROUP + g) * HEAD_DIM, cos_ptr, sin_ptr, c_off, g_ok,
+    cos = tl.load(cos_ptr + t * stride_ct + dd).to(tl.float32)
+    sin = tl.load(sin_ptr + t * stride_ct + dd).to(tl.float32)
+    q = _rotated(q_ptr, sample * stride_q + (head * GROUP + g) * HEAD_DIM, g_ok, cos, sin,
                  HEAD_DIM).to(q_ptr.dtype.element_ty)
     # this step's key (rotated) and value, loaded into every row of the tile (the same address:
     # cache hits) so they combine with q row by row; row 0 writes them into the cache at slot t
     kv_rows = 0 * g[:, None] + dd[None, :]
-    k = _rotated(kn_ptr, sample * stride_kn + head * HEAD_DIM + 0 * g, cos_ptr, sin_ptr, c_off, g >= 0,
+    k = _rotated(kn_ptr, sample * stride_kn + head * HEAD_DIM + 0 * g, g >= 0, cos, sin,
                  HEAD_DIM).to(sk_ptr.dtype.element_ty)
     v_new = tl.load(vn_ptr + sample * stride_vn + head * HEAD_DIM + kv_rows)
     s_off = sample * stride_sb + head * stride_sh
@@ -172,7 +171,7 @@ def _suffix_part(
 def decode_attention_kernel(
     q_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr, step_ptr,
     pk_ptr, pv_ptr, sk_ptr, sv_ptr, o_ptr, lse_ptr,
-    stride_q, stride_kn, stride_vn, stride_cb, stride_ct,
+    stride_q, stride_kn, stride_vn, stride_ct,
     stride_pkh, stride_pkp, stride_pvh, stride_pvp,
     stride_sb, stride_sh, stride_sp,
     stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr,
@@ -187,14 +186,14 @@ def decode_attention_kernel(
     t = tl.load(step_ptr).to(tl.int32)  # this step's suffix slot; slots [0, t) hold earlier tokens
     if pid < splits * row_tiles:
         _prefix_part(q_ptr, cos_ptr, sin_ptr, pk_ptr, pv_ptr, o_ptr, lse_ptr, t, pid % splits, pid // splits, head,
-                     stride_q, stride_cb, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
+                     stride_q, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
                      stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, prefix_len, split_len, rows,
                      scale_log2,
                      GROUP, HEAD_DIM, BLOCK_R, BLOCK_N, IEEE)
     else:
         _suffix_part(q_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr, sk_ptr, sv_ptr, o_ptr, lse_ptr, t,
                      pid - splits * row_tiles, head, splits,
-                     stride_q, stride_kn, stride_vn, stride_cb, stride_ct, stride_sb, stride_sh, stride_sp,
+                     stride_q, stride_kn, stride_vn, stride_ct, stride_sb, stride_sh, stride_sp,
                      stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, scale_log2,
                      GROUP, HEAD_DIM, BLOCK_G, BLOCK_W, IEEE)
 
@@ -237,11 +236,13 @@ class AttentionPlan:
 
 
 def attention_plan(prefix_lens: list[int], n: int, num_heads: int, kv_heads: int, head_dim: int,
-                   device: torch.device, block_n: int = 64, num_warps: int = 4,
+                   device: torch.device, block_n: int = 64, num_warps: int = 8,
                    programs: int | None = None) -> AttentionPlan:
-    """Splits sized so one prompt's prefix programs number about ``programs`` (default: one per
-    SM; the longest prefix decides the count; shorter prompts get shorter splits, trailing ones
-    may be empty)."""
+    """Splits sized so one prompt's prefix programs number about ``programs`` (the longest
+    prefix decides the count; shorter prompts get shorter splits, trailing ones may be empty).
+
+    Default: 8 warps per program (no register spills; 4 warps spill, see notes/rollout.md), one
+    program per SM, prefix and suffix programs together in one wave (SMs - n*Hkv prefix programs)."""
     group = num_heads // kv_heads
     rows = n * group
     block_r = min(128, max(16, triton.next_power_of_2(rows)))
@@ -249,7 +250,7 @@ def attention_plan(prefix_lens: list[int], n: int, num_heads: int, kv_heads: int
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     longest = max(prefix_lens)
     # (at most 255: the merge kernel takes a row's splits + the suffix in one 256-wide tile)
-    programs = programs or sms
+    programs = programs or max(kv_heads * row_tiles, sms - n * kv_heads)
     splits = max(1, min(triton.cdiv(longest, block_n), triton.cdiv(programs, kv_heads * row_tiles), 255))
     split_lens = tuple(max(block_n, triton.cdiv(triton.cdiv(p, splits), block_n) * block_n) for p in prefix_lens)
     return AttentionPlan(n, group, kv_heads, head_dim, splits, split_lens, tuple(prefix_lens), block_r, row_tiles,
@@ -263,15 +264,17 @@ def decode_attention(plan: AttentionPlan, q: torch.Tensor, k_new: torch.Tensor, 
     """Cascade attention of one decode token per row, rotary and suffix-cache write included.
 
     q [B, Hq*D], k_new/v_new [B, Hkv*D]: this step's projections before rotary (row-strided
-    views of one packed projection are fine; the last dim must be contiguous). cos/sin [B, T, D]
-    per row and response index; ``step`` (0-d int tensor) is this token's index t. prefixes[g]
+    views of one packed projection are fine; the last dim must be contiguous). cos/sin
+    [prompts, T, D] per prompt and response index (a prompt's samples share positions); ``step``
+    (0-d int tensor) is this token's index t. prefixes[g]
     = (k, v) [Hkv, P_g, D] of prompt g (rows [g*n, (g+1)*n)); suffix_k/v [B, Hkv, C, D] hold
     slots [0, t) and get slot t. Returns [B, Hq*D] in q's dtype (what o_proj reads)."""
     b = q.shape[0]
     hkv, dim, group, n, splits = plan.kv_heads, plan.head_dim, plan.group, plan.n, plan.splits
     for x in (q, k_new, v_new, cos, sin, suffix_k, suffix_v):
         assert x.stride(-1) == 1, "decode_attention needs a contiguous last dim"
-    assert suffix_k.stride() == suffix_v.stride() and prefixes[0][0].shape[-1] == dim
+    assert suffix_k.stride() == suffix_v.stride() and cos.stride() == sin.stride() and cos.shape[0] == len(prefixes)
+    assert prefixes[0][0].shape[-1] == dim
     rows = n * group
     parts = splits + 1  # the prefix splits, then the suffix
     # partials [Hkv, folded row, part, D]: the merge reads each row's parts as one contiguous block
@@ -283,9 +286,9 @@ def decode_attention(plan: AttentionPlan, q: torch.Tensor, k_new: torch.Tensor, 
         lo, hi = g * n, (g + 1) * n
         o_g, l_g = out[:, lo * group:], lse[:, lo * group:]
         decode_attention_kernel[(splits * plan.row_tiles + n, hkv)](
-            q[lo:hi], k_new[lo:hi], v_new[lo:hi], cos[lo:hi], sin[lo:hi], step,
+            q[lo:hi], k_new[lo:hi], v_new[lo:hi], cos[g], sin[g], step,
             pk, pv, suffix_k[lo:hi], suffix_v[lo:hi], o_g, l_g,
-            q.stride(0), k_new.stride(0), v_new.stride(0), cos.stride(0), cos.stride(1),
+            q.stride(0), k_new.stride(0), v_new.stride(0), cos.stride(1),
             pk.stride(0), pk.stride(1), pv.stride(0), pv.stride(1),
             suffix_k.stride(0), suffix_k.stride(1), suffix_k.stride(2),
             out.stride(0), out.stride(2), out.stride(1), lse.stride(0), lse.stride(2), lse.stride(1),
@@ -300,3 +303,97 @@ def decode_attention(plan: AttentionPlan, q: torch.Tensor, k_new: torch.Tensor, 
         GROUP=group, HEAD_DIM=dim, BLOCK_S=block_s, num_warps=8 if block_s * dim >= 8192 else 4,
     )
     return merged
+
+
+# ---- sampling: one token per row from the LM head's logits, with its log-prob ----
+
+@triton.jit
+def _hash32(x):
+    """sampling.hash32 on uint32 lanes: a wrapping 32-bit product is the int64 product mod 2^32."""
+    x = ((x >> 16) ^ x) * 0x45D9F3B
+    x = ((x >> 16) ^ x) * 0x45D9F3B
+    return (x >> 16) ^ x
+
+
+@triton.jit
+def sample_partials_kernel(logits_ptr, keys_ptr, step_ptr, vhash_ptr, part_ptr, idx_ptr, stride_l, vocab, chunk,
+                           temperature, GREEDY: tl.constexpr, BLOCK: tl.constexpr):
+    # one program per (row, vocab chunk): running log-sum-exp of logits / T, and the argmax of
+    # logits / T + Gumbel noise (of the logits when greedy), first index on ties like torch.argmax
+    row = tl.program_id(0)
+    c = tl.program_id(1)
+    num_chunks = tl.num_programs(1)
+    key = tl.load(keys_ptr + row).to(tl.uint32)
+    step = tl.load(step_ptr).to(tl.uint32)
+    k = _hash32(key ^ step)
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK], tl.float32)
+    best = tl.full([BLOCK], float("-inf"), tl.float32)
+    best_i = tl.zeros([BLOCK], tl.int32)
+    lo = c * chunk
+    for start in range(lo, tl.minimum(lo + chunk, vocab), BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        ok = idx < vocab
+        x = tl.load(logits_ptr + row * stride_l + idx, mask=ok, other=float("-inf")).to(tl.float32)
+        if GREEDY:
+            y = x
+        else:
+            x = x / temperature
+            bits = _hash32(_hash32(k ^ tl.load(vhash_ptr + idx, mask=ok, other=0).to(tl.uint32)))
+            u = (bits.to(tl.float32) + 0.5) * (1.0 / 4294967296.0)
+            y = x - tl.log(-tl.log(u))
+        y = tl.where(ok, y, float("-inf"))
+        m_new = tl.maximum(m, x)
+        s = tl.where(ok, s * tl.exp(m - m_new) + tl.exp(x - m_new), s)  # (masked lanes: -inf - -inf)
+        m = tl.where(ok, m_new, m)
+        better = y > best  # per lane: earlier indices win ties
+        best_i = tl.where(better, idx, best_i)
+        best = tl.where(better, y, best)
+    top = tl.max(m, 0)
+    total = tl.sum(tl.where(m > float("-inf"), s * tl.exp(m - top), 0.0), 0)
+    b_val = tl.max(best, 0)
+    b_idx = tl.min(tl.where(best == b_val, best_i, 2147483647), 0)  # first index among equal maxima
+    out = part_ptr + (row * num_chunks + c) * 3
+    tl.store(out, top)
+    tl.store(out + 1, total)
+    tl.store(out + 2, b_val)
+    tl.store(idx_ptr + row * num_chunks + c, b_idx)
+
+
+@triton.jit
+def sample_combine_kernel(logits_ptr, part_ptr, idx_ptr, tokens_ptr, logprobs_ptr, stride_l, temperature,
+                          CHUNKS: tl.constexpr, GREEDY: tl.constexpr):
+    row = tl.program_id(0)
+    c = tl.arange(0, CHUNKS)
+    p = part_ptr + (row * CHUNKS + c) * 3
+    m, s, val = tl.load(p), tl.load(p + 1), tl.load(p + 2)
+    idx = tl.load(idx_ptr + row * CHUNKS + c)
+    top = tl.max(m, 0)
+    lse = top + tl.log(tl.sum(s * tl.exp(m - top), 0))
+    b_val = tl.max(val, 0)
+    token = tl.min(tl.where(val == b_val, idx, 2147483647), 0)
+    x = tl.load(logits_ptr + row * stride_l + token).to(tl.float32)
+    if not GREEDY:
+        x = x / temperature
+    tl.store(tokens_ptr + row, token.to(tl.int64))
+    tl.store(logprobs_ptr + row, x - lse)
+
+
+def sample(logits: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, vocab_hash: torch.Tensor,
+           temperature: float, greedy: bool, chunks: int = 32, block: int = 1024
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sampling.sample_tokens`` without top-k/top-p in two launches (the compiled version ran
+    one program per row over the whole vocabulary: 90 us per step for 8 rows). Same integer
+    noise as the torch sampler; tokens and log-probs [rows] (long, fp32)."""
+    rows, vocab = logits.shape
+    assert logits.stride(-1) == 1 and chunks == triton.next_power_of_2(chunks)
+    chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block
+    parts = torch.empty(rows, chunks, 3, device=logits.device, dtype=torch.float32)
+    idx = torch.empty(rows, chunks, device=logits.device, dtype=torch.int32)
+    sample_partials_kernel[(rows, chunks)](logits, keys, step, vocab_hash, parts, idx, logits.stride(0), vocab,
+                                           chunk, float(temperature), GREEDY=greedy, BLOCK=block, num_warps=4)
+    tokens = torch.empty(rows, device=logits.device, dtype=torch.long)
+    logprobs = torch.empty(rows, device=logits.device, dtype=torch.float32)
+    sample_combine_kernel[(rows,)](logits, parts, idx, tokens, logprobs, logits.stride(0), float(temperature),
+                                   CHUNKS=chunks, GREEDY=greedy, num_warps=1)
+    return tokens, logprobs

@@ -102,6 +102,16 @@ def decode_weights(dec: TextDecoder, pack: bool, pack_gate_up: bool | None = Non
     return layers
 
 
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream() -> torch.cuda.Stream:
+    device = torch.cuda.current_device()
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream()
+    return _SIDE_STREAMS[device]
+
+
 class DecodeOps:
     """The glue functions (compiled or eager), the GEMMs and the attention of a decode step.
 
@@ -121,8 +131,9 @@ class DecodeOps:
         self.gpu_kernels = gpu_kernels
         self.pack = pack
         self.pack_gate_up = pack if pack_gate_up is None else pack_gate_up
-        # unpacked gate and up GEMMs on two streams (a fork and join inside the captured graph)
-        self.side = torch.cuda.Stream() if overlap else None
+        # unpacked gate and up GEMMs on two streams (a fork and join inside the captured graph);
+        # one side stream per device for every call (a new stream would get new cuBLAS workspaces)
+        self.side = _side_stream() if overlap else None
         self.layers: list[DecodeLayer] | None = None
         if compile and not DecodeOps._compiled:
             DecodeOps._compiled.update({name: torch.compile(fn, dynamic=None) for name, fn in _GLUE.items()})
@@ -206,7 +217,7 @@ class DecodeOps:
                 delta = self._mlp(dec, x, lw)
             return h, delta
         slot, length = t.view(1), t + 1
-        cos, sin = batch.cos.index_select(1, slot), batch.sin.index_select(1, slot)  # [B, 1, D]
+        cos, sin = (c.index_select(1, slot).repeat_interleave(n, 0) for c in (batch.cos, batch.sin))  # [B, 1, D]
         compiled = self.compiled
         for i, lw in enumerate(self.layers):
             h, x = self.norm_in(h, delta, lw.ln1, eps=dec.eps)
@@ -230,5 +241,7 @@ class DecodeOps:
         """Final residual + norm, LM head and one token per row with its log-prob (fp32 logits)."""
         _, x = self.norm_in(h, delta, dec.norm.weight, eps=dec.eps)
         logits = self.linear(x, dec.lm_head.weight)
+        if self.gpu_kernels and params.top_k == 0 and params.top_p == 1.0:
+            return self.kernels.sample(logits, keys, index, vocab_hash, params.temperature, params.is_greedy)
         sampling = (params.is_greedy, params.temperature, params.top_k, params.top_p)
         return self.sample_step(logits, keys, index, vocab_hash, sampling=sampling)
