@@ -8,6 +8,7 @@ import pytest
 
 from longrl.data.rows import LETTERS, load_rows
 from longrl.data.synth import (
+    SYNTH_VERSION,
     CATEGORIES,
     FLOOR_SHADES,
     lit,
@@ -157,7 +158,7 @@ def test_files_config_and_reuse(tiny, tmp_path):
     assert sorted(p.name for p in (out / "videos").iterdir()) == (
         [f"test-{i:05d}.mp4" for i in range(4)] + [f"train-{i:05d}.mp4" for i in range(8)])
     config = json.loads((out / "synth_config.json").read_text())
-    assert config == {"version": 3, **TINY, "min_gap": 0.125, "options": "shuffled", "object_fraction": 0.6}
+    assert config == {"version": SYNTH_VERSION, **TINY, "min_gap": 0.125, "options": "shuffled", "object_fraction": 0.6}
     train_rows, test_rows = load_rows(train), load_rows(test)
     assert [r.id for r in test_rows] == [f"synth-test-{i:05d}" for i in range(4)]
     assert all(r.video == str(out / "videos" / f"train-{i:05d}.mp4") for i, r in enumerate(train_rows))
@@ -276,31 +277,34 @@ def test_reasoning_chains_are_short_and_timestamped():
                                f"{move['color']} moves to {move['quadrant']} at {stamp(move['time'])}.")
 
 
-def test_fixed_options_name_the_answer():
+def test_fixed_form_one_template_per_category_answered_by_the_video():
     from longrl.data.synth import FIXED_PALETTE, make_row
 
     cfg = SynthConfig("unused", frames=32, options="fixed")
     letters = {c: set() for c in CATEGORIES}
+    questions = {c: set() for c in CATEGORIES}
     for i in range(64):
         row = make_row(cfg, "train", i)
         story = story_from_row(row)
-        arrivals = [e.color for e in story.arrivals]
-        assert set(arrivals) == set(FIXED_PALETTE)
+        assert {e.color for e in story.arrivals} == set(FIXED_PALETTE)
+        moved = story.move
         if row.category == "Spatial":
             assert row.options == list(QUADRANTS)
-            color = row.question.split("the ")[1].split(" object")[0]
-            entered = next(e for e in story.arrivals if e.color == color)
-            assert row.answer_text == entered.quadrant
+            source = next(e for e in story.arrivals if e.color == moved.color).quadrant
+            final = story.state_at(story.frames - 1).cells
+            assert final[QUADRANTS.index(source)] is None and sum(c is None for c in final) == 1
+            assert row.answer_text == source
         elif row.category == "Goal & Purpose":
             assert row.options == [f"the {c} object left it" for c in FIXED_PALETTE]
             assert row.answer_text == f"the {story.departure.color} object left it"
+            questions[row.category].add(row.question.replace(moved.color, "X").replace(moved.quadrant, "Q"))
+            letters[row.category].add(row.answer)
+            continue
         else:
             assert row.options == [f"the {c} object" for c in FIXED_PALETTE]
-            if row.category == "Plot & Narrative":
-                assert row.answer_text == f"the {story.move.color} object"
-            else:
-                rank = 0 if "first" in row.question else 3
-                assert "first" in row.question or "last" in row.question
-                assert row.answer_text == f"the {arrivals[rank]} object"
+            expected = moved.color if row.category == "Plot & Narrative" else story.arrivals[0].color
+            assert row.answer_text == f"the {expected} object"
+        questions[row.category].add(row.question)
         letters[row.category].add(row.answer)
+    assert all(len(q) == 1 for q in questions.values())  # one template per category
     assert all(len(found) >= 3 for found in letters.values())  # the letter follows the video, not the question
