@@ -165,6 +165,23 @@ def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: 
     return checks
 
 
+def graph_replay_ms(fn, reps: int) -> float:
+    """Milliseconds per replay of ``fn`` captured in one CUDA graph (warm-up run, capture, one replay first)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def gemm_times(model, rows: int = 8, reps: int = 20) -> dict:
     """Per-layer time (us) of the decode step's weight GEMMs at ``rows`` rows, one projection
     at a time vs packed (one q/k/v, one gate/up GEMM), each variant captured as a CUDA graph
@@ -209,21 +226,7 @@ def gemm_times(model, rows: int = 8, reps: int = 20) -> dict:
         "qkv_packed_khalves_2streams": lambda: [k_halves(x, lw.qkv[0][0]) for lw in packed],
         "lm_head_total": lambda: [lin(x, dec.lm_head.weight) for _ in range(dec.num_layers)],
     }
-    out = {}
-    for name, fn in variants.items():
-        fn()
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        out[name] = round(1e3 * start.elapsed_time(end) / reps / dec.num_layers, 2)
+    out = {name: round(1e3 * graph_replay_ms(fn, reps) / dec.num_layers, 2) for name, fn in variants.items()}
     del sep, packed
     return dict(gemm_rows=rows, gemm_us_per_layer=out)
 
@@ -245,8 +248,8 @@ def attention_sweep(device: torch.device, dtype: torch.dtype, prefix: int, n: in
     t = torch.tensor(step, device=device)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     variants = {"w4_1cta_per_sm": dict(num_warps=4, programs=sms), "w8_1cta_per_sm": dict(num_warps=8, programs=sms),
-                "w8_sm_minus_suffix (default)": dict(num_warps=8, programs=sms - n * hkv),
-                "w4_sm_minus_suffix": dict(num_warps=4, programs=sms - n * hkv),
+                "w8_sm_minus_suffix": dict(num_warps=8, programs=sms - n * hkv),
+                "w4_sm_minus_suffix (default)": dict(num_warps=4, programs=sms - n * hkv),
                 "w4_2ctas_per_sm": dict(num_warps=4, programs=2 * sms),
                 "w8_bn32_sm_minus_suffix": dict(num_warps=8, block_n=32, programs=sms - n * hkv)}
     out = {}
@@ -258,19 +261,7 @@ def attention_sweep(device: torch.device, dtype: torch.dtype, prefix: int, n: in
                 kernels.decode_attention(plan, q, k, v, cos, sin, t, [(pk[i], pv[i])], sk[i], sv[i], d ** -0.5)
 
         try:
-            fn()
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-            graph.replay()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(reps):
-                graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            out[name] = dict(us=round(1e3 * start.elapsed_time(end) / reps / layers, 2), splits=plan.splits)
+            out[name] = dict(us=round(1e3 * graph_replay_ms(fn, reps) / layers, 2), splits=plan.splits)
         except Exception as error:  # a variant that fails to compile or launch is reported, not fatal
             out[name] = f"{type(error).__name__}: {error}"[:200]
     return dict(attn_prefix=prefix, attn_n=n, attn_us_per_layer=out)
