@@ -88,12 +88,13 @@ def test_quickstart_writes_its_report(tmp_path):
     report = quickstart(tmp_path / "qs", "grpo", ["sft.epochs=1", "rl.steps=1", "rl.prompts_per_step=2", "rollout.n=2",
                                                   "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
                                                   "trainer.progress=false"],
-                        QuickstartData(num_train=8, num_test=4, frames=16))
+                        QuickstartData(num_train=8, sft_rows=4, num_test=4, frames=16))
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
     assert saved["sft_accuracy"] == report["sft_accuracy"]
     for key in ("chance_accuracy", "sft_accuracy", "rl_accuracy"):
         assert 0.0 <= saved[key] <= 1.0
     assert saved["chance_accuracy"] == 0.25 and saved["minutes"] > 0
+    assert (saved["sft_rows"], saved["rl_rows"]) == (4, 8)  # SFT on the head of the RL pool
     assert set(saved["rl"]["per_category"]) <= {"Temporal", "Spatial", "Plot & Narrative", "Goal & Purpose"}
     assert (tmp_path / "qs" / "eval_rl" / "report.md").read_text().startswith("| category |")
     assert (tmp_path / "qs" / "rl_model" / "model.safetensors").exists()

@@ -1,6 +1,6 @@
 """The ``longrl`` command.
 
-    longrl quickstart [--out DIR] [--algorithm NAME] [key=value ...]
+    longrl quickstart [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
     longrl data synth --out DIR [--train N] [--test N] [--frames F] [--size PX] [--seed S]
     longrl train sft|rl [--config YAML] [key=value ...]
     longrl eval [--config YAML] [key=value ...]
@@ -29,9 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     qs = sub.add_parser("quickstart", help="offline end-to-end run: synthetic videos -> SFT -> RL -> eval")
     qs.add_argument("--out", default="runs/quickstart")
     qs.add_argument("--algorithm", default="grpo", help="grpo | dapo | reinforce_pp | rloo | drgrpo | gspo")
-    qs.add_argument("--train-rows", type=int, default=600)
-    qs.add_argument("--test-rows", type=int, default=200)
+    qs.add_argument("--train-rows", type=int, default=2400, help="RL pool of synthetic videos")
+    qs.add_argument("--sft-rows", type=int, default=600, help="the pool's first rows, with reasoning, for SFT")
+    qs.add_argument("--test-rows", type=int, default=400)
     qs.add_argument("--frames", type=int, default=32, help="frames per synthetic video file")
+    qs.add_argument("--sft-model", default=None,
+                    help="start RL from this SFT model (an earlier run's OUT/sft_model) instead of training one")
     _overrides(qs)
 
     data = sub.add_parser("data", help="dataset tools")
@@ -95,7 +98,7 @@ def _dispatch(args) -> int:
         from longrl.quickstart import QuickstartData, quickstart
 
         report = quickstart(args.out, args.algorithm, args.overrides,
-                            QuickstartData(args.train_rows, args.test_rows, args.frames))
+                            QuickstartData(args.train_rows, args.sft_rows, args.test_rows, args.frames), sft_model=args.sft_model)
         print(f"report: {args.out}/report.json")
         return 0 if report else 1
     if args.command == "data":

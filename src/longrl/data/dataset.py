@@ -93,6 +93,14 @@ class ExampleSet:
     def valid(self) -> list[Example]:
         return [e for e in (self.get(i) for i in range(len(self.rows))) if e is not None]
 
+    def head(self, count: int) -> ExampleSet:
+        """The first ``count`` rows as a set of their own, sharing what is already decoded."""
+        part = ExampleSet(self.rows[:count], self.cfg, preload=False, embedder=self.embedder)
+        part.keep = self.keep
+        part._cache = {i: e for i, e in self._cache.items() if i < count}
+        part._bad = {i for i in self._bad if i < count}
+        return part
+
 
 class PromptSampler:
     """Seeded shuffled passes over the examples; its position is part of a checkpoint."""
