@@ -106,3 +106,35 @@ def test_mini_batches_never_exceed_the_configured_count():
     assert mini_batches(8, 3) == [[0, 1, 2], [3, 4, 5], [6, 7]]  # 8 // 3 = 2 would make 4 updates
     assert mini_batches(8, 1) == [list(range(8))]
     assert mini_batches(2, 4) == [[0], [1]]
+
+
+@pytest.mark.parametrize("preset", ["grpo", "dapo", "drgrpo", "rloo", "reinforce_pp", "gspo"])
+def test_every_preset_updates_on_ragged_groups(synth, preset):
+    """One update per preset over groups of different response lengths, split into mini-batches
+    whose padded lengths differ from the step's (REINFORCE++'s token-level advantages once failed here)."""
+    from longrl.models.qwen2_5_vl import encode_prompts
+    from longrl.train.guard import NonFiniteGuard
+    from longrl.train.optim import build_optimizer, build_scheduler
+    from longrl.train.rl import Group, group_logprobs, policy_update, reference_logprobs, step_advantages
+
+    rows, _ = synth
+    cfg, model, tokenizer = tiny(rows, [f"algorithm.name={preset}", "algorithm.mini_batches=2"])
+    examples = ExampleSet(rows[:2], cfg.data).valid()
+    prompts = encode_prompts(model, tokenizer, examples)
+    gen = torch.Generator().manual_seed(0)
+    groups = []
+    for prompt, example, lengths in zip(prompts, examples, ([3, 9, 5, 2], [4, 4, 6, 3])):
+        responses = [torch.randint(0, 200, (n,), generator=gen) for n in lengths]
+        with torch.no_grad():
+            old = group_logprobs(model, prompt, responses).logprobs
+        groups.append(Group(prompt, example, responses, old, [True] * 4,
+                            rewards=torch.tensor([1.0, 0.0, 0.9, 0.1]), components=[{}] * 4))
+    if cfg.algorithm.kl_coef > 0:
+        reference_logprobs(model, groups, cfg)
+    advantages, _ = step_advantages(groups, cfg)
+    optimizer = build_optimizer(model, cfg.rl.optim)
+    before = [p.detach().clone() for p in model.parameters()]
+    metrics = policy_update(model, optimizer, build_scheduler(optimizer, cfg.rl.optim, 4), groups, advantages, cfg,
+                            NonFiniteGuard(3), step=1)
+    assert all(v == v for v in metrics.values())  # no NaN
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
