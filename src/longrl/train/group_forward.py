@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longrl.models.attention import AttentionLayout
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, prompt_embeds
+from longrl.rollout.decoder import post_attention, pre_attention  # the layer math rollout runs, shared
 
 Backend = Literal["auto", "dense", "flex", "hybrid", "split"]
 FLEX_BLOCK = 128
@@ -269,7 +270,8 @@ def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vi
 # ---- the decoder layers of the group forward ------------------------------------------------------
 #
 # The group forward runs the text decoder's layers itself: each layer is two pure functions of
-# (activations, weights) around the layout's attention. On CUDA both are compiled once with
+# (activations, weights) around the layout's attention -- rollout.decoder's pre_attention and
+# post_attention, the same functions the rollout prefill runs. On CUDA both are compiled once with
 # torch.compile and serve all 36 layers (the weights are arguments, so one graph fits every layer):
 # RMSNorm, q/k/v bias and rotary become one or two fused kernels, SwiGLU and the residual adds
 # likewise, and the backward is fused too. Profiled eagerly these small ops were ~20% of the step
@@ -280,37 +282,6 @@ def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vi
 LayerImpl = Literal["auto", "hf", "eager", "compiled"]
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # as Qwen2_5_VLRMSNorm: fp32 statistics, cast back before the weight
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def attention_inputs(hidden, norm_w, eps: float, wq, bq, wk, bk, wv, bv, cos, sin, head_dim: int):
-    """input RMSNorm, q/k/v projections, rotary: hidden [1, T, H] -> q [1, Hq, T, D], k, v [1, Hkv, T, D].
-    ``cos``/``sin`` [1, T, D] are the M-RoPE tables already recomposed per position (one per forward)."""
-    b, t, _ = hidden.shape
-    x = _rms_norm(hidden, norm_w, eps)
-    q = F.linear(x, wq, bq).view(b, t, -1, head_dim).transpose(1, 2)
-    k = F.linear(x, wk, bk).view(b, t, -1, head_dim).transpose(1, 2)
-    v = F.linear(x, wv, bv).view(b, t, -1, head_dim).transpose(1, 2)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin, v
-
-
-def attention_output_and_mlp(hidden, attn, wo, norm_w, eps: float, w_gate, w_up, w_down):
-    """o_proj + residual, post-attention RMSNorm, SwiGLU MLP + residual. attn [1, T, Hq, D] -> [1, T, H]."""
-    h = hidden + F.linear(attn.flatten(2), wo)
-    x = _rms_norm(h, norm_w, eps)
-    return h + F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
-
-
 _compile = torch.compile  # tests swap in an aot_eager compile to check the plumbing on CPU
 _compiled_layer_fns = None
 
@@ -318,11 +289,11 @@ _compiled_layer_fns = None
 def _layer_functions(compiled: bool):
     global _compiled_layer_fns
     if not compiled:
-        return attention_inputs, attention_output_and_mlp
+        return pre_attention, post_attention
     if _compiled_layer_fns is None:
         # automatic dynamic shapes, as for flex: a second packed length recompiles once with a
         # symbolic length, later groups reuse it
-        _compiled_layer_fns = (_compile(attention_inputs), _compile(attention_output_and_mlp))
+        _compiled_layer_fns = (_compile(pre_attention), _compile(post_attention))
     return _compiled_layer_fns
 
 
@@ -361,11 +332,13 @@ def _decoder_layer(layer, layout: AttentionLayout, fns, hidden, cos, sin):
     pre, post = fns
     attn, mlp = layer.self_attn, layer.mlp
     ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
-    q, k, v = pre(hidden, ln1.weight, ln1.variance_epsilon, attn.q_proj.weight, attn.q_proj.bias,
-                  attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight, attn.v_proj.bias, cos, sin, attn.head_dim)
+    q, k, v = pre(hidden, ln1.weight, attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias,
+                  attn.v_proj.weight, attn.v_proj.bias, cos, sin, eps=ln1.variance_epsilon,
+                  num_heads=attn.q_proj.out_features // attn.head_dim,
+                  kv_heads=attn.k_proj.out_features // attn.head_dim)
     out = layout.attend(attn, q, k, v, attn.scaling)  # [1, T, Hq, D]
-    return post(hidden, out, attn.o_proj.weight, ln2.weight, ln2.variance_epsilon,
-                mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight)
+    return post(hidden, out.flatten(2), attn.o_proj.weight, ln2.weight, mlp.gate_proj.weight,
+                mlp.up_proj.weight, mlp.down_proj.weight, eps=ln2.variance_epsilon, act=F.silu)
 
 
 # ---- how many layers to checkpoint ------------------------------------------------------------------
