@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from longrl.models.rope import use_reference_rope_index
+
 # Datasheet memory bandwidth (bytes/s) by a substring of torch.cuda.get_device_name().
 _PEAK_BANDWIDTH = [
     ("H200", 4.8e12),
@@ -61,7 +63,8 @@ def tiny_bench_config(vocab_size: int = 151936) -> Qwen2_5_VLConfig:
 def random_model(config: Qwen2_5_VLConfig, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
     """The model with transformers' random initialisation, built directly on ``device`` in ``dtype``
-    (sdpa attention; callers switch the text decoder to longrl's hook as they need)."""
+    (sdpa attention; callers switch the text decoder to longrl's hook as they need), with the
+    M-RoPE rule every model longrl loads uses (longrl.models.rope)."""
     config._attn_implementation = "sdpa"
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -73,6 +76,7 @@ def random_model(config: Qwen2_5_VLConfig, device: torch.device | str = "cpu",
             model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(default)
+    use_reference_rope_index(model)
     return model
 
 
