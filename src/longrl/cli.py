@@ -98,7 +98,8 @@ def _dispatch(args) -> int:
         from longrl.quickstart import QuickstartData, quickstart
 
         report = quickstart(args.out, args.algorithm, args.overrides,
-                            QuickstartData(args.train_rows, args.sft_rows, args.test_rows, args.frames), sft_model=args.sft_model)
+                            QuickstartData(num_train=args.train_rows, sft_rows=args.sft_rows, num_test=args.test_rows,
+                                           frames=args.frames), sft_model=args.sft_model)
         print(f"report: {args.out}/report.json")
         return 0 if report else 1
     if args.command == "data":
