@@ -221,10 +221,10 @@ def test_layer_implementations_agree(checkpointed, monkeypatch):
     """longrl's layer functions (eager, and compiled through AOTAutograd as on the GPU, where
     inductor replaces aot_eager) equal transformers' layers in log-probs and every gradient, also
     under gradient checkpointing (the compiled functions re-run in backward)."""
-    import longrl.train.group_forward as gf
+    import longrl.rollout.decoder as decoder
 
-    monkeypatch.setattr(gf, "_compile", lambda fn: torch.compile(fn, backend="aot_eager", dynamic=True))
-    monkeypatch.setattr(gf, "_compiled_layer_fns", None)
+    monkeypatch.setattr(decoder, "_compile", lambda fn: torch.compile(fn, backend="aot_eager", dynamic=True))
+    monkeypatch.setattr(decoder, "_compiled_layer_fns", None)
     model, prompt, responses = tiny_video_group(seed=4)
     model.model.visual.requires_grad_(False)
     if checkpointed:

@@ -12,7 +12,8 @@ from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.config import ModelConfig
 from longrl.models.qwen2_5_vl import build_prompt, decoder_forward, load_model, prompt_embeds
 from longrl.rollout import RolloutConfig, SamplingParams, generate
-from longrl.rollout.attention import cascade_attention, fold_queries, prefix_attention, unfold_rows
+from longrl.rollout.attention import (cascade_attention, fold_queries, math_with_lse, prefill_attention,
+                                     prefix_attention, split_prefill_attention, unfold_rows)
 from longrl.rollout.decoder import TextDecoder
 from longrl.rollout.prefill import prefill
 from longrl.rollout.prompts import PromptEmbedder
@@ -198,6 +199,37 @@ def test_chunked_prefill_matches_full_forward(tiny):
         ref = model.lm_head(hidden[0, -1]).float()
     assert (kv_a.k - kv_b.k).abs().max().item() < 1e-5 and (kv_a.v - kv_b.v).abs().max().item() < 1e-5
     assert (logits_a - ref).abs().max().item() < 1e-4 and (logits_b - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("chunk, keys", [(7, 7), (5, 19), (1, 12)])
+def test_split_prefill_attention_equals_bottom_right_causal(chunk, keys):
+    """The GPU prefill's form (chunk over earlier keys unmasked + over itself causally, merged by
+    log-sum-exp; here on the fp32 reference kernel) equals one bottom-right causal attention."""
+    g = torch.Generator().manual_seed(chunk)
+    q = torch.randn(1, 8, chunk, 16, generator=g)
+    k, v = torch.randn(1, 2, keys, 16, generator=g), torch.randn(1, 2, keys, 16, generator=g)
+    ref = prefill_attention(q, k, v, 0.3)
+    for bucket in (1, 4, 16):  # zero-padded chunk ends (shared cuDNN plans) change nothing
+        got = split_prefill_attention(q, k, v, 0.3, kernel=math_with_lse, bucket=bucket)
+        assert got.shape == ref.shape and (got - ref).abs().max().item() < 1e-5
+
+
+def test_compiled_prefill_equals_eager(tiny, monkeypatch):
+    """The prefill through the compiled layer functions (aot_eager here; inductor on the GPU),
+    across chunks of two lengths (the second compile is length-generic)."""
+    import longrl.rollout.decoder as decoder
+
+    monkeypatch.setattr(decoder, "_compile", lambda fn: torch.compile(fn, backend="aot_eager"))
+    monkeypatch.setattr(decoder, "_compiled_layer_fns", None)
+    model, prompts, _ = tiny
+    dec = TextDecoder(model)
+    with torch.no_grad():
+        for prompt in prompts:
+            kv_a, hidden_a = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=9, compiled=True)
+            kv_b, hidden_b = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=9)
+            assert (kv_a.k - kv_b.k).abs().max().item() < 1e-5 and (kv_a.v - kv_b.v).abs().max().item() < 1e-5
+            assert (hidden_a - hidden_b).abs().max().item() < 1e-5
+    assert decoder._compiled_layer_fns is not None
 
 
 def test_bad_prompts_and_params_fail_clearly(tiny):

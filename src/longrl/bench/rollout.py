@@ -12,6 +12,11 @@ process) one JSON line:
 
 * ``hf_tok_s`` / ``longrl_tok_s``: N*T over the wall time of the whole generate call (prefill +
   decode) for each engine; ``speedup`` is their ratio. Null where transformers ran out of memory.
+* ``hf_video_tok_s`` (``--hf-video``): transformers from pixels through the vision tower, as a
+  plain transformers user runs a video prompt (the tower runs N times: generate expands the
+  pixels); ``speedup_vs_hf_video`` compares longrl from cached embeddings with it.
+* ``cold_prefill_s``: prefill of the first call at this prompt length (cuDNN plan builds);
+  the timed calls after it are what an RL run sees once a length bucket recurs.
 * ``longrl_decode_tok_s``: N*(T-1) over longrl's decode phase alone (prefill excluded), and
   ``roofline_frac`` = that over the decode roofline: per step, read the weights (decoder + LM
   head), one prefix KV and the N suffix KVs at the GPU's datasheet bandwidth, for N tokens.
@@ -38,7 +43,7 @@ from longrl.bench.common import (device_name, gpu_peak_bandwidth, measured_copy_
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt
 from longrl.rollout import RolloutConfig, SamplingParams, generate
-from longrl.rollout.attention import cascade_attention
+from longrl.rollout.attention import attention_lse_math, cascade_attention, prefill_attention
 
 FRAME_TOKENS = 128  # a 448x448 frame: 32x32 patches, 2x2-merged, 2 frames per temporal patch
 
@@ -67,24 +72,32 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool) -> torch.Tensor:
+def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, video: bool = False) -> torch.Tensor:
     """transformers ``generate`` on the same prompt: [n, new_tokens] token ids.
 
     The vision tower's output is replaced by ``prompt.video_embeds`` (the pixel tensor is a
     placeholder with one row per patch); everything else is transformers' own path: placeholder
     scatter, 3-D M-RoPE from ``mm_token_type_ids``, replicated-prompt prefill, KV cache.
-    ``greedy`` decodes one sequence by argmax (transformers refuses greedy with
-    num_return_sequences > 1); otherwise n sequences are sampled at temperature 1."""
+    ``video``: instead, random pixels of the same grid go through the vision tower, as plain
+    transformers runs a video prompt (it expands the pixels with num_return_sequences, so the
+    tower runs n times); timing only, the tokens differ. ``greedy`` decodes one sequence by
+    argmax (transformers refuses greedy with num_return_sequences > 1); otherwise n sequences
+    are sampled at temperature 1."""
     cfg, device = model.config, model.device
     ids = prompt.input_ids[None]
     grid = prompt.vision.grid_thw.to(device)
-    pixels = torch.zeros(int(grid.prod()), 1, device=device, dtype=model.dtype)
     inner = model.model
+    vc = cfg.vision_config
+    if video:
+        patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+        pixels = torch.randn(int(grid.prod()), patch, device=device, dtype=model.dtype)
+    else:
+        pixels = torch.zeros(int(grid.prod()), 1, device=device, dtype=model.dtype)
 
-    def synthetic_tower(pixel_values_videos, video_grid_thw=None, **kwargs):
-        return SimpleNamespace(pooler_output=[prompt.video_embeds] * video_grid_thw.shape[0])
+        def synthetic_tower(pixel_values_videos, video_grid_thw=None, **kwargs):
+            return SimpleNamespace(pooler_output=[prompt.video_embeds] * video_grid_thw.shape[0])
 
-    inner.get_video_features = synthetic_tower
+        inner.get_video_features = synthetic_tower
     if greedy and n != 1:
         raise ValueError("transformers decodes greedily one sequence per prompt: use n=1")
     sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
@@ -96,7 +109,7 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool) ->
             max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, **sampling,
         )
     finally:
-        del inner.get_video_features
+        inner.__dict__.pop("get_video_features", None)
         inner.rope_deltas = None
     return out[:, ids.shape[1]:]
 
@@ -126,6 +139,13 @@ def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: 
     length_t, scale = torch.tensor(length, device=device), d ** -0.5
     ref = cascade_attention(q.float(), [(pk.float(), pv.float())], n, sk.float(), sv.float(), length_t, scale)
     checks = dict(attn_flash_rel_err=rel(cascade_attention(q, [(pk, pv)], n, sk, sv, length_t, scale), ref))
+    # a prefill chunk of 3000 queries after 5000 earlier keys (the cuDNN split on GPU)
+    c, e = 3000, 8000
+    qc, kc, vc = rnd(1, hq, c, d), rnd(1, hkv, e, d), rnd(1, hkv, e, d)
+    causal = torch.ones(c, e, dtype=torch.bool, device=device).tril(e - c)
+    ref, _ = attention_lse_math(qc.float(), kc.float().repeat_interleave(hq // hkv, 1),
+                                vc.float().repeat_interleave(hq // hkv, 1), scale, causal)
+    checks["attn_prefill_rel_err"] = rel(prefill_attention(qc, kc, vc, scale), ref)
     if triton:
         from longrl.rollout import kernels
         from longrl.rollout.decoder import rotate_half
@@ -315,6 +335,11 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
         torch.cuda.reset_peak_memory_stats(device)
     hf_skip = "--no-hf" if args.no_hf else (f"frames > --hf-max-frames {args.hf_max_frames}"
                                              if frames > args.hf_max_frames else None)
+    # The first call at a new prompt length builds cuDNN's attention plans for its shapes (one
+    # length bucket, attention.PREFILL_BUCKET); an RL run pays that once per bucket. Timed apart.
+    stats = {}
+    generate(model, [prompt], SamplingParams(n=n, max_new_tokens=2, seed=1), config=config, stats=stats)
+    result["cold_prefill_s"] = round(stats["prefill_s"], 3)
     runs = {}
     variants = [("sampled", SamplingParams(n=n, temperature=1.0, max_new_tokens=new_tokens, seed=0))]
     if not hf_skip:  # the greedy run is there to compare with transformers
@@ -367,6 +392,12 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
                           speedup=round(hf_seconds / seconds, 1))
             if device.type == "cuda":
                 result["hf_peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            if args.hf_video:
+                t0 = _sync(device)
+                hf_generate(model, prompt, n, new_tokens, greedy=False, video=True)
+                hf_seconds = _sync(device) - t0
+                result.update(hf_video_s=round(hf_seconds, 3), hf_video_tok_s=round(n * new_tokens / hf_seconds, 1),
+                              speedup_vs_hf_video=round(hf_seconds / seconds, 1))
         hf_tokens = hf_generate(model, prompt, 1, new_tokens, greedy=True)[0].tolist()
     except torch.OutOfMemoryError as error:
         result["hf_error"] = f"out of memory: {str(error).splitlines()[0][:160]}"
@@ -398,7 +429,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--hf-max-frames", type=int, default=1 << 30, help="skip transformers above this many frames")
     ap.add_argument("--skip-hf-generate", action="store_true",
                     help="skip the timed n-sample transformers generate (keep the greedy comparisons)")
-    ap.add_argument("--prefill-chunk", type=int, default=8192)
+    ap.add_argument("--hf-video", action="store_true",
+                    help="also time transformers generate from pixels through the vision tower (n encodes)")
+    ap.add_argument("--prefill-chunk", type=int, default=RolloutConfig.prefill_chunk_tokens)
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-triton", action="store_true")
@@ -431,9 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     # Warm-up: compile the decode step and initialise kernels outside the timed runs.
     t0 = _sync(device)
     warm = rollout_config(args)
-    for n, new_tokens, greedy in itertools.product(args.n, args.new_tokens, (True, False)):
-        generate(model, [video_prompt(model, 16)], SamplingParams(n=n, max_new_tokens=new_tokens, greedy=greedy, seed=1),
-                 config=warm)
+    # Two prompt lengths: the second makes the compiled prefill's graph length-generic, as a run's
+    # first few prompts do.
+    for frames, n, new_tokens, greedy in itertools.product((16, 24), args.n, args.new_tokens, (True, False)):
+        generate(model, [video_prompt(model, frames)],
+                 SamplingParams(n=n, max_new_tokens=new_tokens, greedy=greedy, seed=1), config=warm)
     common["warmup_s"] = round(_sync(device) - t0, 1)
     if args.gemms and device.type == "cuda":
         print(json.dumps(gemm_times(model, rows=args.n[0])), flush=True)

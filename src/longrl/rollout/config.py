@@ -12,7 +12,9 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_new_tokens: int = 96
-    prefill_chunk_tokens: int = 8192  # long prefixes are prefilled in chunks of this many tokens
+    # long prefixes are prefilled in chunks of this many tokens: the chunk bounds prefill's
+    # activation memory (3B: ~2.5 GB at 32k, mostly the MLP's [chunk, 11008] x 3)
+    prefill_chunk_tokens: int = 32768
     max_prompts_per_batch: int = 16  # prompts decoded together
     max_batch_prefix_tokens: int = 0  # prefix tokens held per decode batch (0 = no limit)
     max_context_tokens: int = 0  # prompt + response token limit (0 = none; positions are always checked)

@@ -49,6 +49,24 @@ def post_attention(h, attn, o_w, ln_w, gate_w, up_w, down_w, *, eps: float, act)
     return h + F.linear(act(F.linear(x, gate_w)) * F.linear(x, up_w), down_w)
 
 
+# torch.compile of the two layer functions, built once and shared by every caller (rollout
+# prefill, the trainer's group forward): the weights are arguments, so one graph serves all
+# layers. Shapes are automatically dynamic: a second sequence length recompiles once with a
+# symbolic length, and later lengths reuse that graph.
+_compile = torch.compile  # tests swap in an aot_eager compile to check the plumbing on CPU
+_compiled_layer_fns = None
+
+
+def layer_functions(compiled: bool):
+    """(pre_attention, post_attention), compiled or as plain functions."""
+    global _compiled_layer_fns
+    if not compiled:
+        return pre_attention, post_attention
+    if _compiled_layer_fns is None:
+        _compiled_layer_fns = (_compile(pre_attention), _compile(post_attention))
+    return _compiled_layer_fns
+
+
 @dataclass
 class LayerWeights:
     """One decoder layer's parameters, as the module holds them right now (no copies)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import torch
 
@@ -231,6 +232,18 @@ def decode_ops(config: RolloutConfig, device: torch.device) -> DecodeOps:
                      pack=pack, pack_gate_up=pack_gate_up, overlap=cuda and not pack_gate_up)
 
 
+def _prefill(dec: TextDecoder, prompt, chunk: int, compiled: bool) -> tuple[PrefixKV, torch.Tensor, bool]:
+    """:func:`prefill` compiled if asked, falling back to eager (for good) if compiling fails."""
+    try:
+        return (*prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk, compiled), compiled)
+    except Exception as error:  # noqa: BLE001 -- a compiler failure; an eager error re-raises below
+        if not compiled:
+            raise
+        warnings.warn(f"compiled prefill failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                      "prefilling eagerly", stacklevel=2)
+        return (*prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk, False), False)
+
+
 def _sync_time(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -260,14 +273,15 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
                  capture_s=0.0)
     stop_ids = torch.tensor(list(params.stop_token_ids) or [-1], dtype=torch.long, device=dec.device)
     results: list = [None] * len(prompts)
+    compiled_prefill = config.compile and dec.device.type == "cuda"
     with torch.no_grad():
         lengths = [len(p.input_ids) for p in prompts]
         for members in prompt_batches(lengths, config.max_prompts_per_batch, config.max_batch_prefix_tokens):
             t0 = _sync_time(dec.device) if timed else 0.0
             prefixes, last_hidden = [], []
             for i in members:
-                prefix, hidden = prefill(dec, PromptEmbedder(dec, prompts[i]), prompts[i].position_ids,
-                                         config.prefill_chunk_tokens)
+                prefix, hidden, compiled_prefill = _prefill(dec, prompts[i], config.prefill_chunk_tokens,
+                                                            compiled_prefill)
                 prefixes.append(prefix)
                 last_hidden.append(hidden)
             t1 = _sync_time(dec.device) if timed else 0.0

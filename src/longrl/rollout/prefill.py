@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from longrl.rollout.attention import prefill_attention
-from longrl.rollout.decoder import TextDecoder, post_attention, pre_attention
+from longrl.rollout.decoder import TextDecoder, layer_functions
 
 
 @dataclass
@@ -32,10 +32,13 @@ class PrefixKV:
 
 
 def prefill(dec: TextDecoder, embed: Callable[[int, int], torch.Tensor], position_ids: torch.Tensor,
-            chunk: int) -> tuple[PrefixKV, torch.Tensor]:
+            chunk: int, compiled: bool = False) -> tuple[PrefixKV, torch.Tensor]:
     """Run a prompt at M-RoPE ``position_ids [3, L]``; ``embed(start, end)`` gives the input
     embeddings [end - start, H] of a chunk. Returns the prefix KV and the final
-    hidden state [H] of the last prompt token (it predicts the first response token)."""
+    hidden state [H] of the last prompt token (it predicts the first response token).
+    ``compiled``: the layer functions under torch.compile (the GPU default; the same graphs as
+    the trainer's group forward)."""
+    pre_attention, post_attention = layer_functions(compiled)
     length = position_ids.shape[1]
     position_ids = position_ids.to(dec.device)
     shape = (dec.num_layers, dec.kv_heads, length, dec.head_dim)

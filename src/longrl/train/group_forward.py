@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from longrl.models.attention import AttentionLayout
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, prompt_embeds
-from longrl.rollout.decoder import post_attention, pre_attention  # the layer math rollout runs, shared
+from longrl.rollout.decoder import layer_functions  # the layer math rollout runs, shared (and compiled once)
 
 Backend = Literal["auto", "dense", "flex", "hybrid", "split"]
 FLEX_BLOCK = 128
@@ -282,21 +282,6 @@ def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vi
 LayerImpl = Literal["auto", "hf", "eager", "compiled"]
 
 
-_compile = torch.compile  # tests swap in an aot_eager compile to check the plumbing on CPU
-_compiled_layer_fns = None
-
-
-def _layer_functions(compiled: bool):
-    global _compiled_layer_fns
-    if not compiled:
-        return pre_attention, post_attention
-    if _compiled_layer_fns is None:
-        # automatic dynamic shapes, as for flex: a second packed length recompiles once with a
-        # symbolic length, later groups reuse it
-        _compiled_layer_fns = (_compile(pre_attention), _compile(post_attention))
-    return _compiled_layer_fns
-
-
 def unfusable_reason(text_model) -> str | None:
     """Why longrl's layer functions cannot stand in for this decoder's layers (None: they can)."""
     cfg = text_model.config
@@ -418,7 +403,7 @@ def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_
         flags = [bool(getattr(layer, "gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
                  for layer in text.layers]
     else:
-        fns = _layer_functions(impl == "compiled")
+        fns = layer_functions(impl == "compiled")
         cos, sin = text.rotary_emb(embeds, positions)
         flags = checkpoint_flags(model, packing.total_len, sum(packing.response_lens), embeds.device)
         hidden = embeds
