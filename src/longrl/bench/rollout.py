@@ -114,16 +114,17 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
     return out[:, ids.shape[1]:]
 
 
-def decode_roofline(model, prefix_tokens: int, n: int, new_tokens: int, bandwidth: float) -> float:
-    """Tokens/s if a decode step cost only reading weights + one prefix KV + the n suffix KVs."""
+def decode_roofline(model, prefix_tokens: int, n: int, new_tokens: int, bandwidth: float, prompts: int = 1) -> float:
+    """Tokens/s if a decode step cost only reading weights + one prefix KV per prompt + the n
+    suffix KVs of each."""
     text = model.model.language_model
     weights = sum(p.numel() * p.element_size() for name, p in text.named_parameters() if "embed_tokens" not in name)
     weights += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     cfg = model.config.text_config
     kv_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
     kv_token *= model.lm_head.weight.element_size()
-    step_bytes = weights + kv_token * (prefix_tokens + n * new_tokens / 2)
-    return n * bandwidth / step_bytes
+    step_bytes = weights + kv_token * prompts * (prefix_tokens + n * new_tokens / 2)
+    return prompts * n * bandwidth / step_bytes
 
 
 def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: int = 0) -> dict:
@@ -329,16 +330,20 @@ def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32)
 def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: float | None) -> dict:
     device = model.device
     prompt = video_prompt(model, frames)
+    # --prompts P: P different videos of F frames in one generate call (an RL step's batch)
+    prompts = [prompt] + [video_prompt(model, frames, seed=i) for i in range(1, args.prompts)]
     config = rollout_config(args)
-    result = dict(frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens)
+    result = dict(frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens, prompts=len(prompts))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     hf_skip = "--no-hf" if args.no_hf else (f"frames > --hf-max-frames {args.hf_max_frames}"
                                              if frames > args.hf_max_frames else None)
+    if len(prompts) > 1:
+        hf_skip = "--prompts > 1 (transformers runs one prompt's group per generate call: see the --prompts 1 line)"
     # The first call at a new prompt length builds cuDNN's attention plans for its shapes (one
     # length bucket, attention.PREFILL_BUCKET); an RL run pays that once per bucket. Timed apart.
     stats = {}
-    generate(model, [prompt], SamplingParams(n=n, max_new_tokens=2, seed=1), config=config, stats=stats)
+    generate(model, prompts, SamplingParams(n=n, max_new_tokens=2, seed=1), config=config, stats=stats)
     result["cold_prefill_s"] = round(stats["prefill_s"], 3)
     runs = {}
     variants = [("sampled", SamplingParams(n=n, temperature=1.0, max_new_tokens=new_tokens, seed=0))]
@@ -347,26 +352,27 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
     for name, params in variants:
         stats: dict = {}
         t0 = _sync(device)
-        out = generate(model, [prompt], params, config=config, stats=stats)
+        out = generate(model, prompts if name == "sampled" else [prompt], params, config=config, stats=stats)
         runs[name] = (_sync(device) - t0, stats, out[0])
     seconds, stats, samples = runs["sampled"]
     assert all(len(s.token_ids) == new_tokens for s in samples)
+    rows = len(prompts) * n
     steady_steps = stats["decode_steps"] - stats["eager_steps"]
     steady_s = stats["decode_s"] - stats["capture_s"]
     result.update(
-        longrl_s=round(seconds, 3), longrl_tok_s=round(n * new_tokens / seconds, 1),
+        longrl_s=round(seconds, 3), longrl_tok_s=round(rows * new_tokens / seconds, 1),
         prefill_s=round(stats["prefill_s"], 3), pack_s=round(stats["pack_s"], 3), decode_s=round(stats["decode_s"], 3),
         # steady state: graph replays only; the per-call eager step + capture is reported apart
-        longrl_decode_tok_s=round(n * steady_steps / steady_s, 1),
+        longrl_decode_tok_s=round(rows * steady_steps / steady_s, 1),
         decode_step_ms=round(1e3 * steady_s / steady_steps, 3),
-        longrl_decode_incl_capture_tok_s=round(n * stats["decode_steps"] / stats["decode_s"], 1),
+        longrl_decode_incl_capture_tok_s=round(rows * stats["decode_steps"] / stats["decode_s"], 1),
         capture_s=round(stats["capture_s"], 3), graph_captures=stats["graph_captures"], compiled=stats["compiled"],
         pack_weights=config.pack_weights, pack_gate_up=config.pack_gate_up,
         packed_weight_gb=stats["packed_weight_gb"],
         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     )
     if bandwidth:
-        roof = decode_roofline(model, len(prompt), n, new_tokens, bandwidth)
+        roof = decode_roofline(model, len(prompt), n, new_tokens, bandwidth, len(prompts))
         result.update(roofline_tok_s=round(roof, 1), roofline_frac=round(result["longrl_decode_tok_s"] / roof, 3))
     result.update(hf_tok_s=None, hf_s=None, speedup=None, greedy_match=None)
     if hf_skip:
@@ -425,6 +431,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--frames", type=ints, default=[128], help="video frames at 448x448 (comma list)")
     ap.add_argument("--n", type=ints, default=[8], help="samples per prompt (comma list)")
     ap.add_argument("--new-tokens", type=ints, default=[128], help="new tokens per sample, EOS ignored (comma list)")
+    ap.add_argument("--prompts", type=int, default=1, help="videos per generate call (an RL step's batch)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--hf-max-frames", type=int, default=1 << 30, help="skip transformers above this many frames")
     ap.add_argument("--skip-hf-generate", action="store_true",
