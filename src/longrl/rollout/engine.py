@@ -236,6 +236,8 @@ def _prefill(dec: TextDecoder, prompt, chunk: int, compiled: bool) -> tuple[Pref
     """:func:`prefill` compiled if asked, falling back to eager (for good) if compiling fails."""
     try:
         return (*prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk, compiled), compiled)
+    except torch.OutOfMemoryError:
+        raise  # not a compiler failure: eager would run out too
     except Exception as error:  # noqa: BLE001 -- a compiler failure; an eager error re-raises below
         if not compiled:
             raise
