@@ -60,6 +60,23 @@ def _rotated(ptr, off, mask, cos, sin, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _online_block(q, k_ptrs, v_ptrs, key_ok, m, l, acc, scale_log2, IEEE: tl.constexpr):
+    """One key block of an online softmax: scores of q against the keys at ``k_ptrs`` (masked by
+    ``key_ok``), then the running max ``m``, sum ``l`` and output ``acc`` updated with the values
+    at ``v_ptrs``. Base-2 exponentials (``scale_log2`` folds in log2(e))."""
+    k = tl.load(k_ptrs, mask=key_ok[:, None], other=0.0)
+    s = _dot(q, tl.trans(k), IEEE) * scale_log2
+    s = tl.where(key_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    alpha = tl.exp2(m - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l = l * alpha + tl.sum(p, 1)
+    v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+    return m_new, l, acc
+
+
+@triton.jit
 def _prefix_part(
     q_ptr, cos_ptr, sin_ptr, pk_ptr, pv_ptr, o_ptr, lse_ptr, t, split, tile, head,
     stride_q, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
@@ -90,17 +107,9 @@ def _prefix_part(
     # end made the compiler spill (255 registers + 112 B of stack at 4 warps, vs 8 B).
     for i in range(0, split_len // BLOCK_N):
         n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
-        key_ok = n < end
-        k = tl.load(k_base + n[:, None] * stride_pkp + dd[None, :], mask=key_ok[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), IEEE) * scale_log2
-        s = tl.where(key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + n[:, None] * stride_pvp + dd[None, :], mask=key_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
-        m = m_new
+        m, l, acc = _online_block(q, k_base + n[:, None] * stride_pkp + dd[None, :],
+                                  v_base + n[:, None] * stride_pvp + dd[None, :], n < end, m, l, acc,
+                                  scale_log2, IEEE)
     has = l > 0
     out = acc / tl.where(has, l, 1.0)[:, None]
     lse = tl.where(has, (m + tl.log2(tl.where(has, l, 1.0))) * LN2, float("-inf"))  # natural log, like flash's
@@ -141,17 +150,9 @@ def _suffix_part(
     acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
     for w0 in range(0, t, BLOCK_W):  # earlier response tokens (none at step 0)
         n = w0 + tl.arange(0, BLOCK_W)
-        key_ok = n < t
-        ck = tl.load(sk_ptr + s_off + n[:, None] * stride_sp + dd[None, :], mask=key_ok[:, None], other=0.0)
-        s = _dot(q, tl.trans(ck), IEEE) * scale_log2
-        s = tl.where(key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l = l * alpha + tl.sum(p, 1)
-        cv = tl.load(sv_ptr + s_off + n[:, None] * stride_sp + dd[None, :], mask=key_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(cv.dtype), cv, IEEE)
-        m = m_new
+        m, l, acc = _online_block(q, sk_ptr + s_off + n[:, None] * stride_sp + dd[None, :],
+                                  sv_ptr + s_off + n[:, None] * stride_sp + dd[None, :], n < t, m, l, acc,
+                                  scale_log2, IEEE)
     # the current token (always present, so every row ends with l > 0)
     s_cur = tl.sum(q.to(tl.float32) * k.to(tl.float32), 1) * scale_log2
     m_new = tl.maximum(m, s_cur)
