@@ -370,13 +370,19 @@ def _available_bytes(model, device: torch.device, response_tokens: int) -> int:
     return free - grads - head - margin
 
 
+def flagged_layers(model) -> list[bool]:
+    """Per decoder layer: flagged by (transformers') gradient checkpointing, and in effect now
+    (training mode, grad enabled)."""
+    on = model.training and torch.is_grad_enabled()
+    return [bool(getattr(layer, "gradient_checkpointing", False)) and on for layer in model.model.language_model.layers]
+
+
 def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.device) -> list[bool]:
     """Per decoder layer: recompute it in backward? Layers flagged by (transformers') gradient
     checkpointing, in training mode with grad enabled; on CUDA with adaptive checkpointing (the
     default) only as many of them as the free memory needs."""
     text = model.model.language_model
-    flagged = [bool(getattr(layer, "gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
-               for layer in text.layers]
+    flagged = flagged_layers(model)
     if not any(flagged) or device.type != "cuda" or not getattr(text, "longrl_adaptive_checkpointing", True):
         return flagged
     cfg = model.config.text_config
@@ -400,8 +406,7 @@ def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_
     impl = resolved_layers(layers, embeds.device, text)
     if impl == "hf":
         hidden = decoder_forward(model, embeds, positions, attention=layout)[0]
-        flags = [bool(getattr(layer, "gradient_checkpointing", False)) and model.training and torch.is_grad_enabled()
-                 for layer in text.layers]
+        flags = flagged_layers(model)
     else:
         fns = layer_functions(impl == "compiled")
         cos, sin = text.rotary_emb(embeds, positions)
