@@ -67,7 +67,7 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
     from longrl.models.qwen2_5_vl import build_prompt, load_model
     from longrl.data.vision_preprocess import VisionInputs
 
-    model, tok = load_model(ModelConfig(dtype="float32"), tokenizer_texts=["a red square moves."] * 4, seed=0)
+    model, tok = load_model(ModelConfig(dtype="float32"), DEVICE, tokenizer_texts=["a red square moves."] * 4, seed=0)
     g = torch.Generator().manual_seed(0)
     prompts = []
     for frames in (4, 2):
@@ -93,7 +93,8 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
         with monkeypatch.context() as m:
             fused_ops.layers = None
             m.setattr(engine, "decode_ops", lambda config, device: fused_ops)
-            fused = generate(model, prompts, params, config=RolloutConfig(finish_check_interval=1))
+            # eager steps (no CUDA graphs on a GPU): every step's kernel calls pass through ``counted``
+            fused = generate(model, prompts, params, config=RolloutConfig(finish_check_interval=1, cuda_graphs=False))
         assert len(calls) == 9 * 4 and fused_ops.packed_bytes() > 0  # 9 steps x 4 layers, batch of 2 prompts
         calls.clear()
         for ga, gb in zip(plain, fused):
