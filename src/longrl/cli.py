@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--frames", type=int, default=32, help="frames per synthetic video file")
     qs.add_argument("--sft-model", default=None,
                     help="start RL from this SFT model (an earlier run's OUT/sft_model) instead of training one")
+    qs.add_argument("--seed", type=int, default=None, help="drives data, initialization and sampling (trainer.seed)")
+    qs.add_argument("--seeds", default=None,
+                    help="run once per seed (e.g. 0-4) into OUT/seed_S and print a table with mean and spread")
     _overrides(qs)
 
     data = sub.add_parser("data", help="dataset tools")
@@ -95,13 +98,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "quickstart":
-        from longrl.quickstart import QuickstartData, quickstart
+        from longrl.quickstart import QuickstartData, parse_seeds, quickstart, sweep
 
-        report = quickstart(args.out, args.algorithm, args.overrides,
-                            QuickstartData(num_train=args.train_rows, sft_rows=args.sft_rows, num_test=args.test_rows,
-                                           frames=args.frames), sft_model=args.sft_model)
+        data = QuickstartData(num_train=args.train_rows, sft_rows=args.sft_rows, num_test=args.test_rows,
+                              frames=args.frames)
+        if args.seeds is not None:
+            if args.seed is not None or args.sft_model:
+                raise ValueError("--seeds runs whole quickstarts: drop --seed and --sft-model")
+            sweep(args.out, parse_seeds(args.seeds), args.algorithm, args.overrides, data)
+            print(f"table: {args.out}/sweep.md")
+            return 0
+        seed = [] if args.seed is None else [f"trainer.seed={args.seed}"]
+        quickstart(args.out, args.algorithm, [*args.overrides, *seed], data, sft_model=args.sft_model)
         print(f"report: {args.out}/report.json")
-        return 0 if report else 1
+        return 0
     if args.command == "data":
         from longrl.data.synth import SynthConfig, generate_synth
 

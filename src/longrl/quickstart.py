@@ -17,13 +17,16 @@ from longrl.data.dataset import ExampleSet
 from longrl.data.prompt import corpus_texts
 from longrl.data.rows import load_rows
 from longrl.data.synth import SynthConfig, generate_synth
+from longrl.eval.blind import majority_accuracy, swap_videos
 from longrl.eval.evaluate import evaluate, write_report
+from longrl.eval.trend import metric_trend
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from longrl.train.rl import train_rl
 from longrl.train.run import setup_run, sft_stage
 
 log = logging.getLogger("longrl.quickstart")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
+TRAIN_ACCURACY = "reward/multiple_choice/accuracy"  # the sampled responses' accuracy, logged per RL step
 
 
 @dataclass
@@ -71,24 +74,34 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
         print(f"[2/5] SFT model from {sft_model} ({device})")
         model, tokenizer = load_model(replace(cfg.model, path=str(sft_model)), device)
         print("[3/5] chain-of-thought SFT: skipped (--sft-model)")
-    sft_report = evaluate(model, tokenizer, test, max_new_tokens=cfg.eval.max_new_tokens,
-                          batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)
+    def held_out(examples):
+        return evaluate(model, tokenizer, examples, max_new_tokens=cfg.eval.max_new_tokens,
+                        batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)
+
+    sft_report = held_out(test)
     write_report(sft_report, out / "eval_sft")
-    print(f"      SFT held-out accuracy {sft_report['accuracy']:.3f}")
+    # Does the SFT model read the video? Compare with answering blind (notes/quickstart.md).
+    blind = {"majority_accuracy": majority_accuracy(train_rows[: data.sft_rows], [e.row for e in test]),
+             "other_video_accuracy": held_out(swap_videos(test))["accuracy"]}
+    print(f"      SFT held-out accuracy {sft_report['accuracy']:.3f} (blind: majority answer "
+          f"{blind['majority_accuracy']:.3f}, another row's video {blind['other_video_accuracy']:.3f})")
 
     print(f"[4/5] RL ({cfg.algorithm.name}), {cfg.rl.steps} steps")
     train_rl(model, tokenizer, rl_set, cfg, out / "rl")
     save_pretrained(model, tokenizer, out / "rl_model")
 
     print("[5/5] evaluation")
-    rl_report = evaluate(model, tokenizer, test, max_new_tokens=cfg.eval.max_new_tokens,
-                         batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)
+    rl_report = held_out(test)
     write_report(rl_report, out / "eval_rl")
     report = {
         "algorithm": cfg.algorithm.name,
+        "seed": cfg.trainer.seed,
         "chance_accuracy": rl_report["chance_accuracy"],
         "sft_accuracy": sft_report["accuracy"],
         "rl_accuracy": rl_report["accuracy"],
+        "blind": blind,
+        # The RL stage's own objective: sampled accuracy per step, fitted by a line (slope per 100 steps).
+        "rl_train_accuracy_trend": metric_trend(out / "rl" / "metrics.jsonl", TRAIN_ACCURACY),
         "minutes": (time.time() - started) / 60,
         "sft_rows": data.sft_rows,
         "rl_rows": len(train_rows),
@@ -103,11 +116,81 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
 
 def summary_table(report: dict) -> str:
     rows = [("chance", report["chance_accuracy"]), ("after SFT", report["sft_accuracy"]),
-            (f"after RL ({report['algorithm']})", report["rl_accuracy"])]
+            (f"after RL ({report['algorithm']})", report["rl_accuracy"]),
+            ("blind: majority answer", report["blind"]["majority_accuracy"]),
+            ("blind: SFT, another video", report["blind"]["other_video_accuracy"])]
     width = max(len(name) for name, _ in rows)
     lines = [f"{'held-out accuracy'.ljust(width)}  value", f"{'-' * width}  -----"]
     lines += [f"{name.ljust(width)}  {value:.3f}" for name, value in rows]
+    trend = report["rl_train_accuracy_trend"]
+    lines.append(f"RL training accuracy: {trend['fit_start']:.3f} -> {trend['fit_end']:.3f} (slope "
+                 f"{trend['slope_per_100']:+.3f} +- {trend['stderr_per_100']:.3f} per 100 steps)")
     lines.append(f"{'minutes'.ljust(width)}  {report['minutes']:.1f}")
     cats = report["rl"]["per_category"]
     lines.append("per category after RL: " + ", ".join(f"{c} {s['accuracy']:.2f}" for c, s in cats.items()))
+    return "\n".join(lines)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"0-4" -> [0, 1, 2, 3, 4]; "0,2,5" -> [0, 2, 5]."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            seeds += list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise ValueError(f"--seeds {text!r}: write a range like 0-4 or a list like 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: give distinct seeds, e.g. 0-4")
+    return seeds
+
+
+def sweep(out_dir: str | Path, seeds: list[int], algorithm: str = "grpo", overrides: list[str] | None = None,
+          data: QuickstartData | None = None) -> list[dict]:
+    """The quickstart once per seed (OUT/seed_S), then a table with mean and spread (OUT/sweep.md)."""
+    out = Path(out_dir)
+    reports = [quickstart(out / f"seed_{seed}", algorithm, [*(overrides or []), f"trainer.seed={seed}"], data)
+               for seed in seeds]
+    table = sweep_table(reports)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps([{k: v for k, v in r.items() if k not in ("sft", "rl")}
+                                                 for r in reports], indent=2) + "\n")
+    (out / "sweep.md").write_text(table + "\n")
+    print(table)
+    return reports
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def sweep_table(reports: list[dict]) -> str:
+    """One row per seed and a mean +- sd row; the issue's thresholds checked per seed."""
+    head = ("| seed | chance | SFT | RL | RL - SFT | blind: majority | blind: other video | "
+            "RL train acc slope / 100 steps (+- se) | minutes | thresholds |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    columns: dict[str, list[float]] = {k: [] for k in ("sft", "rl", "gain", "majority", "other", "slope", "min")}
+    for r in reports:
+        trend, blind = r["rl_train_accuracy_trend"], r["blind"]
+        gain = r["rl_accuracy"] - r["sft_accuracy"]
+        checks = {
+            "SFT>=chance+0.10": r["sft_accuracy"] >= r["chance_accuracy"] + 0.10,
+            "RL>=SFT+0.03": gain >= 0.03,
+            "SFT>=blind+0.10": r["sft_accuracy"] >= max(blind["majority_accuracy"], blind["other_video_accuracy"]) + 0.10,
+            "slope>2se": trend["slope_per_100"] > 2 * trend["stderr_per_100"],
+        }
+        failed = [name for name, ok in checks.items() if not ok]
+        lines.append(f"| {r['seed']} | {r['chance_accuracy']:.3f} | {r['sft_accuracy']:.4f} | {r['rl_accuracy']:.4f} | "
+                     f"{gain:+.4f} | {blind['majority_accuracy']:.3f} | {blind['other_video_accuracy']:.3f} | "
+                     f"{trend['slope_per_100']:+.3f} ({trend['stderr_per_100']:.3f}) | {r['minutes']:.1f} | "
+                     f"{'all met' if not failed else 'missed: ' + ', '.join(failed)} |")
+        for key, value in zip(columns, (r["sft_accuracy"], r["rl_accuracy"], gain, blind["majority_accuracy"],
+                                        blind["other_video_accuracy"], trend["slope_per_100"], r["minutes"])):
+            columns[key].append(value)
+    stats = {k: _mean_sd(v) for k, v in columns.items()}
+    fmt = {k: f"{m:.4f} +- {s:.4f}" for k, (m, s) in stats.items()}
+    lines.append(f"| mean +- sd | | {fmt['sft']} | {fmt['rl']} | {fmt['gain']} | {fmt['majority']} | {fmt['other']} | "
+                 f"{fmt['slope']} | {stats['min'][0]:.1f} | mean gain {'>=' if stats['gain'][0] >= 0.05 else '<'} 0.05 |")
     return "\n".join(lines)
