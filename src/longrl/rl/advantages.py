@@ -107,8 +107,8 @@ def reinforce_pp_advantages(
 ) -> Rewards | Tensor:
     """REINFORCE++: advantages whitened over the whole batch rather than per group.
 
-    With `mask` [B, T] (response tokens; rows in flat sample order), as verl and OpenRLHF compute
-    it: the token rewards are -kl_coef * kl_t on every response token (`token_kl` [B, T]; no KL
+    With `mask` [B, T] (response tokens; rows in flat sample order), as verl computes it
+    (compute_reinforce_plus_plus_outcome_advantage): the token rewards are -kl_coef * kl_t on every response token (`token_kl` [B, T]; no KL
     when None) plus r_i on the last one; the advantage of a token is its return-to-go (gamma = 1),
     whitened over all response tokens of the batch. Returns [B, T] with zeros at padding. Without
     KL every token of sample i carries r_i, so the batch mean and std weigh each sample by its
