@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 
-from longrl.rl import BatchFiller, keep_informative_groups, overlong_penalty
+from longrl.rl import AlgorithmConfig, BatchFiller, keep_informative_groups, overlong_penalty
 
 
 def test_keep_informative_groups_dense_and_ragged():
@@ -54,3 +54,20 @@ def test_overlong_penalty():
     torch.testing.assert_close(overlong_penalty(lengths, max_len=100, buffer=0), torch.zeros(5))
     with pytest.raises(ValueError, match="overlong_buffer=4096"):
         overlong_penalty(lengths, max_len=128, buffer=4096)
+
+
+def test_filter_rule_as_documented(caplog):
+    # The README's rule: dropped when max - min <= 1e-6, or a group of one; max_tries rounds
+    # (default 3, the first included); nothing informative -> an empty batch, with a warning.
+    rewards = [torch.tensor([0.5, 0.5 + 5e-7]), torch.tensor([0.5, 0.5 + 1e-5]), torch.tensor([0.0])]
+    assert keep_informative_groups(rewards).tolist() == [False, True, False]
+    assert AlgorithmConfig().max_tries == 3
+    filler = BatchFiller(target_groups=2, max_tries=3)
+    for _ in range(3):
+        assert not filler.done
+        filler.add(["x", "y"], rewards=torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    assert filler.done and filler.tries == 3
+    with caplog.at_level(logging.WARNING, logger="longrl.rl"):
+        assert filler.take() == []
+    assert "0/2 informative groups after 3 tries (6 generated, 6 dropped as all-equal); training on a smaller batch" \
+        in caplog.text

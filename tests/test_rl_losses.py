@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from longrl.rl import AlgorithmConfig, aggregate, entropy_from_logits, kl_penalty, policy_loss
+from longrl.rl import AlgorithmConfig, aggregate, entropy_from_logits, importance_log_ratio, kl_penalty, policy_loss
 
 
 def close(actual, expected, atol=1e-5):
@@ -119,6 +119,23 @@ def test_gspo_sequence_ratio_value_and_gradient():
     close(loss, (-(1 + 4e-4) + (1 - 3e-4)) / 2)
     close(logp.grad, torch.zeros(2, 3))
     assert metrics["clip_frac_high"] == pytest.approx(2 / 3) and metrics["clip_frac_low"] == pytest.approx(1 / 3)
+
+
+def test_gspo_token_ratio_is_the_sequence_ratio_to_float32_rounding():
+    # Improbable tokens (|logp| 40..80): sg[log s] + logp - sg[logp] rounded log s to a float32
+    # step of |logp| (errors ~2e-6); logp - sg[logp] + sg[log s] keeps it to the last bit.
+    torch.manual_seed(0)
+    B, T = 4, 64
+    mask = torch.ones(B, T, dtype=torch.long)
+    old = -40 - 40 * torch.rand(B, T)
+    logp = (old + 0.01 * torch.randn(B, T)).requires_grad_()
+    log_s = (logp.detach().double() - old.double()).mean(-1, keepdim=True)  # exact, in float64
+    cfg = AlgorithmConfig(importance="sequence", loss_agg="seq_mean_token_mean")
+    ratio = importance_log_ratio(logp, old, mask, "sequence").exp()
+    err = (ratio.detach().double() - log_s.exp()).abs().max().item()
+    assert err <= 2 * torch.finfo(torch.float32).eps, err
+    _, metrics = policy_loss(logp, old, torch.ones(B), mask, cfg)
+    assert metrics["ratio_mean"] == pytest.approx(log_s.exp().mean().item(), abs=2e-7)
 
 
 @pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"])

@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,18 @@ def test_presets_markdown_lists_every_preset_with_arxiv_id():
     for arxiv in ("2402.03300", "2503.14476", "2503.20783", "2402.14740", "2501.03262", "2507.18071"):
         assert f"arXiv:{arxiv}" in table
     assert "`clip_ratio_high=0.28`" in table
+
+
+def test_readme_shows_the_generated_preset_table_and_notes():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## RL presets"):]
+    assert presets_markdown() in section, "README.md 'RL presets' is stale: paste presets_markdown() there"
+    assert "dual_clip_c=0" in presets_markdown() and "algorithm.max_tries" in presets_markdown()
+
+
+def test_dual_clip_is_off_in_every_preset():
+    for name in PRESETS:
+        assert apply_preset(AlgorithmConfig(dual_clip_c=3.0), name).dual_clip_c == 0.0, name
 
 
 def test_bad_values_are_named():

@@ -98,8 +98,8 @@ def _last_valid_index(mask: Tensor) -> Tensor:
 def reinforce_pp_advantages(
     rewards: Rewards,
     *,
-    token_kl: Tensor | None = None,
     mask: Tensor | None = None,
+    token_kl: Tensor | None = None,
     kl_coef: float = 0.0,
     norm_by_std: bool = True,
     subtract_group_mean: bool = False,
@@ -107,31 +107,38 @@ def reinforce_pp_advantages(
 ) -> Rewards | Tensor:
     """REINFORCE++: advantages whitened over the whole batch rather than per group.
 
-    Without `token_kl`: sequence-level, A_i = (r_i - mean(batch)) / (std(batch) + eps), returned in
-    the form of `rewards`.
+    With `mask` [B, T] (response tokens; rows in flat sample order), as verl computes it
+    (compute_reinforce_plus_plus_outcome_advantage): the token rewards are -kl_coef * kl_t on every response token (`token_kl` [B, T]; no KL
+    when None) plus r_i on the last one; the advantage of a token is its return-to-go (gamma = 1),
+    whitened over all response tokens of the batch. Returns [B, T] with zeros at padding. Without
+    KL every token of sample i carries r_i, so the batch mean and std weigh each sample by its
+    length; folding in KL with kl_coef -> 0 tends to exactly this, with no jump.
 
-    With `token_kl` [B, T] and `mask` [B, T] (response tokens; rows in flat sample order): the token
-    rewards are -kl_coef * kl_t on every response token plus r_i on the last one; the advantage of a
-    token is its return-to-go (gamma = 1), whitened over all response tokens of the batch. Returns
-    [B, T] with zeros at padding.
+    Without `mask`: every sample counts once, A_i = (r_i - mean(batch)) / (std(batch) + eps), in
+    the form of `rewards` (the token-level result when all responses have the same length).
 
     `subtract_group_mean` gives "REINFORCE++-baseline": the group mean is removed from r_i first.
-    The batch std is the population std (as in OpenRLHF's masked whitening).
+    The batch std is the population std (as in OpenRLHF's masked whitening; verl's masked_whiten
+    uses Bessel's correction, which scales every advantage by sqrt((N - 1) / N) over N tokens).
     """
     flat, sizes = _flatten(rewards)
     if subtract_group_mean:
         flat = _group_centre(flat, sizes, norm_by_std=False, eps=eps)
-    if token_kl is None:
+    if mask is None:
+        if token_kl is not None:
+            raise ValueError("token-level REINFORCE++ needs the response mask [B, T] along with token_kl")
         return _regroup(_whiten(flat, norm_by_std, eps), sizes, rewards)
 
-    if mask is None or mask.shape != token_kl.shape or mask.shape[0] != flat.numel():
-        raise ValueError(f"token-level REINFORCE++ needs token_kl and mask of the same shape [B, T] with "
-                         f"B = {flat.numel()} samples; got token_kl {tuple(token_kl.shape)}, "
-                         f"mask {None if mask is None else tuple(mask.shape)}")
+    if mask.dim() != 2 or mask.shape[0] != flat.numel() or (token_kl is not None and token_kl.shape != mask.shape):
+        raise ValueError(f"token-level REINFORCE++ needs mask (and token_kl) of shape [B, T] with "
+                         f"B = {flat.numel()} samples; got mask {tuple(mask.shape)}, "
+                         f"token_kl {None if token_kl is None else tuple(token_kl.shape)}")
     valid = mask.bool()
-    token_kl = token_kl.detach().to(flat.dtype)
-    token_rewards = torch.where(valid, -kl_coef * token_kl, torch.zeros_like(token_kl))
-    rows = torch.arange(valid.shape[0])
+    flat = flat.to(valid.device)
+    token_rewards = torch.zeros(valid.shape, dtype=flat.dtype, device=valid.device)
+    if token_kl is not None:
+        token_rewards = torch.where(valid, -kl_coef * token_kl.detach().to(flat.dtype), token_rewards)
+    rows = torch.arange(valid.shape[0], device=valid.device)
     token_rewards[rows, _last_valid_index(valid)] += torch.where(valid.any(-1), flat, torch.zeros_like(flat))
     returns = token_rewards.flip(-1).cumsum(-1).flip(-1)
     whitened = _whiten(returns[valid], norm_by_std, eps)
@@ -153,6 +160,9 @@ def compute_advantages(
     order) and `mask` [B, T] are needed when `cfg.kl_in_reward` and `cfg.kl_coef > 0`. REINFORCE++
     folds the KL per token; the group estimators subtract kl_coef * sum_t kl_t from each sample's
     reward (the sequence-level penalty of RLOO).
+
+    REINFORCE++ is token-level whenever `mask` is given, KL or not (the trainer always passes it),
+    so its advantages move continuously as kl_coef goes to 0 or kl_in_reward is switched off.
     """
     flat, sizes = _flatten(rewards)
     if not sizes:
@@ -164,9 +174,9 @@ def compute_advantages(
     groups = list(flat.split(sizes))
 
     if cfg.advantage == "reinforce_pp":
-        if fold_kl:
-            return reinforce_pp_advantages(groups, token_kl=token_kl, mask=mask, kl_coef=cfg.kl_coef,
-                                           norm_by_std=cfg.norm_adv_by_std)
+        if mask is not None:
+            return reinforce_pp_advantages(groups, mask=mask, token_kl=token_kl if fold_kl else None,
+                                           kl_coef=cfg.kl_coef, norm_by_std=cfg.norm_adv_by_std)
         return torch.cat(reinforce_pp_advantages(groups, norm_by_std=cfg.norm_adv_by_std))
 
     if fold_kl:

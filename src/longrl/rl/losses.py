@@ -97,10 +97,13 @@ def importance_log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor, level: st
     """Per-token log importance ratio [B, T] (0 at padding).
 
     token:    log pi(y_t) - log pi_old(y_t)
-    sequence: GSPO-token: sg[log s_i] + log pi(y_t) - sg[log pi(y_t)], where
+    sequence: GSPO-token: log pi(y_t) - sg[log pi(y_t)] + sg[log s_i], where
               log s_i = mean over the response of the token log-ratios. Its value is s_i on every
               token and its gradient is s_i * grad log pi(y_t); with sequence advantages and the
               seq_mean_token_mean aggregation this is exactly GSPO's sequence-level gradient.
+              The order matters in float32: logp - logp is exactly 0, so the value is log s_i to the
+              last bit; adding log s_i to logp first rounds the sum to a float32 step of |logp|
+              (an error up to 1.9e-6 at |logp| = 50) before logp is taken away again.
     """
     valid = mask.bool()
     token_log_ratio = torch.where(valid, logp - old_logp.detach(), torch.zeros_like(logp))
@@ -108,7 +111,7 @@ def importance_log_ratio(logp: Tensor, old_logp: Tensor, mask: Tensor, level: st
         log_ratio = token_log_ratio
     elif level == "sequence":
         seq_log_ratio = token_log_ratio.sum(-1) / valid.sum(-1).clamp(min=1)
-        log_ratio = seq_log_ratio.detach().unsqueeze(-1) + logp - logp.detach()
+        log_ratio = (logp - logp.detach()) + seq_log_ratio.detach().unsqueeze(-1)
         log_ratio = torch.where(valid, log_ratio, torch.zeros_like(log_ratio))
     else:
         raise ValueError(f"unknown importance level {level!r}; choose token or sequence")

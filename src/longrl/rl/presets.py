@@ -3,6 +3,19 @@
 Every preset names all the fields that define an algorithm, so applying one preset over another
 leaves nothing of the first behind. Schedule fields (ppo_epochs, mini_batches, max_tries) are left
 as the caller set them.
+
+Dual-clip PPO (Ye et al., 2019, arXiv:1912.09729) is off in every preset (`dual_clip_c=0`), as in
+the papers. verl applies it by default (clip_ratio_c = 3.0): set `algorithm.dual_clip_c=3.0` to
+compare with verl; the loss of a negative-advantage token is then capped at -3 * A, so a token
+whose ratio passed 3 gives no gradient.
+
+DAPO's dynamic sampling (`dynamic_sampling=True`, `longrl.rl.dynamic_sampling`): a group is dropped
+when all its rewards are equal (max - min <= 1e-6, after the overlong penalty; a group of one
+sample too), since its advantages are all 0. Each further round draws `rl.prompts_per_step` new
+prompts; a step runs at most `algorithm.max_tries` rounds (default 3, the first included) and keeps
+the first `rl.prompts_per_step` informative groups (the surplus is discarded). A batch still short
+after the last round is trained as it is, with a warning naming the counts; a step that found no
+informative group makes no update and only logs (`rollout/groups_kept` = 0).
 """
 
 from __future__ import annotations
@@ -41,8 +54,9 @@ PRESETS: dict[str, dict] = {
     # DeepSeekMath: group-normalized advantages, per-sequence token mean, KL to the reference as a
     # loss term with the unbiased k3 estimator, beta = 0.04.
     "grpo": _preset("grpo", loss_agg="seq_mean_token_mean", kl_coef=0.04, kl_estimator="k3"),
-    # DAPO: clip-higher (0.2 / 0.28), token-level mean, dynamic sampling, soft overlong punishment
-    # with a 4096-token buffer (max response 20480), no KL.
+    # DAPO: clip-higher (0.2 / 0.28), token-level mean, dynamic sampling (drops groups whose
+    # rewards are all equal, refills for up to max_tries rounds, else trains on a smaller batch),
+    # soft overlong punishment with a 4096-token buffer (max response 20480), no KL.
     "dapo": _preset("dapo", clip_ratio_high=0.28, loss_agg="token_mean", dynamic_sampling=True,
                     overlong_buffer=int(MAX_RESPONSE_LEN), overlong_penalty=1.0),
     # Dr.GRPO: no std normalization, token sums divided by a constant (the maximum response length,
@@ -54,7 +68,8 @@ PRESETS: dict[str, dict] = {
     "rloo": _preset("rloo", advantage="rloo", norm_adv_by_std=False, loss_agg="seq_mean_token_sum",
                     kl_coef=0.05, kl_estimator="k1", kl_in_reward=True),
     # REINFORCE++: per-token k1 KL in the reward, return-to-go (gamma = 1), advantages whitened over
-    # the whole batch; beta = 0.01 (OpenRLHF's default).
+    # all response tokens of the batch (with or without KL, so kl_coef -> 0 is continuous);
+    # beta = 0.01 (OpenRLHF's default).
     "reinforce_pp": _preset("reinforce_pp", advantage="reinforce_pp", norm_adv_by_std=True,
                             kl_coef=0.01, kl_estimator="k1", kl_in_reward=True),
     # GSPO: one length-normalized importance ratio per sequence, clip range 3e-4 / 4e-4, group
@@ -80,15 +95,29 @@ def apply_preset(cfg: AlgorithmConfig, name: str) -> AlgorithmConfig:
     return dataclasses.replace(cfg, **PRESETS[name])
 
 
+# Printed under the table: what no row shows because every preset leaves it at its default.
+NOTES = (
+    "Dual-clip PPO is off in every preset (`dual_clip_c=0`, as in the papers); verl applies it by "
+    "default with clip_ratio_c = 3.0, so set `algorithm.dual_clip_c=3.0` to compare with verl (a "
+    "negative-advantage token's loss is capped at -3 * A).",
+    "DAPO's dynamic sampling drops a group when all its rewards are equal (max - min <= 1e-6, after "
+    "the overlong penalty; a group of one sample too). Each further round draws `rl.prompts_per_step` "
+    "new prompts, for at most `algorithm.max_tries` rounds per step (default 3, the first included); "
+    "the first `rl.prompts_per_step` informative groups are kept. A batch still short after the last "
+    "round is trained as it is, with a warning naming the counts; with no informative group the step "
+    "makes no update and only logs (`rollout/groups_kept` = 0).",
+)
+
+
 def presets_markdown() -> str:
-    """A markdown table of the presets (the fields each sets away from plain GRPO) for the README."""
+    """The README's preset table (the fields each preset sets away from plain GRPO) and its notes."""
     defaults = {f.name: f.default for f in dataclasses.fields(AlgorithmConfig)}
     lines = ["| preset | settings | paper |", "| --- | --- | --- |"]
     for name, preset in PRESETS.items():
         changed = [f"`{key}={_show(key, value)}`" for key, value in preset.items()
                    if key != "name" and value != defaults[key]]
         lines.append(f"| `{name}` | {', '.join(changed) or 'defaults'} | {PAPERS[name]} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n\n".join(NOTES) + "\n"
 
 
 def _show(key: str, value) -> str:

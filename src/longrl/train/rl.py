@@ -143,7 +143,7 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
                     ref = pad_ragged([g.ref_logp[j] for j in sub])[0] if g.ref_logp is not None else None
                     entropy = pad_ragged([e.detach() if algo.entropy_coef == 0 else e for e in out.entropy])[0]
                     adv = advantages[i][sub]
-                    if adv.dim() == 2:  # token-level (KL in the reward): padded to the step's longest response
+                    if adv.dim() == 2:  # token-level (REINFORCE++): padded to the step's longest response
                         adv = adv[:, : logp.shape[1]]
                     loss, metrics = policy_loss(logp, old, adv, mask, algo, normalizer=normalizer,
                                                 ref_logp=ref, entropy=entropy)
@@ -177,8 +177,10 @@ def step_advantages(groups: list[Group], cfg) -> tuple[list[torch.Tensor], dict[
     algo = cfg.algorithm
     token_kl = mask = None
     metrics: dict[str, float] = {}
-    if algo.kl_in_reward and algo.kl_coef > 0:
+    fold_kl = algo.kl_in_reward and algo.kl_coef > 0
+    if fold_kl or algo.advantage == "reinforce_pp":  # REINFORCE++ whitens over response tokens, KL or not
         logp, mask = pad_ragged([lp for g in groups for lp in g.old_logp])
+    if fold_kl:
         ref, _ = pad_ragged([lp for g in groups for lp in g.ref_logp])
         token_kl = kl_penalty(logp, ref, algo.kl_estimator)
         metrics["actor/kl_in_reward"] = (token_kl[mask].mean().item())
