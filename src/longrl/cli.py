@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--frames", type=int, default=32, help="frames per synthetic video file")
     qs.add_argument("--sft-model", default=None,
                     help="start RL from this SFT model (an earlier run's OUT/sft_model) instead of training one")
+    qs.add_argument("--reasoning", default="evidence", choices=["evidence", "timeline"],
+                    help="SFT reasoning chains: the events the answer rests on, or every event first")
     qs.add_argument("--seed", type=int, default=None, help="drives data, initialization and sampling (trainer.seed)")
     qs.add_argument("--seeds", default=None,
                     help="run once per seed (e.g. 0-4) into OUT/seed_S and print a table with mean and spread")
@@ -101,7 +103,7 @@ def _dispatch(args) -> int:
         from longrl.quickstart import QuickstartData, parse_seeds, quickstart, sweep
 
         data = QuickstartData(num_train=args.train_rows, sft_rows=args.sft_rows, num_test=args.test_rows,
-                              frames=args.frames)
+                              frames=args.frames, reasoning=args.reasoning)
         if args.seeds is not None:
             if args.seed is not None or args.sft_model:
                 raise ValueError("--seeds runs whole quickstarts: drop --seed and --sft-model")

@@ -41,6 +41,7 @@ class QuickstartData:
     frames: int = 32  # frames per synthetic video file
     options: str = "fixed"  # the synthetic task's easy form, learnable from scratch in CPU minutes
     object_fraction: float = 1.0  # objects fill their room: evidence a small model sees at once
+    reasoning: str = "evidence"  # "timeline": SFT chains narrate every event first (a dense caption)
 
 
 def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str] | None = None,
@@ -55,7 +56,8 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
     print(f"[1/5] synthetic long-video task -> {out / 'data'}")
     train_path, test_path = generate_synth(SynthConfig(
         out_dir=str(out / "data"), num_train=data.num_train, num_test=data.num_test, frames=data.frames,
-        options=data.options, object_fraction=data.object_fraction, seed=cfg.trainer.seed))
+        options=data.options, object_fraction=data.object_fraction, reasoning=data.reasoning,
+        seed=cfg.trainer.seed))
     train_rows, test_rows = load_rows(train_path), load_rows(test_path)
     if not 0 < data.sft_rows <= len(train_rows):
         raise ValueError(f"sft_rows={data.sft_rows}: choose 1..{len(train_rows)} (the RL pool's size)")

@@ -89,6 +89,9 @@ class SynthConfig:
     # (colors, or rooms top-left first): the easy form the CPU quickstart learns in minutes.
     options: str = "shuffled"
     object_fraction: float = OBJECT_FRACTION  # object side / room side; 1.0 fills the room
+    # "evidence": the reasoning cites the events the answer rests on; "timeline": it narrates every
+    # event in order first (a dense caption: each target token depends on the video), then concludes.
+    reasoning: str = "evidence"
 
     def validate(self) -> None:
         if self.num_train < 0 or self.num_test < 0:
@@ -98,6 +101,10 @@ class SynthConfig:
                              "with Qwen2.5-VL merged tokens)")
         if self.options not in ("shuffled", "fixed"):
             raise ValueError(f"options={self.options!r}: choose 'shuffled' or 'fixed'")
+        if self.reasoning not in ("evidence", "timeline"):
+            raise ValueError(f"reasoning={self.reasoning!r}: choose 'evidence' or 'timeline'")
+        if self.reasoning == "timeline" and self.options != "fixed":
+            raise ValueError("reasoning='timeline' is written for options='fixed' (one template per category)")
         if self.fps <= 0:
             raise ValueError(f"fps={self.fps}: must be > 0")
         max_gap = 1.0 / NUM_EVENTS  # 5 gaps + half a gap of margin at each end must fit
@@ -257,6 +264,16 @@ def make_fixed_question(story: Story, category: str, rng: np.random.Generator) -
     raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}")
 
 
+def timeline_reasoning(story: Story, category: str) -> str:
+    """Every event in time order (a dense caption), then the fixed question's conclusion."""
+    first, left, moved = story.arrivals[0], story.departure, story.move
+    source = next(e for e in story.arrivals if e.color == moved.color)
+    conclusion = {"Temporal": f"{first.color} came first.", "Spatial": f"{source.quadrant} stays empty.",
+                  "Plot & Narrative": f"{moved.color} changed rooms.",
+                  "Goal & Purpose": f"{left.color} left {moved.quadrant}."}[category]
+    return " ".join(_sentence(e) for e in story.events) + " " + conclusion
+
+
 def make_question(story: Story, category: str, answer_index: int, rng: np.random.Generator) -> Question:
     arrivals = story.arrivals
     colors = [e.color for e in arrivals]
@@ -389,6 +406,8 @@ def make_row(cfg: SynthConfig, split: str, index: int) -> Row:
         q = make_fixed_question(story, category, rng)
     else:
         q = make_question(story, category, (index // len(CATEGORIES)) % NUM_OBJECTS, rng)
+    if cfg.reasoning == "timeline":
+        q = dataclasses.replace(q, reasoning=timeline_reasoning(story, category))
     return Row(
         id=f"synth-{split}-{index:05d}",
         video=f"videos/{split}-{index:05d}.mp4",
