@@ -258,10 +258,11 @@ def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
                 continue
             if not line.strip():
                 continue
+            line = line.rstrip("\r\n")
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
-                yield where, RowError(f"{where}: not valid JSON ({e.msg} at column {e.colno}; "
+                yield where, RowError(f"{where}: not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno}; "
                                       f"id={_guess_id(line)!r}). Fix: write exactly one JSON object per line")
 
 
