@@ -291,3 +291,21 @@ def test_rl_with_a_dead_judge_stops_with_one_line(tmp_path, capsys, monkeypatch)
         "error: reward 'judge': the judge failed on 4 of the last 4 samples (more than "
         "reward.judge_max_failure_frac=0.5 of a 4-sample window); last error: judge: JudgeError: ")
     assert not (tmp_path / "run" / "metrics.jsonl").read_text().strip()  # stopped before logging a step
+
+
+def test_judge_failure_keys_are_checked():
+    with pytest.raises(ValueError, match=r"reward\.judge_max_failure_frac=1\.5 must be in \[0, 1\]"):
+        RewardConfig(judge_max_failure_frac=1.5)
+    with pytest.raises(ValueError, match=r"reward\.judge_failure_window=0 must be >= 1"):
+        RewardConfig(judge_failure_window=0)
+
+
+def test_console_line_shows_data_and_reward_problems_only_when_there_are_some():
+    from longrl.train.metrics import format_console_line
+
+    healthy = format_console_line(3, 10, {"reward/mean": 0.5, "data/skipped_rows": 0, "reward/fallback_frac": 0.0,
+                                          "reward/judge_failures": 0}, None)
+    assert healthy == "step 3/10 | reward 0.500"
+    degraded = format_console_line(3, 10, {"reward/mean": 0.5, "data/skipped_rows": 4, "reward/fallback_frac": 0.25,
+                                           "reward/judge_failures": 16}, None)
+    assert degraded == "step 3/10 | reward 0.500 | skipped 4 | fallback 0.250 | judge fail 16"

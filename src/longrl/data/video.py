@@ -218,6 +218,8 @@ def decode_video(
             total = stream.frames
             rate = stream.average_rate or stream.guessed_rate
             declared = _declared_seconds(container, stream)
+            # frames / average rate is the stream's length; a guessed (nominal) rate says nothing about it
+            length_fps = float(stream.average_rate) if stream.average_rate else 0.0
         video_fps = float(rate) if rate else 0.0
         if total <= 0:
             total = _count_frames_by_demux(path)
@@ -233,7 +235,7 @@ def decode_video(
 
         indices = sample(total)
         frames, decoded, present = _decode_selected(path, indices)
-        _check_complete(path, present, video_fps, declared)
+        _check_complete(path, present, length_fps, declared)
         if frames is None:
             # The header over-counted frames (it happens with edit lists and damaged tails):
             # resample against the true count, which the first pass measured.
