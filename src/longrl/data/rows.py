@@ -223,7 +223,7 @@ def read_rows(path: str | Path, *, media_root: str | Path | None = None,
     skipped: list[RowError] = []
     for where, record in records:
         try:
-            if isinstance(record, RowError):
+            if isinstance(record, RowError):  # the line itself did not read (UTF-8, JSON)
                 raise record
             rows.append(row_from_dict(record, where=where, media_root=root))
         except RowError as err:
