@@ -114,3 +114,18 @@ def test_missing_file_unknown_suffix_and_pyarrow_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
     with pytest.raises(ImportError, match=r"pip install 'longrl\[parquet\]'"):
         save_rows([Row(id="a", video=None, question="Q", options=["x", "y"], answer="A")], tmp_path / "d.parquet")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_free_text_rows_roundtrip(tmp_path, suffix):
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    rows = [row_from_dict({"id": "f", "question": "2 + 4?", "answer": 6}),
+            row_from_dict({"id": "g", "question": "Name it.", "options": None, "answer": " a red cube "}),
+            row_from_dict({**_good(1), "answer": "yellow"})]
+    assert [(r.options, r.answer, r.answer_text) for r in rows[:2]] == [([], "6", "6"), ([], "a red cube", "a red cube")]
+    with pytest.raises(ValueError, match="row f has no options"):
+        rows[0].answer_index
+    loaded = load_rows(save_rows(rows, tmp_path / f"d{suffix}"))
+    assert [(r.options, r.answer) for r in loaded] == [([], "6"), ([], "a red cube"),
+                                                       (["red", "blue", "green", "yellow"], "D")]

@@ -97,7 +97,8 @@ def test_container_without_frame_count(tmp_path):
 
 
 @needs_av
-def test_header_overcounting_frames_resamples_over_real_frames(tmp_path):
+def _faststart_clip(tmp_path) -> bytes:
+    """30 intra frames at 10 fps, index (moov) in front of the data: a cut-off copy still opens."""
     import av
 
     # A zero-mean checker texture on top of the gray level makes every frame a sizeable intra
@@ -112,23 +113,61 @@ def test_header_overcounting_frames_resamples_over_real_frames(tmp_path):
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode(None))
-    data = path.read_bytes()
-    truncated = tmp_path / "truncated.mp4"
-    truncated.write_bytes(data[: len(data) // 2])  # the header still claims 30 frames
+    return path.read_bytes()
+
+
+def _decodable_frames(path: Path) -> int:
+    import av
+
     real = 0
-    with av.open(str(truncated)) as container:
+    with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        assert stream.frames == 30
+        assert stream.frames == 30  # the header still claims every frame
         for packet in container.demux(stream):
             try:
                 real += len(stream.decode(packet))
             except av.error.InvalidDataError:  # the cut-off last packet
                 pass
-    assert 4 <= real < 30
-    video = decode_video(truncated, num_frames=4)
-    expected = sample_frame_indices(real, 10.0, num_frames=4)
-    assert frame_ids(video.frames.astype(np.int16) - 40) == expected
+    return real
+
+
+@needs_av
+def test_header_overcounting_frames_resamples_over_real_frames(tmp_path):
+    # The last frame's bytes are cut: within the truncation tolerance (2% + 2 frames), so the
+    # header's over-count is corrected by resampling over the frames that are really there.
+    data = _faststart_clip(tmp_path)
+    frame_bytes = len(data) // 40
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) - frame_bytes // 2])
+    real = _decodable_frames(truncated)
+    assert real == 29
+    video = decode_video(truncated, num_frames=30)
+    expected = sample_frame_indices(real, 10.0, num_frames=30)
+    assert expected == list(range(29)) + [28] and len(video.frames) == 30  # padded to whole temporal patches
+    # Frames past 25 overflow uint8 with the +40 offset and texture, so their ids are not readable.
+    assert frame_ids(video.frames[:26].astype(np.int16) - 40) == list(range(26))
+    assert video.timestamps[-1] == pytest.approx(2.8)
     assert video.duration == pytest.approx(real / 10)
+
+
+@needs_av
+def test_truncated_video_is_an_error_naming_the_path(tmp_path):
+    # 60% of the file: it opens (the index is in front) and its first frames decode; before, it
+    # was silently used as a shorter video. num_frames=4 wants frame 22, past the cut.
+    data = _faststart_clip(tmp_path)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) * 6 // 10])
+    real = _decodable_frames(truncated)
+    assert 16 <= real < 22
+    with pytest.raises(VideoError) as info:
+        decode_video(truncated, num_frames=4)
+    assert str(info.value) == (f"video {truncated}: decoded {real / 10:.1f} s of 3.0 s: the file is truncated; "
+                               "re-encode or remove it")
+    assert info.value.path == str(truncated)
+    # num_frames=2 wants frames 0 and 15, both there: the packets past frame 15 are counted
+    # (not decoded), so the cut is seen all the same.
+    with pytest.raises(VideoError, match=r"decoded 1\.[6-9] s of 3\.0 s: the file is truncated"):
+        decode_video(truncated, num_frames=2)
 
 
 RSS_PEAK_SCRIPT = """

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from longrl.config_utils import ConfigError
     from longrl.data.rows import RowError
     from longrl.data.video import VideoError
+    from longrl.rewards.model import JudgeFailureError
     from longrl.train.checkpoint import CheckpointError
 
     try:
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except (RowError, VideoError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (RowError, VideoError, CheckpointError, JudgeFailureError, FileExistsError, FileNotFoundError,
+            ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -30,7 +30,7 @@ class DataConfig:
     max_frames: int = 768
     min_pixels: int = 56 * 56  # Qwen smart-resize bounds, per frame
     max_pixels: int = 448 * 448
-    bad_sample: Literal["skip", "error"] = "skip"  # a missing/corrupt video: skip and count, or stop
+    bad_sample: Literal["skip", "error"] = "skip"  # a bad row (schema, JSON, UTF-8) or video: skip and count, or stop
     embed_cache_dir: str = ""  # precomputed video embeddings (`longrl cache-embeds`)
     max_rows: int = 0  # 0 = all rows
 

@@ -1,7 +1,9 @@
 """From dataset rows to model-ready examples: decode, sample, preprocess; skip what is broken.
 
-A long run never dies for one bad file: under ``data.bad_sample=skip`` a missing or corrupt video
-is logged with its path, counted, and left out; under ``error`` it stops the run with that message.
+A long run never dies for one bad file: under ``data.bad_sample=skip`` a missing, corrupt or
+truncated video is logged with its path, counted, and left out (as are rows that do not fit the
+schema, when the file is read: ``longrl.data.rows.read_rows``); under ``error`` it stops the run
+with that message.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("longrl.data")
+
+MAX_DRAWS = 10  # an RL step draws this many times for usable rows before the run stops
 
 
 @dataclass
@@ -47,12 +51,14 @@ class ExampleSet:
     """Rows with their preprocessed videos: decoded up front and kept (``preload``, for small data),
     or decoded on demand and dropped after use (long videos: host memory stays bounded)."""
 
-    def __init__(self, rows: list[Row], cfg, *, preload: bool = True, progress: bool = False, embedder=None):
+    def __init__(self, rows: list[Row], cfg, *, preload: bool = True, progress: bool = False, embedder=None,
+                 bad_rows: int = 0):
         self.rows = rows
         self.cfg = cfg
         self.embedder = embedder  # a longrl.data.embed_cache.VideoEmbedder: cached embeddings
         self.keep = preload
-        self.skipped: list[str] = []
+        self.bad_rows = bad_rows  # rows the data file's reader already skipped (schema problems)
+        self.skipped: list[str] = []  # ids of rows whose video is bad
         self._cache: dict[int, Example] = {}
         self._bad: set[int] = set()
         if preload:
@@ -66,6 +72,11 @@ class ExampleSet:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def num_skipped(self) -> int:
+        """Rows left out so far: bad rows of the file and rows with a bad video."""
+        return self.bad_rows + len(self.skipped)
 
     def get(self, index: int) -> Example | None:
         """The example at ``index``, or None when its video is bad and the policy is ``skip``."""
@@ -100,6 +111,21 @@ class ExampleSet:
         part._cache = {i: e for i, e in self._cache.items() if i < count}
         part._bad = {i for i in self._bad if i < count}
         return part
+
+
+def draw_examples(data: ExampleSet, sampler: "PromptSampler", count: int) -> list[Example]:
+    """``count`` usable examples from the sampler's next rows; rows with a bad video are replaced by
+    further draws, up to MAX_DRAWS draws (then as many as were found; none at all stops the run)."""
+    examples: list[Example] = []
+    for _ in range(MAX_DRAWS):
+        examples += [e for e in (data.get(i) for i in sampler.next_indices(count - len(examples))) if e is not None]
+        if len(examples) == count:
+            return examples
+    if not examples:
+        raise ValueError(f"{MAX_DRAWS} draws of rows found no usable one ({len(data.skipped)} of {len(data)} rows "
+                         "have a bad video, see the warnings above). Fix: repair or remove those videos, "
+                         "or check data.train_path and data.media_root")
+    return examples
 
 
 class PromptSampler:

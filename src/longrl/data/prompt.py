@@ -1,7 +1,8 @@
 """The one chat template longrl trains and evaluates with.
 
 The system turn asks for ``<think>...</think><answer>...</answer>``; the user turn holds the video
-(or image) and the question with lettered options. SFT targets and rewards follow the same form.
+(or image) and the question, with lettered options when the row has them (a free-text row asks
+for the answer itself). SFT targets and rewards follow the same form.
 """
 
 from __future__ import annotations
@@ -9,10 +10,15 @@ from __future__ import annotations
 from longrl.data.rows import Row, format_options
 
 SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the option letter inside <answer> </answer>."
+FREE_TEXT_SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+
+
+def system_prompt(row: Row) -> str:
+    return SYSTEM_PROMPT if row.options else FREE_TEXT_SYSTEM_PROMPT
 
 
 def question_text(row: Row) -> str:
-    return f"{row.question}\n{format_options(row.options)}"
+    return f"{row.question}\n{format_options(row.options)}" if row.options else row.question
 
 
 def messages_for(row: Row) -> list[dict]:
@@ -23,19 +29,21 @@ def messages_for(row: Row) -> list[dict]:
         content.append({"type": "image"})
     content.append({"type": "text", "text": question_text(row)})
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": system_prompt(row)},
         {"role": "user", "content": content},
     ]
 
 
 def target_text(row: Row) -> str:
-    """The SFT target: the reasoning chain, then the answer letter (the end token is added by the trainer)."""
+    """The SFT target: the reasoning chain, then the answer (letter or text; the trainer adds the end token)."""
     return f"<think>{row.reasoning}</think><answer>{row.answer}</answer>"
 
 
 def corpus_texts(rows: list[Row]) -> list[str]:
     """Texts a tokenizer for these rows should know (the tiny model trains its own on them)."""
     texts = [SYSTEM_PROMPT, "system user assistant"]
+    if any(not row.options for row in rows):  # only then: the tokenizer of option-only data stays as it was
+        texts.append(FREE_TEXT_SYSTEM_PROMPT)
     for row in rows:
         texts.append(question_text(row))
         texts.append(target_text(row))

@@ -1,18 +1,23 @@
-"""Dataset rows: the multiple-choice schema that real long-video datasets use.
+"""Dataset rows: the schema that real long-video datasets use.
 
-One row is one question about one video (or image, or no media):
+One row is one question about one video (or image, or no media), multiple choice:
 
     {"id": "...", "video": "videos/x.mp4", "question": "...", "options": ["...", "..."],
      "answer": "B", "reasoning": "...", "category": "Temporal"}
 
+or free text (math, open-ended), without options: {"id": ..., "question": ..., "answer": "6"}.
+
 Rows live in `.jsonl` (one JSON object per line) or `.parquet` files. Loading validates every row
-and normalises it (answer -> letter, "A. foo" option prefixes stripped, media paths resolved), so
-everything downstream can trust a `Row`. Keys outside the schema are kept in `Row.extra`.
+and normalises it (answer -> letter when there are options, "A. foo" option prefixes stripped,
+media paths resolved), so everything downstream can trust a `Row`. Keys outside the schema are
+kept in `Row.extra`. A row that does not fit is a RowError naming file, line and id; under
+`bad_sample="skip"` (``data.bad_sample``) `read_rows` logs it, counts it and goes on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import string
 from dataclasses import dataclass, field
@@ -24,10 +29,13 @@ MIN_OPTIONS, MAX_OPTIONS = 2, len(LETTERS)
 
 # Schema order; also the column order save_rows writes.
 FIELDS = ("id", "video", "question", "options", "answer", "reasoning", "category", "image", "extra")
-REQUIRED = ("id", "question", "options", "answer")
+REQUIRED = ("id", "question", "answer")
 
 _ANSWER_LETTER = re.compile(r"^\(?([A-Z])\)?[.:]?$")  # "B", "(B)", "B.", "B:"
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_ID_IN_TEXT = re.compile(r'"id"\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)')  # the id of a line that does not parse
+
+log = logging.getLogger("longrl.data")
 
 
 class RowError(ValueError):
@@ -39,8 +47,8 @@ class Row:
     id: str
     video: str | None
     question: str
-    options: list[str]
-    answer: str  # a letter: "A" is options[0]
+    options: list[str]  # empty for a free-text row (math, open-ended)
+    answer: str  # with options a letter ("A" is options[0]); without, the answer text
     reasoning: str = ""
     category: str = ""
     image: str | None = None
@@ -48,11 +56,14 @@ class Row:
 
     @property
     def answer_index(self) -> int:
+        if not self.options:
+            raise ValueError(f"row {self.id} has no options: its answer {self.answer!r} is free text, not a letter")
         return LETTERS.index(self.answer)
 
     @property
     def answer_text(self) -> str:
-        return self.options[self.answer_index]
+        """The correct option's text, or the free-text answer."""
+        return self.options[self.answer_index] if self.options else self.answer
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELDS}
@@ -72,8 +83,8 @@ def row_from_dict(
 ) -> Row:
     """Validate and normalise one raw record. `where` ("data.jsonl line 7") prefixes errors."""
     if not isinstance(record, dict):
-        raise RowError(f"{where}: expected a JSON object, got {type(record).__name__}. "
-                       "Write one object per line with keys id, video, question, options, answer.")
+        raise RowError(f"{where} (id=None): expected a JSON object, got {type(record).__name__}. "
+                       "Fix: write one object per line with keys id, video, question, options, answer")
     row_id = record.get("id")
     label = f"{where} (id={row_id!r})"
 
@@ -91,8 +102,11 @@ def row_from_dict(
     if not isinstance(question, str) or not question.strip():
         raise fail(f"question must be a non-empty string, got {question!r}", "write the question text")
 
-    options = _check_options(record["options"], fail)
-    answer = _answer_letter(record["answer"], options, fail)
+    if record.get("options") in (None, []):  # a free-text row
+        options, answer = [], _answer_text(record["answer"], fail)
+    else:
+        options = _check_options(record["options"], fail)
+        answer = _answer_letter(record["answer"], options, fail)
 
     media = {}
     for key in ("video", "image"):
@@ -142,6 +156,15 @@ def _check_options(options: Any, fail) -> list[str]:
     return options
 
 
+def _answer_text(answer: Any, fail) -> str:
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        return str(answer)  # a math answer written as a JSON number
+    if isinstance(answer, str) and answer.strip():
+        return answer.strip()
+    raise fail(f"answer {answer!r} of a row without options must be non-empty text or a number",
+               "write the reference answer, e.g. \"answer\": \"6\", or give the row options")
+
+
 def _answer_letter(answer: Any, options: list[str], fail) -> str:
     last = LETTERS[len(options) - 1]
     if isinstance(answer, str):
@@ -169,37 +192,89 @@ def _resolve(path: str | None, root: str | Path | None) -> str | None:
 
 
 def load_rows(path: str | Path, *, media_root: str | Path | None = None) -> list[Row]:
-    """Read and validate every row of a `.jsonl` or `.parquet` file.
+    """Read and validate every row of a `.jsonl` or `.parquet` file; the first bad row raises.
 
     Relative `video`/`image` paths resolve against `media_root`, or else the data file's folder.
     A malformed row raises RowError naming the file, the line (jsonl, 1-based) or row index
     (parquet, 0-based), and the row id.
     """
+    return read_rows(path, media_root=media_root, bad_sample="error")[0]
+
+
+def read_rows(path: str | Path, *, media_root: str | Path | None = None,
+              bad_sample: str = "error") -> tuple[list[Row], list[RowError]]:
+    """The rows of a data file and the problems skipped on the way (``bad_sample="skip"``: each is
+    logged as a warning with file, line and id, and left out; ``"error"``: the first one raises).
+    A file with no usable row at all is a RowError either way."""
+    if bad_sample not in ("skip", "error"):
+        raise ValueError(f"bad_sample={bad_sample!r}: choose 'skip' or 'error'")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist; check the dataset path in your config")
     root = Path(media_root) if media_root is not None else path.parent
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return [row_from_dict(record, where=where, media_root=root) for where, record in _read_jsonl(path)]
-    if suffix == ".parquet":
-        pq = _pyarrow_parquet()
-        records = pq.read_table(path).to_pylist()
-        return [row_from_dict(r, where=f"{path} row {i}", media_root=root) for i, r in enumerate(records)]
-    raise RowError(f"{path}: unknown data file type {path.suffix!r}. Fix: use a .jsonl or .parquet file")
+        records = _read_jsonl(path)
+    elif suffix == ".parquet":
+        records = ((f"{path} row {i}", r) for i, r in enumerate(_pyarrow_parquet().read_table(path).to_pylist()))
+    else:
+        raise RowError(f"{path}: unknown data file type {path.suffix!r}. Fix: use a .jsonl or .parquet file")
+    rows: list[Row] = []
+    skipped: list[RowError] = []
+    for where, record in records:
+        try:
+            if isinstance(record, RowError):  # the line itself did not read (UTF-8, JSON)
+                raise record
+            rows.append(row_from_dict(record, where=where, media_root=root))
+        except RowError as err:
+            if bad_sample == "error":
+                raise
+            skipped.append(err)
+            log.warning("skipping %s (%d bad row(s) so far; data.bad_sample=error stops here instead)",
+                        err, len(skipped))
+    if not rows:
+        raise RowError(f"{path}: no usable row ({len(skipped)} skipped, see the warnings above). "
+                       "Fix: correct the rows or point the config at another file")
+    if skipped:
+        log.warning("%s: skipped %d of %d rows", path, len(skipped), len(skipped) + len(rows))
+    return rows, skipped
 
 
 def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    """(where, record) per non-blank line; a line that is not UTF-8 or not JSON gives a RowError
+    as its record (with the id when one can be read from the line), for the caller's policy."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+            where = f"{path} line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                row_id = _guess_id(raw.decode("utf-8", errors="replace"))
+                yield where, RowError(f"{where} (id={row_id!r}): not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                                      f"column {e.start + 1}). Fix: save the file as UTF-8 "
+                                      "(e.g. iconv -f latin1 -t utf-8)")
+                continue
             if not line.strip():
                 continue
-            where = f"{path} line {number}"
+            line = line.rstrip("\r\n")
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
-                raise RowError(f"{where}: not valid JSON ({e.msg} at column {e.colno}). "
-                               "Fix: write exactly one JSON object per line") from None
+                yield where, RowError(f"{where}: not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno}; "
+                                      f"id={_guess_id(line)!r}). Fix: write exactly one JSON object per line")
+
+
+def _guess_id(text: str) -> str | None:
+    """The row id of a line, read from JSON when it parses, else by pattern; None when absent."""
+    try:
+        record = json.loads(text)
+        value = record.get("id") if isinstance(record, dict) else None
+        return None if value is None else str(value)
+    except json.JSONDecodeError:
+        match = _ID_IN_TEXT.search(text)
+        return str(json.loads(match.group(1))) if match else None
 
 
 def save_rows(rows: Iterable[Row], path: str | Path) -> Path:

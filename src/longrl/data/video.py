@@ -24,6 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 TEMPORAL_PATCH_SIZE = 2  # Qwen2.5-VL groups frames in pairs; frame counts are rounded to this
+TRUNCATION_TOLERANCE = 0.02  # a video may hold this fraction (+ 2 frames) less than it declares
 
 
 class VideoError(Exception):
@@ -113,12 +114,13 @@ def _count_frames_by_demux(path: Path) -> int:
         return sum(1 for packet in container.demux(stream) if packet.size > 0)
 
 
-def _decode_selected(path: Path, indices: list[int]) -> tuple[np.ndarray | None, int]:
+def _decode_selected(path: Path, indices: list[int]) -> tuple[np.ndarray | None, int, int]:
     """One pass over the video keeping only the frames at `indices` (which may repeat).
 
     Returns (frames [len(indices), H, W, 3], or None if a wanted frame lies past the end; the
-    number of frames decoded). Packets the decoder rejects (a damaged stretch or a cut-off tail)
-    are skipped, as ffmpeg does, with a warning; only the frames that decode are counted."""
+    number of frames decoded; the number of frames the file holds). Packets the decoder rejects
+    (a damaged stretch or a cut-off tail) are skipped, as ffmpeg does, with a warning. Past the
+    last wanted frame the packets are only counted, not decoded, so a cut-off tail is still seen."""
     import av
 
     slots: dict[int, list[int]] = {}
@@ -127,11 +129,15 @@ def _decode_selected(path: Path, indices: list[int]) -> tuple[np.ndarray | None,
     last = max(indices)
     out: np.ndarray | None = None
     decoded = 0
+    packets = 0
     bad_packets = 0
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame + slice threads: decoding dominates the cost
         for packet in container.demux(stream):
+            packets += packet.size > 0
+            if decoded > last:
+                continue  # every wanted frame is in hand: count the rest, decode nothing
             try:
                 frames = stream.decode(packet)  # an empty packet at the end flushes the decoder
             except av.error.InvalidDataError:
@@ -148,16 +154,41 @@ def _decode_selected(path: Path, indices: list[int]) -> tuple[np.ndarray | None,
                     rgb = frame.to_ndarray(format="rgb24")
                     for s in slots[index]:
                         out[s] = rgb
-                if index >= last:
-                    _warn_bad_packets(path, bad_packets)
-                    return out, decoded
     _warn_bad_packets(path, bad_packets)
-    return None, decoded
+    if decoded > last:  # stopped decoding early: every packet of the tail is taken as a frame
+        return out, decoded, packets - bad_packets
+    return None, decoded, decoded
 
 
 def _warn_bad_packets(path: Path, bad_packets: int) -> None:
     if bad_packets:
         logger.warning("video %s: skipped %d undecodable packet(s); the file is damaged", path, bad_packets)
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """The video's length as its container states it: the stream's own duration, else the
+    container's when the video is its only stream (another stream, e.g. a longer audio track,
+    would make the container's duration say nothing about the video)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        import av
+
+        return container.duration / av.time_base
+    return None
+
+
+def _check_complete(path: Path, frames_present: int, video_fps: float, declared: float | None) -> None:
+    """A file that holds less video than its container declares was cut off (a copy or download
+    that stopped): with the index at the front it still opens and would silently decode as its
+    first seconds. A shortfall within TRUNCATION_TOLERANCE of the length plus two frames (edit
+    lists, a damaged last packet) is accepted."""
+    if declared is None or video_fps <= 0:
+        return
+    present = frames_present / video_fps
+    if declared - present > TRUNCATION_TOLERANCE * declared + 2 / video_fps:
+        raise VideoError(path, f"decoded {present:.1f} s of {declared:.1f} s: the file is truncated; "
+                               "re-encode or remove it")
 
 
 def decode_video(
@@ -170,7 +201,7 @@ def decode_video(
 ) -> DecodedVideo:
     """Decode and sample a video file; see sample_frame_indices for which frames are kept.
 
-    Raises VideoError (naming the path) for a missing, unreadable or empty video."""
+    Raises VideoError (naming the path) for a missing, unreadable, empty or truncated video."""
     if (num_frames > 0) == (fps > 0):
         raise ValueError(f"give exactly one of num_frames > 0 or fps > 0, got num_frames={num_frames}, fps={fps}")
     path = Path(path)
@@ -186,6 +217,9 @@ def decode_video(
             # The same metadata transformers' PyAV reader uses: header frame count and average rate.
             total = stream.frames
             rate = stream.average_rate or stream.guessed_rate
+            declared = _declared_seconds(container, stream)
+            # frames / average rate is the stream's length; a guessed (nominal) rate says nothing about it
+            length_fps = float(stream.average_rate) if stream.average_rate else 0.0
         video_fps = float(rate) if rate else 0.0
         if total <= 0:
             total = _count_frames_by_demux(path)
@@ -200,7 +234,8 @@ def decode_video(
             )
 
         indices = sample(total)
-        frames, decoded = _decode_selected(path, indices)
+        frames, decoded, present = _decode_selected(path, indices)
+        _check_complete(path, present, length_fps, declared)
         if frames is None:
             # The header over-counted frames (it happens with edit lists and damaged tails):
             # resample against the true count, which the first pass measured.
@@ -208,7 +243,7 @@ def decode_video(
                 raise VideoError(path, "contains no decodable frames", "re-encode the video or remove the row")
             total = decoded
             indices = sample(total)
-            frames, _ = _decode_selected(path, indices)
+            frames, _, _ = _decode_selected(path, indices)
             if frames is None:
                 raise VideoError(path, "frame count changed between two reads", "check the file is not being written")
     except av.error.FFmpegError as e:

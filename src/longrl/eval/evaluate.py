@@ -1,7 +1,10 @@
 """`longrl eval`: greedy answers on a held-out split; accuracy overall and per category.
 
-The parsing is the reward's own (``parse_response`` / ``extract_choice``), so an answer the reward
-calls right is the answer the benchmark counts.
+The parsing is the reward's own, so an answer the reward calls right is the answer the benchmark
+counts: ``extract_choice`` against the letter for a row with options (the multiple-choice
+reward's accuracy), ``extract_math_answer`` + ``math_equal`` against the answer text for a
+free-text row (the math reward's accuracy; open-ended text counts when it equals the reference
+after normalisation).
 """
 
 from __future__ import annotations
@@ -13,9 +16,18 @@ from pathlib import Path
 import torch
 
 from longrl.data.dataset import Example
+from longrl.data.rows import Row
 from longrl.models.qwen2_5_vl import encode_prompts
+from longrl.rewards.math import extract_math_answer, math_equal
 from longrl.rewards.multiple_choice import extract_choice, parse_response
 from longrl.rollout import SamplingParams, generate
+
+
+def is_correct(row: Row, response: str) -> bool:
+    if row.options:
+        return extract_choice(parse_response(response).answer, row.options) == row.answer
+    prediction = extract_math_answer(response)
+    return prediction is not None and math_equal(prediction, row.answer)
 
 
 def evaluate(model, tokenizer, examples: list[Example], *, max_new_tokens: int = 96, batch_prompts: int = 32,
@@ -39,8 +51,9 @@ def evaluate(model, tokenizer, examples: list[Example], *, max_new_tokens: int =
             outputs = generate(model, encode_prompts(model, tokenizer, batch), params)
         for example, (sample,) in zip(batch, outputs):
             row = example.row
-            parsed = parse_response(tokenizer.decode(sample.token_ids, skip_special_tokens=True))
-            ok = extract_choice(parsed.answer, row.options) == row.answer
+            response = tokenizer.decode(sample.token_ids, skip_special_tokens=True)
+            parsed = parse_response(response)
+            ok = is_correct(row, response)
             correct += ok
             formatted += parsed.format_ok
             tokens += len(sample.token_ids)
@@ -53,7 +66,7 @@ def evaluate(model, tokenizer, examples: list[Example], *, max_new_tokens: int =
         "accuracy": correct / n,
         "format_accuracy": formatted / n,
         "mean_response_tokens": tokens / n,
-        "chance_accuracy": sum(1.0 / len(e.row.options) for e in examples) / n,
+        "chance_accuracy": sum(1.0 / len(e.row.options) for e in examples if e.row.options) / n,  # free text: 0
         "per_category": {cat: {"accuracy": c / t, "count": t} for cat, (c, t) in sorted(per_cat.items())},
     }
 

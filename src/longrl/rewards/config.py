@@ -30,6 +30,8 @@ class RewardConfig:
     judge_max_retries: int = 3  # extra attempts after the first, on timeouts / 429 / 5xx / connection errors
     judge_retry_backoff_s: float = 0.5  # first backoff; doubles every retry
     judge_cache_path: str = ""  # jsonl file of judged answers, reused across runs; "" = in memory only
+    judge_max_failure_frac: float = 0.5  # stop the run when more of the judge's last samples fail; 1 = never
+    judge_failure_window: int = 64  # samples (responses) the judge failure fraction is counted over
 
     def __post_init__(self) -> None:
         if not self.functions:
@@ -47,6 +49,10 @@ class RewardConfig:
             raise ValueError(f"reward.judge_timeout_s={self.judge_timeout_s} must be > 0")
         if self.judge_max_retries < 0:
             raise ValueError(f"reward.judge_max_retries={self.judge_max_retries} must be >= 0")
+        if not 0 <= self.judge_max_failure_frac <= 1:
+            raise ValueError(f"reward.judge_max_failure_frac={self.judge_max_failure_frac} must be in [0, 1]")
+        if self.judge_failure_window < 1:
+            raise ValueError(f"reward.judge_failure_window={self.judge_failure_window} must be >= 1")
 
     def function_weights(self) -> list[float]:
         return list(self.weights) if self.weights else [1.0 / len(self.functions)] * len(self.functions)

@@ -206,7 +206,7 @@ def parse_judge_score(text: str) -> float:
 def judge_messages(sample: RewardInput) -> list[dict]:
     parsed = parse_response(sample.response)
     answer = parsed.answer if parsed.answer_source in ("tag", "unclosed_tag") and parsed.answer else sample.response
-    user = (f"Question:\n{sample.question}\n\nReference answer:\n{sample.answer}\n\n"
+    user = (f"Question:\n{sample.question}\n\nReference answer:\n{sample.answer_text}\n\n"
             f"Model answer:\n{answer[:MAX_ANSWER_CHARS]}")
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 

@@ -2,7 +2,9 @@
 
 The predicted answer is the last `\\boxed{...}` (nested braces allowed) in the response's answer
 part (the `<answer>` block when there is one, else the whole response), else the text after a
-"final answer is" / "Final Answer:" phrase, else the `<answer>` block itself. Equivalence uses
+"final answer is" / "Final Answer:" phrase, else the `<answer>` block itself. It is compared with
+the reference TEXT (a free-text row's answer, or the correct option's text: `\\boxed{6}` scores
+when option C is "6"); on a row with options the correct letter ("C") counts too. Equivalence uses
 math-verify (symbolic and numeric: "\\frac{1}{2}" equals "0.5"), after a normalized string
 comparison.
 """
@@ -13,7 +15,7 @@ import functools
 import re
 import threading
 
-from longrl.rewards.multiple_choice import parse_response
+from longrl.rewards.multiple_choice import extract_choice, parse_response
 from longrl.rewards.registry import RewardInput, register_reward
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
@@ -92,10 +94,19 @@ def math_equal(prediction: str, reference: str) -> bool:
     return bool(mv.verify(gold, pred, timeout_seconds=timeout))
 
 
+def _is_correct(prediction: str, sample: RewardInput) -> bool:
+    if math_equal(prediction, sample.answer_text):
+        return True
+    if not sample.options:
+        return False
+    gold = extract_choice(sample.answer, sample.options)  # a row with options also accepts its letter
+    return gold is not None and extract_choice(prediction, sample.options) == gold
+
+
 def math_reward(sample: RewardInput, format_weight: float = 0.1, accuracy_weight: float = 0.9) -> dict[str, float]:
     fmt = 1.0 if parse_response(sample.response).format_ok else 0.0
     prediction = extract_math_answer(sample.response)
-    accuracy = 1.0 if prediction is not None and math_equal(prediction, sample.answer) else 0.0
+    accuracy = 1.0 if prediction is not None and _is_correct(prediction, sample) else 0.0
     return {"score": format_weight * fmt + accuracy_weight * accuracy, "format": fmt, "accuracy": accuracy}
 
 

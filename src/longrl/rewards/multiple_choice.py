@@ -171,6 +171,9 @@ def extract_choice(text: str, options: list[str] | None = None) -> str | None:
 
 
 def multiple_choice_reward(sample: RewardInput, format_weight: float = 0.1, accuracy_weight: float = 0.9) -> dict[str, float]:
+    if not sample.options:
+        raise ValueError(f"the row has no options (a free-text answer, {sample.answer!r:.40}), so multiple_choice "
+                         "cannot score it: use reward.functions=[math] or [judge] for free-text rows")
     gold = extract_choice(sample.answer, sample.options)
     if gold is None:
         raise ValueError(f"reference answer {sample.answer!r} is not an option letter or option text "

@@ -26,9 +26,16 @@ class RewardInput:
     sample_id: str
     response: str  # the model's full response text
     answer: str  # the reference answer (a letter, option text, a number, free text)
-    options: list[str] | None = None  # multiple-choice options, in letter order
+    options: list[str] | None = None  # multiple-choice options, in letter order; None for a free-text row
     question: str = ""
     row: dict = field(default_factory=dict)  # the dataset row, for user functions that need more
+
+    @property
+    def answer_text(self) -> str:
+        """The reference as text: the correct option's text when `answer` is its letter, else `answer`."""
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        index = letters.find(self.answer.strip()) if len(self.answer.strip()) == 1 else -1
+        return self.options[index] if self.options and 0 <= index < len(self.options) else self.answer
 
 
 @dataclass

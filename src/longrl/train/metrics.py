@@ -8,7 +8,9 @@ from ``metrics.jsonl`` and TensorBoard, so each step appears once.
 Metric names the console line and ``longrl report`` know (others are logged and plotted as-is):
 ``reward/mean`` and ``reward/<component>``, ``accuracy``, ``response_length/{mean,max,clip_frac}``,
 ``kl``, ``entropy``, ``clip_frac``, ``loss``, ``grad_norm``, ``lr``, ``tokens_per_s``,
-``time/<phase>`` (encode, rollout, reward, logprobs, update, step), ``memory/peak_gb``.
+``time/<phase>`` (encode, rollout, reward, logprobs, update, step), ``memory/peak_gb``; and, on the
+console only when non-zero, ``data/skipped_rows`` (so far), ``reward/fallback_frac`` and
+``reward/judge_failures`` (this step).
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ CONSOLE_FIELDS: list[tuple[str, str, str]] = [
     ("clip_frac", "clip", "{:.3f}"),
     ("grad_norm", "gnorm", "{:.3f}"),
     ("lr", "lr", "{:.2e}"),
+]
+# Shown only when non-zero: a healthy run's line stays short, a degrading one says so.
+PROBLEM_FIELDS: list[tuple[str, str, str]] = [
+    ("data/skipped_rows", "skipped", "{:.0f}"),
+    ("reward/fallback_frac", "fallback", "{:.3f}"),
+    ("reward/judge_failures", "judge fail", "{:.0f}"),
 ]
 
 
@@ -87,6 +95,10 @@ def format_console_line(step: int, total_steps: int, metrics: dict[str, Any], se
     for name, label, fmt in CONSOLE_FIELDS:
         value = _to_float(find_metric(metrics, name))
         if value is not None:
+            parts.append(f"{label} {fmt.format(value)}")
+    for name, label, fmt in PROBLEM_FIELDS:
+        value = _to_float(metrics.get(name))
+        if value:
             parts.append(f"{label} {fmt.format(value)}")
     tokens = _to_float(find_metric(metrics, "tokens_per_s"))
     if tokens is not None:

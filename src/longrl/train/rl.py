@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from longrl.data.dataset import Example, PromptSampler
+from longrl.data.dataset import Example, PromptSampler, draw_examples
 from longrl.models.qwen2_5_vl import Prompt, encode_prompts
 from longrl.rewards.model import build_reward
 from longrl.rewards.registry import RewardInput
@@ -70,7 +70,7 @@ def score(groups: list[Group], tokenizer, reward_model, cfg) -> None:
     """Fill ``rewards`` and ``components`` of each group (DAPO's overlong penalty included)."""
     inputs = [
         RewardInput(sample_id=f"{g.example.row.id}#{i}", response=tokenizer.decode(r, skip_special_tokens=True),
-                    answer=g.example.row.answer, options=g.example.row.options, question=g.example.row.question,
+                    answer=g.example.row.answer, options=g.example.row.options or None, question=g.example.row.question,
                     row=g.example.row.to_dict())
         for g in groups for i, r in enumerate(g.responses)
     ]
@@ -95,7 +95,7 @@ def collect(model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, s
     filler = BatchFiller(want, cfg.algorithm.max_tries)
     seen: list[Group] = []
     while not filler.done:
-        examples = [e for e in (data.get(i) for i in sampler.next_indices(want)) if e is not None]
+        examples = draw_examples(data, sampler, want)
         with timer("encode"):
             prompts = encode_prompts(model, tokenizer, examples)
         with timer("rollout"):
@@ -246,7 +246,8 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
                 actor |= policy_update(model, optimizer, scheduler, groups, advantages, cfg, guard, step + 1)
         times = timer.pop()
         tokens = sum(len(r) for g in seen for r in g.responses)
-        last = {**rollout_metrics(groups, seen), **info, **actor, **times,
+        last = {**rollout_metrics(groups, seen), **info, **actor, **times, **reward_model.pop_metrics(),
+                "data/skipped_rows": data.num_skipped,
                 "perf/rollout_tok_s": tokens / max(times.get("time/rollout", 0.0), 1e-9),
                 "perf/step_tok_s": tokens / max(sum(times.values()), 1e-9),
                 "perf/peak_mem_gb": peak_memory_gb(reset=True)}

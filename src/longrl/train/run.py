@@ -10,7 +10,7 @@ import torch
 from longrl.config import Config, load_config, save_config
 from longrl.data.dataset import ExampleSet
 from longrl.data.prompt import corpus_texts
-from longrl.data.rows import load_rows
+from longrl.data.rows import Row, read_rows
 from longrl.eval.evaluate import evaluate, markdown_table, write_report
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
 
@@ -35,10 +35,12 @@ def setup_run(config_path, overrides) -> tuple[Config, Path, torch.device]:
     return cfg, out, resolve_device(cfg.trainer.device)
 
 
-def _rows(path: str, cfg: Config, what: str):
+def _rows(path: str, cfg: Config, what: str) -> tuple[list[Row], int]:
+    """The usable rows of ``path`` and how many ``data.bad_sample=skip`` left out."""
     if not path:
         raise ValueError(f"data.{what} is empty: point it at a .jsonl or .parquet file of rows")
-    return load_rows(path, media_root=cfg.data.media_root or None)
+    rows, skipped = read_rows(path, media_root=cfg.data.media_root or None, bad_sample=cfg.data.bad_sample)
+    return rows, len(skipped)
 
 
 def _model(cfg: Config, device, rows):
@@ -56,7 +58,7 @@ def sft_stage(model, tokenizer, data: ExampleSet, cfg: Config, log_dir: Path) ->
                            tensorboard=cfg.trainer.tensorboard, desc="sft", progress=False)
     try:
         return run_sft(model, tokenizer, examples, cfg.sft, seed=cfg.trainer.seed,
-                       log=lambda step, m: logger.log(step + 1, m))
+                       log=lambda step, m: logger.log(step + 1, {**m, "data/skipped_rows": data.num_skipped}))
     finally:
         logger.close()
 
@@ -65,31 +67,33 @@ def run_training(stage: str, config_path, overrides) -> None:
     from longrl.train.rl import train_rl
 
     cfg, out, device = setup_run(config_path, overrides)
-    rows = _rows(cfg.data.train_path, cfg, "train_path")
+    rows, bad_rows = _rows(cfg.data.train_path, cfg, "train_path")
     model, tokenizer = _model(cfg, device, rows)
     if stage == "sft":
-        sft_stage(model, tokenizer, ExampleSet(rows, cfg.data, progress=cfg.trainer.progress), cfg, out)
+        sft_stage(model, tokenizer, ExampleSet(rows, cfg.data, progress=cfg.trainer.progress, bad_rows=bad_rows),
+                  cfg, out)
     else:
         embedder = None
         if cfg.data.embed_cache_dir:
             from longrl.data.embed_cache import EmbedCache, VideoEmbedder
 
             embedder = VideoEmbedder(model, cfg.data, EmbedCache(cfg.data.embed_cache_dir), cfg.model.train_vision)
-        train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False, embedder=embedder), cfg, out)
+        train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False, embedder=embedder, bad_rows=bad_rows),
+                 cfg, out)
     save_pretrained(model, tokenizer, out / "model")
     log.info("saved the trained model to %s", out / "model")
 
 
 def run_eval(config_path, overrides, out_dir=None) -> dict:
     cfg, out, device = setup_run(config_path, overrides)
-    rows = _rows(cfg.data.test_path, cfg, "test_path")
+    rows, bad_rows = _rows(cfg.data.test_path, cfg, "test_path")
     if cfg.eval.max_rows:
         rows = rows[: cfg.eval.max_rows]
     model, tokenizer = _model(cfg, device, rows)
-    data = ExampleSet(rows, cfg.data, preload=False)
+    data = ExampleSet(rows, cfg.data, preload=False, bad_rows=bad_rows)
     report = evaluate(model, tokenizer, data.valid(), max_new_tokens=cfg.eval.max_new_tokens,
                       batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)
-    report["skipped_rows"] = len(data.skipped)
+    report["skipped_rows"] = data.num_skipped
     write_report(report, out_dir or out / "eval")
     print(markdown_table(report))
     return report
@@ -104,7 +108,7 @@ def run_cache_embeds(config_path, overrides) -> dict:
     rows = []
     for path, what in ((cfg.data.train_path, "train_path"), (cfg.data.test_path, "test_path")):
         if path:
-            rows += _rows(path, cfg, what)
+            rows += _rows(path, cfg, what)[0]
     model, _ = _model(cfg, device, rows)
     stats = precompute_embeds(model, rows, cfg.data, EmbedCache(cfg.data.embed_cache_dir))
     print(stats)
