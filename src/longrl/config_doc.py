@@ -17,6 +17,7 @@ import functools
 import inspect
 import io
 import tokenize
+import typing
 from typing import Any
 
 import yaml
@@ -60,16 +61,10 @@ def missing_comments(cls: type, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         if not comments[f.name]:
             missing.append(prefix + f.name)
-        tp = _field_type(cls, f.name)
+        tp = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(tp):
             missing += missing_comments(tp, prefix + f.name + ".")
     return missing
-
-
-def _field_type(cls: type, name: str) -> Any:
-    import typing
-
-    return typing.get_type_hints(cls)[name]
 
 
 def _scalar(value: Any) -> str:

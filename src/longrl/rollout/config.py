@@ -12,7 +12,7 @@ class RolloutConfig:
     n: int = 8  # samples per prompt (the GRPO group size)
     temperature: float = 1.0  # softmax temperature; 0 = greedy
     top_p: float = 1.0  # nucleus sampling mass, in (0, 1]; 1 = off
-    top_k: int = 0  # 0 = off
+    top_k: int = 0  # sample among the k most likely tokens; 0 = off
     max_new_tokens: int = 96  # response length limit per sample
     # long prefixes are prefilled in chunks of this many tokens: the chunk bounds prefill's
     # activation memory (3B: ~2.5 GB at 32k, mostly the MLP's [chunk, 11008] x 3)
