@@ -28,6 +28,11 @@ def _overrides(parser: argparse.ArgumentParser) -> None:
                         help="config overrides in dotted form, e.g. rollout.n=8 rl.steps=100; any position")
 
 
+def _config_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="settings file (keys of configs/reference.yaml); key=value overrides win over it")
+
+
 def _debug_flag(default) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--debug", action="store_true", default=default,
@@ -67,22 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", parents=common, help="SFT or RL from a config")
     train.add_argument("stage", choices=["sft", "rl"])
-    train.add_argument("--config", default=None)
+    _config_file(train)
     _overrides(train)
 
     ev = sub.add_parser("eval", parents=common, help="accuracy per category on data.test_path")
-    ev.add_argument("--config", default=None)
+    _config_file(ev)
     ev.add_argument("--out", default=None, help="where report.json goes (default: trainer.out_dir/eval)")
     _overrides(ev)
 
     cache = sub.add_parser("cache-embeds", parents=common,
                            help="precompute video embeddings into data.embed_cache_dir")
-    cache.add_argument("--config", default=None)
+    _config_file(cache)
     _overrides(cache)
 
     show = sub.add_parser("config", parents=common,
                           help="print the resolved config as commented YAML (no arguments: the defaults)")
-    show.add_argument("--config", default=None)
+    _config_file(show)
     _overrides(show)
 
     export = sub.add_parser("export", parents=common, help="checkpoint -> Hugging Face directory")

@@ -66,7 +66,8 @@ class SFTConfig:
         default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=10))
 
     def __post_init__(self) -> None:
-        config_utils.at_least(self, 0, "epochs")
+        if self.epochs <= 0:  # sft_steps rounds up: 0 epochs would still train one step
+            raise config_utils.FieldError(f"{{p}}epochs={self.epochs} must be > 0")
         config_utils.at_least(self, 1, "batch_size")
 
 
