@@ -200,7 +200,11 @@ def read_yaml(yaml_path: str | Path) -> Any:
         raise ConfigError(f"config file {path} does not exist" if not path.exists() else
                           f"config file {path} is a directory; pass a .yaml file")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} line {line}: not UTF-8 text (byte {err.object[err.start]:#04x}); "
+                          "save it as UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
