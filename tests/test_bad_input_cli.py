@@ -65,6 +65,11 @@ def test_bad_override_after_config_names_the_key(no_model_loads, capsys):
     file = CORPUS / "rollout_n_zero.yaml"  # its rollout.n=0 is overridden: the later error is reported
     assert main(["train", "rl", "--config", str(file), "rollout.n=3", "algorithm.kl_coef=-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: algorithm.kl_coef=-1.0 must be >= 0"
+    # one dataclass, two places in the tree: the key names the place
+    assert main(["train", "rl", "rl.optim.lr=-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: rl.optim.lr=-1.0 must be >= 0"
+    assert main(["train", "rl", "algorithm.name=gspo", "algorithm.ppo_epochs=0"]) == 2  # after the preset too
+    assert capsys.readouterr().err.strip() == "error: algorithm.ppo_epochs=0 must be >= 1"
     assert main(["train", "rl", "rollout.n=[1"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: override 'rollout.n=[1': the value is not valid YAML (expected ',' or ']', but got '<stream end>'); "
@@ -121,3 +126,26 @@ def test_export_suggests_overwrite_and_overwrite_replaces(checkpoint, tmp_path, 
 def test_export_of_a_missing_checkpoint(tmp_path, capsys):
     assert main(["export", "--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "hf")]) == 1
     assert capsys.readouterr().err.strip() == f"error: --ckpt {tmp_path / 'nope'} does not exist"
+
+
+def test_model_path_hints(tmp_path, monkeypatch, capsys):
+    """A run directory or a checkpoint given as model.path says where the model is, before loading."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("longrl.train.run.load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "model" / "config.json").write_text("{}")
+    (tmp_path / "ckpt_run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "afile").write_text("x")
+    cases = {
+        "run": "error: model.path='run' holds no model (no config.json in it); a run directory? its model is "
+               "model.path=run/model",
+        "ckpt_run": "error: model.path='ckpt_run' holds no model (no config.json in it); a checkpoint? export it "
+                    "first: longrl export --ckpt ckpt_run --out DIR, then model.path=DIR",
+        "afile": "error: model.path='afile' is a file; point it at a model directory (with config.json)",
+        # one slash but its first part is a local folder: a mistyped path, not a hub id
+        "run/modle": "error: model.path='run/modle' does not exist; point it at a model directory (a run's OUT/model "
+                     "or `longrl export --out`), a hub id (owner/name), or tiny",
+    }
+    for path, message in cases.items():
+        assert main(["eval", f"model.path={path}", "data.test_path=rows.jsonl"]) == 2
+        assert capsys.readouterr().err.strip() == message
