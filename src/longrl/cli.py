@@ -5,9 +5,14 @@
     longrl train sft|rl [--config YAML] [key=value ...]
     longrl eval [--config YAML] [key=value ...]
     longrl cache-embeds [--config YAML] [key=value ...]
-    longrl export --ckpt DIR --out HF_DIR
+    longrl config [--config YAML] [key=value ...]
+    longrl export --ckpt DIR --out HF_DIR [--overwrite]
     longrl report RUN_DIR
     longrl bench rollout|train ...
+
+``key=value`` overrides may stand anywhere after the subcommand (before or after its options).
+A known kind of bad input ends as one line, ``error: ...``, with exit code 2 for a config error and 1
+otherwise; ``--debug`` (anywhere before ``bench``'s own arguments) adds the traceback.
 """
 
 from __future__ import annotations
@@ -15,18 +20,35 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides in dotted form, e.g. rollout.n=8 rl.steps=100")
+                        help="config overrides in dotted form, e.g. rollout.n=8 rl.steps=100; any position")
+
+
+def _config_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="settings file (keys of configs/reference.yaml); key=value overrides win over it")
+
+
+def _debug_flag(default) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the traceback of an error, not just its one-line message")
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longrl", description="RL for vision-language models on long videos")
+    parser = argparse.ArgumentParser(prog="longrl", description="RL for vision-language models on long videos",
+                                     parents=[_debug_flag(False)])
+    # Every subcommand takes --debug too; SUPPRESS keeps it from resetting `longrl --debug train ...`.
+    common = [_debug_flag(argparse.SUPPRESS)]
     sub = parser.add_subparsers(dest="command", required=True)
 
-    qs = sub.add_parser("quickstart", help="offline end-to-end run: synthetic videos -> SFT -> RL -> eval")
+    qs = sub.add_parser("quickstart", parents=common,
+                        help="offline end-to-end run: synthetic videos -> SFT -> RL -> eval")
     qs.add_argument("--out", default="runs/quickstart")
     qs.add_argument("--algorithm", default="grpo", help="grpo | dapo | reinforce_pp | rloo | drgrpo | gspo")
     qs.add_argument("--train-rows", type=int, default=2400, help="RL pool of synthetic videos")
@@ -42,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run once per seed (e.g. 0-4) into OUT/seed_S and print a table with mean and spread")
     _overrides(qs)
 
-    data = sub.add_parser("data", help="dataset tools")
+    data = sub.add_parser("data", parents=common, help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser("synth", help="write the synthetic long-video reasoning task")
+    synth = data_sub.add_parser("synth", parents=common, help="write the synthetic long-video reasoning task")
     synth.add_argument("--out", required=True)
     synth.add_argument("--train", type=int, default=600)
     synth.add_argument("--test", type=int, default=200)
@@ -53,51 +75,79 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, default=56)
     synth.add_argument("--seed", type=int, default=0)
 
-    train = sub.add_parser("train", help="SFT or RL from a config")
+    train = sub.add_parser("train", parents=common, help="SFT or RL from a config")
     train.add_argument("stage", choices=["sft", "rl"])
-    train.add_argument("--config", default=None)
+    _config_file(train)
     _overrides(train)
 
-    ev = sub.add_parser("eval", help="accuracy per category on data.test_path")
-    ev.add_argument("--config", default=None)
+    ev = sub.add_parser("eval", parents=common, help="accuracy per category on data.test_path")
+    _config_file(ev)
     ev.add_argument("--out", default=None, help="where report.json goes (default: trainer.out_dir/eval)")
     _overrides(ev)
 
-    cache = sub.add_parser("cache-embeds", help="precompute video embeddings into data.embed_cache_dir")
-    cache.add_argument("--config", default=None)
+    cache = sub.add_parser("cache-embeds", parents=common,
+                           help="precompute video embeddings into data.embed_cache_dir")
+    _config_file(cache)
     _overrides(cache)
 
-    export = sub.add_parser("export", help="checkpoint -> Hugging Face directory")
-    export.add_argument("--ckpt", required=True)
-    export.add_argument("--out", required=True)
+    show = sub.add_parser("config", parents=common,
+                          help="print the resolved config as commented YAML (no arguments: the defaults)")
+    _config_file(show)
+    _overrides(show)
 
-    report = sub.add_parser("report", help="plots + HTML summary of a run directory")
+    export = sub.add_parser("export", parents=common, help="checkpoint -> Hugging Face directory")
+    export.add_argument("--ckpt", required=True, help="a step_N checkpoint, or a run directory (its newest)")
+    export.add_argument("--out", required=True)
+    export.add_argument("--overwrite", action="store_true", help="replace --out when it already holds files")
+
+    report = sub.add_parser("report", parents=common, help="plots + HTML summary of a run directory")
     report.add_argument("run_dir")
 
-    bench = sub.add_parser("bench", help="benchmarks against plain transformers")
+    bench = sub.add_parser("bench", parents=common, help="benchmarks against plain transformers")
     bench.add_argument("which", choices=["rollout", "train"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse like argparse, but ``key=value`` overrides may also follow a subcommand's options
+    (``train rl --config my.yaml rollout.n=8``); argparse alone takes positionals in one run."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # a word without "=" goes on to load_config too, which says what an override must look like
+    stray = [a for a in extra if a.startswith("-") or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def _user_errors() -> dict[type, int]:
+    """Bad input the user can fix, and its exit code; anything else is a bug and keeps its traceback."""
     from longrl.config_utils import ConfigError
     from longrl.data.rows import RowError
     from longrl.data.video import VideoError
     from longrl.rewards.model import JudgeFailureError
     from longrl.train.checkpoint import CheckpointError
 
+    return {ConfigError: 2, RowError: 1, VideoError: 1, CheckpointError: 1, JudgeFailureError: 1, OSError: 1,
+            ValueError: 1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
     try:
         return _dispatch(args)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except (RowError, VideoError, CheckpointError, JudgeFailureError, FileExistsError, FileNotFoundError,
-            ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except Exception as err:
+        code = next((c for kind, c in _user_errors().items() if isinstance(err, kind)), None)
+        if code is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print("error: " + " ".join(str(err).split()), file=sys.stderr)
+        return code
 
 
 def _dispatch(args) -> int:
@@ -138,10 +188,16 @@ def _dispatch(args) -> int:
 
         run_cache_embeds(args.config, args.overrides)
         return 0
+    if args.command == "config":
+        from longrl.config import Config, load_config
+        from longrl.config_doc import render
+
+        sys.stdout.write(render(load_config(args.config, args.overrides), Config()))
+        return 0
     if args.command == "export":
         from longrl.train.export import export_hf
 
-        print(f"exported to {export_hf(args.ckpt, args.out)}")
+        print(f"exported to {export_hf(args.ckpt, args.out, overwrite=args.overwrite)}")
         return 0
     if args.command == "report":
         from longrl.train.report import render_report

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from longrl import config_utils
 from longrl.config_utils import ConfigError  # noqa: F401  (re-exported for callers)
 from longrl.models.config import ModelConfig
@@ -23,78 +21,124 @@ from longrl.rollout.config import RolloutConfig
 @dataclass
 class DataConfig:
     train_path: str = ""  # .jsonl or .parquet rows (id, video, question, options, answer, reasoning, category)
-    test_path: str = ""
+    test_path: str = ""  # held-out rows for `longrl eval`, same format as train_path
     media_root: str = ""  # relative video paths resolve here (default: the data file's folder)
     num_frames: int = 16  # uniform sampling over the whole video; 0 = sample at `fps`
-    fps: float = 0.0
-    max_frames: int = 768
+    fps: float = 0.0  # frames per second of video when num_frames is 0 (capped by max_frames)
+    max_frames: int = 768  # upper bound on frames per video when sampling at fps
     min_pixels: int = 56 * 56  # Qwen smart-resize bounds, per frame
-    max_pixels: int = 448 * 448
+    max_pixels: int = 448 * 448  # per frame; larger frames are resized down to at most this many pixels
     bad_sample: Literal["skip", "error"] = "skip"  # a bad row (schema, JSON, UTF-8) or video: skip and count, or stop
     embed_cache_dir: str = ""  # precomputed video embeddings (`longrl cache-embeds`)
     max_rows: int = 0  # 0 = all rows
 
+    def __post_init__(self) -> None:
+        config_utils.at_least(self, 0, "num_frames", "fps", "max_rows")
+        config_utils.at_least(self, 1, "max_frames", "min_pixels")
+        if self.num_frames == 0 and self.fps == 0:
+            raise config_utils.FieldError("{p}num_frames=0 samples at {p}fps, which is 0 too: set one of them > 0")
+        if self.max_pixels < self.min_pixels:
+            raise config_utils.FieldError(f"{{p}}max_pixels={self.max_pixels} must be >= "
+                                          f"{{p}}min_pixels={self.min_pixels}")
+
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_steps: int = 10
+    lr: float = 1e-4  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW (beta1, beta2)
+    warmup_steps: int = 10  # linear warm-up from 0 to lr over this many steps
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # clip the global gradient norm to this value
+
+    def __post_init__(self) -> None:
+        config_utils.at_least(self, 0, "lr", "weight_decay", "warmup_steps", "grad_clip")
+        config_utils.in_range(self, "min_lr_ratio", 0, 1)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise config_utils.FieldError(f"{{p}}betas={self.betas} must be two values in [0, 1), e.g. [0.9, 0.95]")
 
 
 @dataclass
 class SFTConfig:
-    epochs: float = 3.0
-    batch_size: int = 16
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=10))
+    epochs: float = 3.0  # passes over the SFT rows (fractions allowed)
+    batch_size: int = 16  # rows per optimizer step
+    optim: OptimConfig = field(  # SFT optimizer
+        default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=10))
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:  # sft_steps rounds up: 0 epochs would still train one step
+            raise config_utils.FieldError(f"{{p}}epochs={self.epochs} must be > 0")
+        config_utils.at_least(self, 1, "batch_size")
 
 
 @dataclass
 class RLConfig:
-    steps: int = 40
-    prompts_per_step: int = 8
+    steps: int = 40  # RL steps (one rollout + update each)
+    prompts_per_step: int = 8  # prompts (videos) drawn per step; each gets rollout.n samples
     micro_batch_tokens: int = 16384  # dynamic micro-batching budget for log-prob/update passes
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=2, min_lr_ratio=1.0))
+    optim: OptimConfig = field(  # RL optimizer
+        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=2, min_lr_ratio=1.0))
+
+    def __post_init__(self) -> None:
+        config_utils.at_least(self, 0, "steps")
+        config_utils.at_least(self, 1, "prompts_per_step", "micro_batch_tokens")
 
 
 @dataclass
 class TrainerConfig:
-    out_dir: str = "runs/default"
+    out_dir: str = "runs/default"  # run directory: config, metrics, checkpoints, the trained model
     device: str = "auto"  # auto = cuda when available
-    seed: int = 0
-    deterministic: bool = False
-    log_every: int = 10
+    seed: int = 0  # seeds data order, model init and sampling
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; bitwise-repeatable runs)
+    log_every: int = 10  # steps between console log lines
     save_every: int = 0  # steps; 0 = only at the end
-    keep_last: int = 3
-    resume: Literal["auto", "never"] = "auto"
-    max_nonfinite_steps: int = 5
-    tensorboard: bool = True
-    wandb: bool = False
-    wandb_project: str = "longrl"
-    progress: bool = True
+    keep_last: int = 3  # checkpoints kept on disk (older ones are deleted)
+    resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest complete checkpoint in out_dir
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses/gradients (skipped updates) before the run stops
+    tensorboard: bool = True  # also write TensorBoard events to out_dir
+    wandb: bool = False  # also log to Weights & Biases
+    wandb_project: str = "longrl"  # W&B project name
+    progress: bool = True  # show progress bars
+
+    def __post_init__(self) -> None:
+        config_utils.at_least(self, 0, "save_every")
+        config_utils.at_least(self, 1, "log_every", "keep_last", "max_nonfinite_steps")
 
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 96
-    batch_prompts: int = 32
-    max_rows: int = 0
+    max_new_tokens: int = 96  # response length limit per held-out question (greedy)
+    batch_prompts: int = 32  # questions decoded together
+    max_rows: int = 0  # evaluate only the first rows; 0 = all
+
+    def __post_init__(self) -> None:
+        config_utils.at_least(self, 0, "max_rows")
+        config_utils.at_least(self, 1, "max_new_tokens", "batch_prompts")
+
+
+# Advantage estimators that compare the samples of one group: with one sample per prompt their
+# advantage is 0 (or undefined), so rollout.n must be >= 2.
+GROUP_RELATIVE_ADVANTAGES = ("grpo", "drgrpo", "rloo")
 
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    rl: RLConfig = field(default_factory=RLConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # dataset rows and video sampling
+    model: ModelConfig = field(default_factory=ModelConfig)  # which model, dtype, what trains
+    sft: SFTConfig = field(default_factory=SFTConfig)  # chain-of-thought SFT
+    rl: RLConfig = field(default_factory=RLConfig)  # the RL loop
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # generation (sampling, batching, kernels)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)  # advantage, loss, KL (GRPO family)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # reward functions and the judge
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # run directory, logging, checkpoints
+    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation
+
+    def validate(self) -> None:
+        """Checks that span sections (each section checks its own fields when it is built)."""
+        if self.rollout.n < 2 and self.algorithm.advantage in GROUP_RELATIVE_ADVANTAGES:
+            raise ConfigError(f"rollout.n={self.rollout.n} with algorithm.advantage={self.algorithm.advantage!r} "
+                              "gives every sample a zero advantage (no learning signal): set rollout.n >= 2, "
+                              "or algorithm.advantage=reinforce_pp")
 
 
 def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -105,18 +149,20 @@ def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None
     cfg = config_utils.load(Config, yaml_path, overrides)
     preset = apply_preset(AlgorithmConfig(), cfg.algorithm.name)
     explicit = _explicit_keys(yaml_path, overrides, "algorithm")
-    algorithm = config_utils.merge(preset, {k: getattr(cfg.algorithm, k) for k in explicit})
+    algorithm = config_utils.merge(preset, {k: getattr(cfg.algorithm, k) for k in explicit}, prefix="algorithm.")
     try:  # fill in what depends on the rollout (Dr.GRPO's divisor, DAPO's overlong buffer)
         algorithm = algorithm.resolve(cfg.rollout.max_new_tokens)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    return dataclasses.replace(cfg, algorithm=algorithm)
+    cfg = dataclasses.replace(cfg, algorithm=algorithm)
+    cfg.validate()
+    return cfg
 
 
 def _explicit_keys(yaml_path, overrides, section: str) -> set[str]:
     keys: set[str] = set()
     if yaml_path:
-        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        loaded = config_utils.read_yaml(yaml_path)
         keys |= set((loaded.get(section) or {}).keys())
     for text in overrides or []:
         key = text.split("=", 1)[0].strip()

@@ -20,6 +20,34 @@ class ConfigError(ValueError):
     """A bad config key or value; the message names the key and what is allowed."""
 
 
+class FieldError(ConfigError):
+    """A bad value found by a config dataclass's own checks (``__post_init__``). The dataclass does
+    not know where it sits in the tree (``OptimConfig`` is both ``sft.optim`` and ``rl.optim``), so
+    the message writes ``{p}`` before each key and :func:`merge` fills in the dotted prefix."""
+
+    def __init__(self, template: str):
+        self.template = template
+        super().__init__(template.replace("{p}", ""))
+
+    def at(self, prefix: str) -> ConfigError:
+        return ConfigError(self.template.replace("{p}", prefix))
+
+
+def at_least(cfg: Any, bound: float, *names: str) -> None:
+    """Raise :class:`FieldError` for the first field of ``names`` below ``bound``."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < bound:
+            raise FieldError(f"{{p}}{name}={value!r} must be >= {bound}")
+
+
+def in_range(cfg: Any, name: str, low: float, high: float, *, low_open: bool = False) -> None:
+    """Raise :class:`FieldError` unless ``low <= value <= high`` (``low < value`` when ``low_open``)."""
+    value = getattr(cfg, name)
+    if value < low or value > high or (low_open and value == low):
+        raise FieldError(f"{{p}}{name}={value!r} must be in {'(' if low_open else '['}{low}, {high}]")
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
@@ -113,7 +141,14 @@ def merge(cfg: Any, updates: dict[str, Any], prefix: str = "") -> Any:
             changes[name] = merge(current, value, prefix=key + ".")
         else:
             changes[name] = _coerce(key, value, tp)
-    return dataclasses.replace(cfg, **changes)
+    try:  # the dataclass's own range checks run here, in __post_init__
+        return dataclasses.replace(cfg, **changes)
+    except FieldError as err:
+        raise err.at(prefix) from None
+    except ConfigError:
+        raise
+    except ValueError as err:  # checks that name their full key already (algorithm.*, reward.*)
+        raise ConfigError(str(err)) from None
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -121,7 +156,11 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({_first_line(err)}); "
+                          "quote it, e.g. key='a: b'") from None
     nested: dict[str, Any] = {}
     node = nested
     parts = key.strip().split(".")
@@ -144,16 +183,38 @@ def load(cls: type, yaml_path: str | Path | None = None, overrides: list[str] | 
     """Build ``cls`` from defaults, then a YAML file, then dotted overrides (later wins)."""
     updates: dict[str, Any] = {}
     if yaml_path:
-        path = Path(yaml_path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = read_yaml(yaml_path)
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+            raise ConfigError(f"config file {yaml_path} must hold a mapping at the top level "
+                              "(`section:` lines with indented `key: value` pairs)")
         _deep_update(updates, loaded)
     for text in overrides or []:
         _deep_update(updates, parse_override(text))
     return merge(cls(), updates)
+
+
+def read_yaml(yaml_path: str | Path) -> Any:
+    """The parsed file; a missing file or a syntax error is a one-line ConfigError with file and line."""
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist" if not path.exists() else
+                          f"config file {path} is a directory; pass a .yaml file")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} line {line}: not UTF-8 text (byte {err.object[err.start]:#04x}); "
+                          "save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"config file {where}: invalid YAML ({_first_line(err)}); "
+                          "write `key: value` pairs, nested by indenting with spaces") from None
+
+
+def _first_line(err: yaml.YAMLError) -> str:
+    problem = getattr(err, "problem", None)
+    return problem or str(err).strip().splitlines()[0]
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ tower trains; then :func:`prompt_embeds` re-encodes once per group, with gradien
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from transformers import (
     Qwen2_5_VLForConditionalGeneration,
 )
 
+from longrl.config_utils import ConfigError
 from longrl.data.prompt import messages_for
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.attention import AttentionLayout, use_longrl_attention
@@ -97,6 +99,34 @@ def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwe
     )
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_model_path(path: str) -> None:
+    """Fail in one line, before anything loads, when ``model.path`` is not "tiny", a directory
+    holding a model (config.json), or something shaped like a hub id (``owner/name``)."""
+    if path == "tiny":
+        return
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if (local / "config.json").is_file():
+            return
+        if (local / "model" / "config.json").is_file():
+            hint = f"a run directory? its model is model.path={(local / 'model').as_posix()}"
+        elif (local / "checkpoints").is_dir() or (local / "trainer_state.pt").exists():
+            hint = f"a checkpoint? export it first: longrl export --ckpt {path} --out DIR, then model.path=DIR"
+        else:
+            hint = "point it at a model directory (a run's OUT/model or `longrl export --out`), a hub id, or tiny"
+        raise ConfigError(f"model.path={path!r} holds no model (no config.json in it); {hint}")
+    if local.exists():
+        raise ConfigError(f"model.path={path!r} is a file; point it at a model directory (with config.json)")
+    # owner/name with no local folder called owner is a hub id; anything else was meant as a local path
+    if _HUB_ID.fullmatch(path) and not Path(path.split("/")[0]).exists():
+        return
+    raise ConfigError(f"model.path={path!r} does not exist; point it at a model directory (a run's OUT/model or "
+                      "`longrl export --out`), a hub id (owner/name), or tiny")
+
+
 def load_model(
     cfg: ModelConfig,
     device: torch.device | str = "cpu",
@@ -121,11 +151,7 @@ def load_model(
             model = Qwen2_5_VLForConditionalGeneration(config)
     else:
         path = cfg.path
-        if Path(path).exists() is False and "/" not in path:
-            raise FileNotFoundError(
-                f"model.path={path!r} is neither a local directory nor a hub id; use model.path=tiny "
-                "for the offline default or point it at a Qwen2.5-VL checkpoint directory"
-            )
+        check_model_path(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             path, dtype=dtype, attn_implementation=cfg.attn_implementation

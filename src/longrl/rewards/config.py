@@ -11,22 +11,22 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @dataclass
 class RewardConfig:
     # Registered names (multiple_choice, math, judge) or "path/to/file.py:function".
-    functions: list[str] = field(default_factory=lambda: ["multiple_choice"])
+    functions: list[str] = field(default_factory=lambda: ["multiple_choice"])  # names or "file.py:fn"
     # One weight per function; the score is sum(weight * function score). Empty = 1/len(functions)
     # each (their mean), so a single function's score passes through unchanged.
-    weights: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)  # one per function; empty = their mean
     # Inside multiple_choice and math: score = format_weight * format + accuracy_weight * accuracy.
-    format_weight: float = 0.1
-    accuracy_weight: float = 0.9
+    format_weight: float = 0.1  # weight of the format score (answer in the expected form)
+    accuracy_weight: float = 0.9  # weight of the accuracy score (the answer is right)
     # Score of a function that raised (or a judge call that failed) on a sample.
-    fallback_score: float = 0.0
+    fallback_score: float = 0.0  # score of a sample whose reward function failed
     # Open-ended judge over an OpenAI-compatible endpoint, e.g. http://localhost:8000/v1
-    judge_base_url: str = ""
-    judge_model: str = ""
+    judge_base_url: str = ""  # OpenAI-compatible endpoint of the judge; "" = no judge
+    judge_model: str = ""  # model name sent to the judge endpoint
     # NAME of the environment variable that holds the key; the key itself never enters the config.
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_max_concurrency: int = 8
-    judge_timeout_s: float = 30
+    judge_api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the judge key
+    judge_max_concurrency: int = 8  # judge requests in flight at once
+    judge_timeout_s: float = 30  # seconds per judge request
     judge_max_retries: int = 3  # extra attempts after the first, on timeouts / 429 / 5xx / connection errors
     judge_retry_backoff_s: float = 0.5  # first backoff; doubles every retry
     judge_cache_path: str = ""  # jsonl file of judged answers, reused across runs; "" = in memory only

@@ -32,18 +32,18 @@ class AlgorithmConfig:
     loss_agg: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum
     # seq_mean_token_sum only: each sequence's token sum is divided by this constant (Dr.GRPO uses the
     # maximum response length, written as -1 until `resolve` fills it in). 0 = plain sum.
-    token_sum_divisor: float = 0.0
+    token_sum_divisor: float = 0.0  # seq_mean_token_sum: divide token sums by this; -1 = max response length
     kl_coef: float = 0.0  # 0 removes the reference model entirely
     kl_estimator: str = "k3"  # k1 | k2 | k3
     kl_in_reward: bool = False  # True: KL penalizes the reward; False: KL is a loss term
-    entropy_coef: float = 0.0
-    ppo_epochs: int = 1
-    mini_batches: int = 1
+    entropy_coef: float = 0.0  # entropy bonus weight in the loss; 0 = off
+    ppo_epochs: int = 1  # passes over each step's rollouts
+    mini_batches: int = 1  # optimizer steps per pass (the batch is split into this many)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, refill the batch
     max_tries: int = 3  # generation rounds per step when dynamic sampling
     # tokens; 0 = off (DAPO soft overlong punishment); -1 = DAPO's ratio, 20% of the maximum
     # response length (4,096 of 20,480 in the paper), filled in by resolve()
-    overlong_buffer: int = 0
+    overlong_buffer: int = 0  # DAPO overlong punishment window in tokens; 0 = off, -1 = 20% of max length
     overlong_penalty: float = 1.0  # the penalty at (and beyond) the maximum length
 
     def __post_init__(self) -> None:

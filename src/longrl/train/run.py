@@ -12,7 +12,7 @@ from longrl.data.dataset import ExampleSet
 from longrl.data.prompt import corpus_texts
 from longrl.data.rows import Row, read_rows
 from longrl.eval.evaluate import evaluate, markdown_table, write_report
-from longrl.models.qwen2_5_vl import load_model, save_pretrained
+from longrl.models.qwen2_5_vl import check_model_path, load_model, save_pretrained
 
 log = logging.getLogger("longrl.run")
 
@@ -26,6 +26,7 @@ def resolve_device(name: str) -> torch.device:
 def setup_run(config_path, overrides) -> tuple[Config, Path, torch.device]:
     """Resolve the config, create ``trainer.out_dir`` with the config saved in it, seed, pick the device."""
     cfg = load_config(config_path, overrides)
+    check_model_path(cfg.model.path)  # before any rows, videos or weights load
     out = Path(cfg.trainer.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
