@@ -27,17 +27,20 @@ def test_jsonl_console_and_tensorboard(tmp_path, capsys):
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[2]["reward/mean"] == pytest.approx(0.3) and rows[2]["loss"] == 1.5
-    assert rows[0]["kl"] is None  # NaN is stored as JSON null
+    assert math.isnan(rows[0]["kl"])  # NaN is stored as NaN, never as null
+    assert '"kl": NaN' in (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    assert all(math.isnan(r["kl"]) for r in read_metrics(tmp_path))
     out = capsys.readouterr().out.splitlines()
-    assert out == ["step 2/4 | loss 1.0000 | reward 0.200 | 2.00 s/step",
-                   "step 4/4 | loss 2.0000 | reward 0.400 | 2.00 s/step"]
+    assert out == ["step 2/4 | loss 1.0000 | reward 0.200 | kl nan | 2.00 s/step",
+                   "step 4/4 | loss 2.0000 | reward 0.400 | kl nan | 2.00 s/step"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("loss")] == [(1, 0.5), (2, 1.0), (3, 1.5), (4, 2.0)]
-    assert "kl" not in events.Tags()["scalars"]  # never finite, never written
+    assert [e.step for e in events.Scalars("kl")] == [1, 2, 3, 4]  # non-finite values are written too
+    assert all(math.isnan(e.value) for e in events.Scalars("kl"))
 
 
 def test_resume_drops_rows_after_the_checkpoint(tmp_path):

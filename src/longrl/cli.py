@@ -82,13 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     from longrl.data.rows import RowError
     from longrl.data.video import VideoError
     from longrl.train.checkpoint import CheckpointError
+    from longrl.train.guard import NonFiniteError
 
     try:
         return _dispatch(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except (RowError, VideoError, CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (RowError, VideoError, CheckpointError, NonFiniteError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -69,7 +69,7 @@ class TrainerConfig:
     log_every: int = 10
     save_every: int = 0  # steps; 0 = only at the end
     keep_last: int = 3
-    resume: Literal["auto", "never"] = "auto"
+    resume: Literal["auto", "never", "overwrite"] = "auto"  # auto: continue from the last checkpoint; never: refuse a used out_dir; overwrite: delete its run outputs first
     max_nonfinite_steps: int = 5
     tensorboard: bool = True
     wandb: bool = False

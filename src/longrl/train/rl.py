@@ -30,6 +30,7 @@ from longrl.train.logprobs import group_logprobs
 from longrl.train.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
 from longrl.train.microbatch import accumulation_normalizer, pad_ragged, split_group
 from longrl.train.optim import build_optimizer, build_scheduler
+from longrl.train.run_dir import claim_run_dir
 
 log = logging.getLogger("longrl.rl")
 
@@ -204,6 +205,7 @@ def rollout_metrics(groups: list[Group], seen: list[Group]) -> dict[str, float]:
 def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool = True) -> dict[str, float]:
     """Run ``cfg.rl.steps`` RL steps on ``data`` (an ExampleSet); resumes from ``run_dir`` checkpoints."""
     run_dir = Path(run_dir)
+    claim_run_dir(run_dir, cfg.trainer.resume)
     algo = cfg.algorithm
     updates_per_step = algo.ppo_epochs * algo.mini_batches
     optimizer = build_optimizer(model, cfg.rl.optim)
@@ -215,7 +217,7 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
     sampler = PromptSampler(len(data), seed=cfg.trainer.seed)
     checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last, tokenizer=tokenizer,
                                 processor=ProcessorSpec.from_model(model, cfg.data.min_pixels, cfg.data.max_pixels))
-    guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
+    guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps, checkpointer)
     start = 0
     if cfg.trainer.resume == "auto":
         state = checkpointer.load_latest(model=model, optimizer=optimizer, scheduler=scheduler)
