@@ -84,7 +84,7 @@ class NonFiniteGuard:
             return f"no checkpoint was written yet (under {self.checkpoints.root})"
         from longrl.train.checkpoint import step_of
 
-        return f"the last checkpoint is {latest} (step {step_of(latest)}), written before them"
+        return f"the last checkpoint is {latest} (step {step_of(latest)})"
 
     def state_dict(self) -> dict:
         return {"consecutive": self.consecutive, "skipped": self.skipped}
