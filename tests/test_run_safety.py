@@ -2,8 +2,9 @@
 names the checkpoint that exists, trainer.resume=never never touches a used directory, and an SFT
 run killed mid-checkpoint resumes to exactly the uninterrupted run.
 
-The `longrl train` runs are real subprocesses (tiny model, tiny synthetic video task, CPU,
-deterministic mode, one thread), as in tests/test_resume.py.
+The `longrl train` runs that train and are compared are real subprocesses (tiny model, tiny
+synthetic video task, CPU, deterministic mode, one thread), as in tests/test_resume.py; the others
+call ``longrl.cli.main`` in this process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from longrl.cli import main
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.train.checkpoint import COMPLETE, SLOW_WRITE_ENV, SLOW_WRITE_STEP_ENV, list_checkpoints, verify_checkpoint
 from longrl.train.metrics import read_metrics
@@ -32,7 +34,8 @@ BAD_INPUT = Path(__file__).parent / "bad_input"
 SFT_STEPS = 8  # 8 rows, batch 2, 2 epochs
 
 
-def _overrides(data: Path, out: Path) -> list[str]:
+def _overrides(data: Path, out: Path, deterministic: bool = True) -> list[str]:
+    """``deterministic=False`` for runs inside the pytest process (the switch is process-global)."""
     return [
         f"data.train_path={data / 'train.jsonl'}", "data.num_frames=4", "data.min_pixels=3136",
         "data.max_pixels=3136",
@@ -40,7 +43,7 @@ def _overrides(data: Path, out: Path) -> list[str]:
         "model.tiny.vision_hidden_size=32", "model.tiny.vision_depth=1", "model.tiny.vocab_size=400",
         "sft.batch_size=2", "sft.epochs=2", "trainer.save_every=2", "trainer.keep_last=2",
         "rl.steps=4", "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=6",
-        "trainer.deterministic=true", "trainer.progress=false", "trainer.tensorboard=false",
+        f"trainer.deterministic={str(deterministic).lower()}", "trainer.progress=false", "trainer.tensorboard=false",
         "trainer.log_every=1", f"trainer.out_dir={out}",
     ]
 
@@ -123,18 +126,33 @@ def test_sft_with_a_huge_learning_rate_stops_with_one_line_and_saves_no_model(da
 
 
 @pytest.mark.parametrize("stage", ["sft", "rl"])
-def test_resume_never_on_a_used_directory_refuses_and_changes_no_byte(data, reference, tmp_path, stage):
+def test_resume_never_on_a_used_directory_refuses_and_changes_no_byte(data, reference, tmp_path, capsys, stage):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     before = _snapshot(out)
 
-    proc = _train(stage, data, out, "trainer.resume=never")
+    assert main(["train", stage, *_overrides(data, out, deterministic=False), "trainer.resume=never"]) == 1
 
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: trainer.out_dir {out} already holds a run (checkpoints, metrics.jsonl, model) and "
         "trainer.resume=never does not touch it: choose a new trainer.out_dir, continue it with "
         "trainer.resume=auto, or delete its outputs and start over with trainer.resume=overwrite"
+    ]
+    assert _snapshot(out) == before
+
+
+def test_rl_does_not_resume_an_sft_run_directory(data, reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = _snapshot(out)
+
+    # trainer.resume=auto: SFT's step_8 would be taken for RL's
+    assert main(["train", "rl", *_overrides(data, out, deterministic=False)]) == 1
+
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: trainer.out_dir {out} holds an SFT run, so RL cannot continue it: give RL its own "
+        f"trainer.out_dir (start from the SFT model with model.path={out / 'model'}), or replace that run with "
+        "trainer.resume=overwrite"
     ]
     assert _snapshot(out) == before
 
@@ -206,7 +224,6 @@ def test_rl_guard_stop_names_the_checkpoint_that_exists(data, tmp_path, monkeypa
                                                         last_checkpoint):
     """From RL step ``poison_from`` on every policy loss is NaN; two in a row stop the run
     (checkpoints every 2 steps)."""
-    from longrl import cli
     from longrl.train import rl
 
     real_update, real_loss = rl.policy_update, rl.policy_loss
@@ -223,7 +240,7 @@ def test_rl_guard_stop_names_the_checkpoint_that_exists(data, tmp_path, monkeypa
     monkeypatch.setattr(rl, "policy_update", update)
     out = tmp_path / "run"
 
-    assert cli.main(["train", "rl", *_overrides(data, out), "trainer.max_nonfinite_steps=2"]) == 1
+    assert main(["train", "rl", *_overrides(data, out, deterministic=False), "trainer.max_nonfinite_steps=2"]) == 1
 
     stop = poison_from + 1
     if last_checkpoint is None:

@@ -205,7 +205,7 @@ def rollout_metrics(groups: list[Group], seen: list[Group]) -> dict[str, float]:
 def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool = True) -> dict[str, float]:
     """Run ``cfg.rl.steps`` RL steps on ``data`` (an ExampleSet); resumes from ``run_dir`` checkpoints."""
     run_dir = Path(run_dir)
-    claim_run_dir(run_dir, cfg.trainer.resume)
+    claim_run_dir(run_dir, cfg.trainer.resume, "rl")
     algo = cfg.algorithm
     updates_per_step = algo.ppo_epochs * algo.mini_batches
     optimizer = build_optimizer(model, cfg.rl.optim)
@@ -224,6 +224,7 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
         if state is not None:
             start = int(state["step"])
             sampler.load_state_dict(state["sampler"])
+            guard.load_state_dict(state.get("guard", {}))  # older checkpoints hold no guard state
             log.info("resumed from step %d", start)
     logger = MetricsLogger(run_dir, total_steps=cfg.rl.steps, log_every=cfg.trainer.log_every,
                            tensorboard=cfg.trainer.tensorboard, wandb=cfg.trainer.wandb,
@@ -253,7 +254,7 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
         logger.log(step + 1, last)
         if step + 1 == cfg.rl.steps or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
             checkpointer.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                              extra={"sampler": sampler.state_dict()})
+                              extra={"sampler": sampler.state_dict(), "guard": guard.state_dict()})
     logger.close()
     model.eval()
     return last

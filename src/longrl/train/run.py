@@ -25,13 +25,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_run(config_path, overrides, *, training: bool = False) -> tuple[Config, Path, torch.device]:
+def setup_run(config_path, overrides, *, stage: str | None = None) -> tuple[Config, Path, torch.device]:
     """Resolve the config, create ``trainer.out_dir`` with the config saved in it, seed, pick the device.
-    ``training``: apply ``trainer.resume`` to the directory first (``never`` refuses a used one untouched)."""
+    ``stage`` ("sft"/"rl"): a training run; ``trainer.resume`` is applied to the directory first, so
+    a refused one is left untouched."""
     cfg = load_config(config_path, overrides)
     out = Path(cfg.trainer.out_dir)
-    if training:
-        claim_run_dir(out, cfg.trainer.resume)
+    if stage is not None:
+        claim_run_dir(out, cfg.trainer.resume, stage)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.trainer.seed)
@@ -62,7 +63,7 @@ def sft_stage(model, tokenizer, data: ExampleSet, cfg: Config, log_dir: Path) ->
 def run_training(stage: str, config_path, overrides) -> None:
     from longrl.train.rl import train_rl
 
-    cfg, out, device = setup_run(config_path, overrides, training=True)
+    cfg, out, device = setup_run(config_path, overrides, stage=stage)
     rows = _rows(cfg.data.train_path, cfg, "train_path")
     model, tokenizer = _model(cfg, device, rows)
     if stage == "sft":

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -45,14 +46,32 @@ def earlier_run_outputs(run_dir: str | Path) -> list[Path]:
     return found
 
 
-def claim_run_dir(run_dir: str | Path, resume: str) -> None:
-    """Apply ``trainer.resume`` to ``run_dir`` before a run writes anything into it."""
+def _earlier_stage(run_dir: Path) -> str | None:
+    """"sft" or "rl" if ``run_dir``'s run_info.json says which trainer wrote it."""
+    try:
+        desc = json.loads((run_dir / "run_info.json").read_text()).get("desc")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return desc if desc in ("sft", "rl") else None
+
+
+def claim_run_dir(run_dir: str | Path, resume: str, stage: str | None = None) -> None:
+    """Apply ``trainer.resume`` to ``run_dir`` before a run of ``stage`` ("sft" or "rl") writes
+    anything into it. Under ``auto`` a directory holding the other stage's run is refused too:
+    its checkpoints would be resumed as this stage's."""
     if resume not in RESUME_CHOICES:
         raise ValueError(f"trainer.resume={resume!r}: choose one of {', '.join(RESUME_CHOICES)}")
     run_dir = Path(run_dir)
-    if resume == "auto":
-        return
     earlier = earlier_run_outputs(run_dir)
+    if resume == "auto":
+        other = _earlier_stage(run_dir)
+        if stage is not None and earlier and other not in (None, stage):
+            raise RunDirError(
+                f"trainer.out_dir {run_dir} holds an {other.upper()} run, so {stage.upper()} cannot continue it: "
+                f"give {stage.upper()} its own trainer.out_dir (start from the {other.upper()} model with "
+                f"model.path={run_dir / 'model'}), or replace that run with trainer.resume=overwrite"
+            )
+        return
     if resume == "never" and earlier:
         raise RunDirError(
             f"trainer.out_dir {run_dir} already holds a run ({', '.join(p.name for p in earlier)}) and "

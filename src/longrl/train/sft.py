@@ -113,7 +113,7 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, run_dir: str | Pat
     if not examples:
         raise ValueError("SFT needs at least one example; check data.train_path and data.bad_sample")
     run_dir = Path(run_dir)
-    claim_run_dir(run_dir, cfg.trainer.resume)
+    claim_run_dir(run_dir, cfg.trainer.resume, "sft")
     total = sft_steps(len(examples), cfg.sft)
     optimizer = build_optimizer(model, cfg.sft.optim)
     scheduler = build_scheduler(optimizer, cfg.sft.optim, total)
