@@ -258,6 +258,7 @@ def test_rl_guard_stop_names_the_checkpoint_that_exists(data, tmp_path, monkeypa
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, stop))
     assert math.isnan(rows[-1]["actor/grad_norm"]) and all(math.isfinite(r["actor/grad_norm"]) for r in rows[:-1])
+    assert [r["actor/skipped_updates"] for r in rows] == [0] * (len(rows) - 1) + [1]
 
 
 def test_weights_with_nan_are_never_saved():

@@ -164,6 +164,7 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
     out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
     out["actor/clip_frac"] = out.get("actor/clip_frac_low", 0.0) + out.get("actor/clip_frac_high", 0.0)
     out["actor/lr"] = scheduler.get_last_lr()[0]
+    out["actor/skipped_updates"] = guard.skipped  # non-finite updates over the run (NonFiniteGuard)
     return out
 
 

@@ -9,6 +9,9 @@
 ``overwrite``  start at step 0 after deleting the earlier run's outputs (:data:`RUN_OUTPUTS`:
                checkpoints, metrics, TensorBoard events, the saved model, the report, the W&B run
                id), each named in the log. Anything else in the directory (data, notes) stays.
+
+SFT and RL runs each need their own directory: under ``auto`` an RL run refuses a directory that
+holds an SFT run (and the reverse), whose checkpoints it would otherwise resume as its own.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "run_info.json", "tensorboard", "
 
 
 class RunDirError(FileExistsError):
-    """``trainer.resume=never`` on a directory an earlier run trained in."""
+    """``trainer.out_dir`` holds a run that ``trainer.resume`` may not continue or touch."""
 
 
 def earlier_run_outputs(run_dir: str | Path) -> list[Path]:
@@ -47,7 +50,7 @@ def earlier_run_outputs(run_dir: str | Path) -> list[Path]:
 
 
 def _earlier_stage(run_dir: Path) -> str | None:
-    """"sft" or "rl" if ``run_dir``'s run_info.json says which trainer wrote it."""
+    """Which trainer ("sft" or "rl") wrote ``run_dir``, as its run_info.json says; None if unknown."""
     try:
         desc = json.loads((run_dir / "run_info.json").read_text()).get("desc")
     except (OSError, ValueError, AttributeError):
