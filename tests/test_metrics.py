@@ -27,17 +27,20 @@ def test_jsonl_console_and_tensorboard(tmp_path, capsys):
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert rows[2]["reward/mean"] == pytest.approx(0.3) and rows[2]["loss"] == 1.5
-    assert rows[0]["kl"] is None  # NaN is stored as JSON null
+    assert math.isnan(rows[0]["kl"])  # NaN is stored as NaN, never as null
+    assert '"kl": NaN' in (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    assert all(math.isnan(r["kl"]) for r in read_metrics(tmp_path))
     out = capsys.readouterr().out.splitlines()
-    assert out == ["step 2/4 | loss 1.0000 | reward 0.200 | 2.00 s/step",
-                   "step 4/4 | loss 2.0000 | reward 0.400 | 2.00 s/step"]
+    assert out == ["step 2/4 | loss 1.0000 | reward 0.200 | kl nan | 2.00 s/step",
+                   "step 4/4 | loss 2.0000 | reward 0.400 | kl nan | 2.00 s/step"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("loss")] == [(1, 0.5), (2, 1.0), (3, 1.5), (4, 2.0)]
-    assert "kl" not in events.Tags()["scalars"]  # never finite, never written
+    assert [e.step for e in events.Scalars("kl")] == [1, 2, 3, 4]  # non-finite values are written too
+    assert all(math.isnan(e.value) for e in events.Scalars("kl"))
 
 
 def test_resume_drops_rows_after_the_checkpoint(tmp_path):
@@ -125,3 +128,16 @@ def test_console_line_reads_trainer_spellings():
     line = format_console_line(3, 9, {"actor/loss": 0.5, "actor/kl_loss": 0.002, "response/length_mean": 12.0,
                                       "perf/rollout_tok_s": 800.0, "perf/peak_mem_gb": 1.5}, None)
     assert line == "step 3/9 | loss 0.5000 | len 12.0 | kl 2.00e-03 | 800 tok/s | mem 1.5 GB"
+
+
+def test_nonfinite_values_round_trip_through_metrics_jsonl(tmp_path):
+    logger = MetricsLogger(tmp_path, total_steps=2, tensorboard=False, progress=False)
+    logger.log(1, {"loss": torch.tensor(float("inf")), "grad_norm": float("-inf"), "kl": float("nan"), "lr": 0.5})
+    logger.log(2, {"loss": 1.0, "grad_norm": 2.0, "kl": 0.0, "lr": 0.5})
+    logger.close()
+    first = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    assert '"loss": Infinity' in first and '"grad_norm": -Infinity' in first and '"kl": NaN' in first
+    rows = read_metrics(tmp_path)
+    assert rows[0]["loss"] == math.inf and rows[0]["grad_norm"] == -math.inf and math.isnan(rows[0]["kl"])
+    assert (rows[1]["loss"], rows[1]["kl"]) == (1.0, 0.0)
+    assert format_console_line(1, 2, rows[0], None) == "step 1/2 | loss inf | kl nan | gnorm -inf | lr 5.00e-01"

@@ -40,3 +40,45 @@ def test_report_renders_plots_and_summary(tmp_path):
 def test_report_without_metrics_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="no metrics.jsonl rows"):
         render_report(tmp_path)
+
+
+def _red_pixels(png) -> int:
+    import matplotlib.image
+
+    rgb = matplotlib.image.imread(png)[..., :3]
+    return int(((rgb[..., 0] > 0.9) & (rgb[..., 1] < 0.1) & (rgb[..., 2] < 0.1)).sum())
+
+
+def test_report_marks_nonfinite_steps_instead_of_dropping_them(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    # A diverging SFT run's metrics: NaN and inf at steps 3, 4 and 6 (tests/bad_input/runs_nan_metrics.jsonl).
+    shutil.copy(Path(__file__).parent / "bad_input" / "runs_nan_metrics.jsonl", tmp_path / "metrics.jsonl")
+    index = render_report(tmp_path)
+    page = index.read_text()
+    assert ('<li><code>sft/grad_norm</code>: NaN/inf at 3 of 6 logged steps (3-4, 6)</li>' in page
+            and '<li><code>sft/loss</code>: NaN/inf at 3 of 6 logged steps (3-4, 6)</li>' in page)
+    assert '<tr class="nonfinite"><td>sft/loss</td><td>nan</td>' in page  # the last value is NaN, shown as such
+    assert '<tr><td>sft/lr</td><td>0.006</td>' in page  # a finite metric is not marked
+    # The plots carry red crosses where the values are NaN/inf; a finite run's plots have none.
+    assert _red_pixels(index.parent / "loss.png") > 20 and _red_pixels(index.parent / "grad_norm.png") > 20
+    assert _red_pixels(index.parent / "lr.png") == 0
+
+    finite = tmp_path / "finite"
+    finite.mkdir()
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (finite / "metrics.jsonl").write_text("\n".join(r for r in rows if "NaN" not in r and "Infinity" not in r))
+    finite_index = render_report(finite)
+    assert _red_pixels(finite_index.parent / "loss.png") == 0
+    assert "Non-finite values" not in finite_index.read_text()
+
+
+def test_report_plots_a_metric_that_was_never_finite(tmp_path):
+    logger = MetricsLogger(tmp_path, total_steps=3, tensorboard=False, progress=False)
+    for step in range(1, 4):
+        logger.log(step, {"sft/loss": float("nan"), "sft/lr": 0.1})
+    logger.close()
+    index = render_report(tmp_path)
+    assert (index.parent / "loss.png").exists() and _red_pixels(index.parent / "loss.png") > 20
+    assert "<li><code>sft/loss</code>: NaN/inf at 3 of 3 logged steps (1-3)</li>" in index.read_text()

@@ -85,7 +85,7 @@ def test_rl_raises_a_learnable_reward(synth, tmp_path):
 def test_quickstart_writes_its_report(tmp_path):
     from longrl.quickstart import QuickstartData, quickstart
 
-    report = quickstart(tmp_path / "qs", "grpo", ["sft.epochs=1", "rl.steps=1", "rl.prompts_per_step=2", "rollout.n=2",
+    report = quickstart(tmp_path / "qs", "grpo", ["sft.epochs=1", "rl.steps=3", "rl.prompts_per_step=2", "rollout.n=2",
                                                   "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
                                                   "trainer.progress=false"],
                         QuickstartData(num_train=8, sft_rows=4, num_test=4, frames=16))
@@ -98,6 +98,9 @@ def test_quickstart_writes_its_report(tmp_path):
     assert set(saved["rl"]["per_category"]) <= {"Temporal", "Spatial", "Plot & Narrative", "Goal & Purpose"}
     assert (tmp_path / "qs" / "eval_rl" / "report.md").read_text().startswith("| category |")
     assert (tmp_path / "qs" / "rl_model" / "model.safetensors").exists()
+    assert saved["seed"] == 0 and set(saved["blind"]) == {"majority_accuracy", "other_video_accuracy"}
+    assert 0.0 <= saved["blind"]["majority_accuracy"] <= 1.0 and 0.0 <= saved["blind"]["other_video_accuracy"] <= 1.0
+    assert saved["rl_train_accuracy_trend"]["points"] == 3  # one sampled accuracy per RL step
 
 
 def test_mini_batches_never_exceed_the_configured_count():

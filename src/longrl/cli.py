@@ -130,9 +130,10 @@ def _user_errors() -> dict[type, int]:
     from longrl.data.video import VideoError
     from longrl.rewards.model import JudgeFailureError
     from longrl.train.checkpoint import CheckpointError
+    from longrl.train.guard import NonFiniteError
 
-    return {ConfigError: 2, RowError: 1, VideoError: 1, CheckpointError: 1, JudgeFailureError: 1, OSError: 1,
-            ValueError: 1}
+    return {ConfigError: 2, RowError: 1, VideoError: 1, CheckpointError: 1, JudgeFailureError: 1, NonFiniteError: 1,
+            OSError: 1, ValueError: 1}
 
 
 def main(argv: list[str] | None = None) -> int:

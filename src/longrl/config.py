@@ -93,7 +93,9 @@ class TrainerConfig:
     log_every: int = 10  # steps between console log lines
     save_every: int = 0  # steps; 0 = only at the end
     keep_last: int = 3  # checkpoints kept on disk (older ones are deleted)
-    resume: Literal["auto", "never"] = "auto"  # auto: continue from the newest complete checkpoint in out_dir
+    # auto: continue from the newest complete checkpoint in out_dir; never: refuse an out_dir that holds a
+    # run; overwrite: delete that run's outputs first (checkpoints, metrics, model), then start at step 0
+    resume: Literal["auto", "never", "overwrite"] = "auto"  # auto | never | overwrite (see above)
     max_nonfinite_steps: int = 5  # consecutive non-finite losses/gradients (skipped updates) before the run stops
     tensorboard: bool = True  # also write TensorBoard events to out_dir
     wandb: bool = False  # also log to Weights & Biases

@@ -103,7 +103,7 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
         "rl_accuracy": rl_report["accuracy"],
         "blind": blind,
         # The RL stage's own objective: sampled accuracy per step, fitted by a line (slope per 100 steps).
-        "rl_train_accuracy_trend": metric_trend(out / "rl" / "metrics.jsonl", TRAIN_ACCURACY),
+        "rl_train_accuracy_trend": _trend(out / "rl" / "metrics.jsonl"),
         "minutes": (time.time() - started) / 60,
         "sft_rows": data.sft_rows,
         "rl_rows": len(train_rows),
@@ -116,6 +116,17 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
     return report
 
 
+def _trend(metrics_path: Path) -> dict | None:
+    try:
+        return metric_trend(metrics_path, TRAIN_ACCURACY)
+    except ValueError:  # fewer than 3 RL steps: no line to fit
+        return None
+
+
+def _slope(trend: dict | None) -> str:
+    return "n/a" if trend is None else f"{trend['slope_per_100']:+.3f} ({trend['stderr_per_100']:.3f})"
+
+
 def summary_table(report: dict) -> str:
     rows = [("chance", report["chance_accuracy"]), ("after SFT", report["sft_accuracy"]),
             (f"after RL ({report['algorithm']})", report["rl_accuracy"]),
@@ -125,8 +136,9 @@ def summary_table(report: dict) -> str:
     lines = [f"{'held-out accuracy'.ljust(width)}  value", f"{'-' * width}  -----"]
     lines += [f"{name.ljust(width)}  {value:.3f}" for name, value in rows]
     trend = report["rl_train_accuracy_trend"]
-    lines.append(f"RL training accuracy: {trend['fit_start']:.3f} -> {trend['fit_end']:.3f} (slope "
-                 f"{trend['slope_per_100']:+.3f} +- {trend['stderr_per_100']:.3f} per 100 steps)")
+    if trend is not None:
+        lines.append(f"RL training accuracy: {trend['fit_start']:.3f} -> {trend['fit_end']:.3f} (slope "
+                     f"{trend['slope_per_100']:+.3f} +- {trend['stderr_per_100']:.3f} per 100 steps)")
     lines.append(f"{'minutes'.ljust(width)}  {report['minutes']:.1f}")
     cats = report["rl"]["per_category"]
     lines.append("per category after RL: " + ", ".join(f"{c} {s['accuracy']:.2f}" for c, s in cats.items()))
@@ -181,15 +193,16 @@ def sweep_table(reports: list[dict]) -> str:
             "SFT>=chance+0.10": r["sft_accuracy"] >= r["chance_accuracy"] + 0.10,
             "RL>=SFT+0.03": gain >= 0.03,
             "SFT>=blind+0.10": r["sft_accuracy"] >= max(blind["majority_accuracy"], blind["other_video_accuracy"]) + 0.10,
-            "slope>2se": trend["slope_per_100"] > 2 * trend["stderr_per_100"],
+            "slope>2se": trend is not None and trend["slope_per_100"] > 2 * trend["stderr_per_100"],
         }
         failed = [name for name, ok in checks.items() if not ok]
         lines.append(f"| {r['seed']} | {r['chance_accuracy']:.3f} | {r['sft_accuracy']:.4f} | {r['rl_accuracy']:.4f} | "
                      f"{gain:+.4f} | {blind['majority_accuracy']:.3f} | {blind['other_video_accuracy']:.3f} | "
-                     f"{trend['slope_per_100']:+.3f} ({trend['stderr_per_100']:.3f}) | {r['minutes']:.1f} | "
+                     f"{_slope(trend)} | {r['minutes']:.1f} | "
                      f"{'all met' if not failed else 'missed: ' + ', '.join(failed)} |")
         for key, value in zip(columns, (r["sft_accuracy"], r["rl_accuracy"], gain, blind["majority_accuracy"],
-                                        blind["other_video_accuracy"], trend["slope_per_100"], r["minutes"])):
+                                        blind["other_video_accuracy"],
+                                        trend["slope_per_100"] if trend else float("nan"), r["minutes"])):
             columns[key].append(value)
     stats = {k: _mean_sd(v) for k, v in columns.items()}
     fmt = {k: f"{m:.4f} +- {s:.4f}" for k, (m, s) in stats.items()}

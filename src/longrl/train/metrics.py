@@ -3,7 +3,8 @@
 Steps are 1-based counts of completed updates: ``log(step=1, ...)`` reports the first update, and
 the checkpoint written after it is ``step_1``. A run resumed from ``step_N`` creates its logger
 with ``start_step=N``: rows for later steps (logged before the crash but lost with it) are dropped
-from ``metrics.jsonl`` and TensorBoard, so each step appears once.
+from ``metrics.jsonl`` and TensorBoard, so each step appears once. A NaN or inf value reaches
+every sink as itself (``NaN`` in ``metrics.jsonl``, ``nan`` on the console), never dropped.
 
 Metric names the console line and ``longrl report`` know (others are logged and plotted as-is):
 ``reward/mean`` and ``reward/<component>``, ``accuracy``, ``response_length/{mean,max,clip_frac}``,
@@ -51,13 +52,18 @@ PROBLEM_FIELDS: list[tuple[str, str, str]] = [
 
 
 def _to_float(value: Any) -> float | None:
+    """``value`` as a float, NaN and inf included (a NaN loss must stay visible); None if not a number."""
     if isinstance(value, torch.Tensor):
         value = value.detach().float().item()
     try:
-        value = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) else None
+
+
+def _finite(value: Any) -> float | None:
+    value = _to_float(value)
+    return value if value is not None and math.isfinite(value) else None
 
 
 # A trainer may namespace its metrics ("sft/loss"); the console and report treat those as "loss".
@@ -97,22 +103,24 @@ def format_console_line(step: int, total_steps: int, metrics: dict[str, Any], se
         if value is not None:
             parts.append(f"{label} {fmt.format(value)}")
     for name, label, fmt in PROBLEM_FIELDS:
-        value = _to_float(metrics.get(name))
+        value = _finite(metrics.get(name))
         if value:
             parts.append(f"{label} {fmt.format(value)}")
-    tokens = _to_float(find_metric(metrics, "tokens_per_s"))
+    tokens = _finite(find_metric(metrics, "tokens_per_s"))
     if tokens is not None:
         parts.append(f"{tokens / 1000:.1f}k tok/s" if tokens >= 1000 else f"{tokens:.0f} tok/s")
     if seconds_per_step is not None:
         parts.append(f"{seconds_per_step:.2f} s/step")
-    memory = _to_float(find_metric(metrics, "memory/peak_gb"))
+    memory = _finite(find_metric(metrics, "memory/peak_gb"))
     if memory:
         parts.append(f"mem {memory:.1f} GB")
     return " | ".join(parts)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl``; a torn last line (the run was killed mid-write) is ignored."""
+    """Rows of ``metrics.jsonl``; a torn last line (the run was killed mid-write) is ignored.
+    Non-finite values are written as Python's json writes them (``NaN``, ``Infinity``) and read
+    back as floats."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
@@ -203,7 +211,7 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
         if step % self.log_every == 0 or step == self.total_steps:
-            seconds = _to_float(metrics.get("time/step")) or per_step
+            seconds = _finite(metrics.get("time/step")) or per_step
             line = format_console_line(step, self.total_steps, metrics, seconds)
             if self._bar is not None:
                 self._bar.write(line, file=sys.stdout)

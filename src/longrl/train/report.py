@@ -1,13 +1,16 @@
 """`longrl report RUN_DIR`: PNG plots of a run's main curves and an HTML page that shows them.
 
 Reads ``metrics.jsonl`` (and the run's config) and writes ``RUN_DIR/report/index.html`` beside
-one PNG per curve. Works on a finished run or one still training.
+one PNG per curve. Works on a finished run or one still training. Non-finite values (a NaN loss)
+are never dropped: each plot marks their steps with red crosses and lines, and the page lists
+them per metric above the final metrics.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +69,7 @@ PLOTS = [
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of ``key`` where it was logged as a number, NaN and inf included."""
     steps, values = [], []
     for row in rows:
         value = row.get(key)
@@ -73,6 +77,32 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
             steps.append(row["step"])
             values.append(float(value))
     return steps, values
+
+
+def _split_finite(steps: list[int], values: list[float]) -> tuple[list[int], list[float], list[int]]:
+    """(steps, values) of the finite points, and the steps whose value is NaN/inf."""
+    good = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+    bad = [s for s, v in zip(steps, values) if not math.isfinite(v)]
+    return [s for s, _ in good], [v for _, v in good], bad
+
+
+def _step_ranges(steps: list[int]) -> str:
+    """``[2, 3, 4, 9]`` -> ``"2-4, 9"``."""
+    parts, start = [], None
+    for i, step in enumerate(steps):
+        if start is None:
+            start = step
+        if i + 1 == len(steps) or steps[i + 1] != step + 1:
+            parts.append(str(start) if start == step else f"{start}-{step}")
+            start = None
+    return ", ".join(parts)
+
+
+def nonfinite_steps(rows: list[dict]) -> dict[str, list[int]]:
+    """{metric: steps where it was NaN/inf}, for the metrics that ever were."""
+    keys = sorted({k for row in rows for k in row if k not in ("step", "time")})
+    found = {key: _split_finite(*_series(rows, key))[2] for key in keys}
+    return {key: steps for key, steps in found.items() if steps}
 
 
 def _ema(values: list[float], span: int) -> list[float]:
@@ -90,25 +120,35 @@ def _draw(plot: Plot, rows: list[dict], keys: list[str], out: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    drawn = [(key, *_series(rows, key)) for key in keys]
-    drawn = [d for d in drawn if d[1]]
-    if not drawn or (plot.skip_if_zero and not any(v for _, _, vals in drawn for v in vals)):
+    drawn = [(key, *_split_finite(*_series(rows, key))) for key in keys]
+    drawn = [d for d in drawn if d[1] or d[3]]
+    if not drawn or (plot.skip_if_zero and not any(v for _, _, vals, _ in drawn for v in vals)):
         return False
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=110)
-    for i, (key, steps, values) in enumerate(drawn):
+    for i, (key, steps, values, _) in enumerate(drawn):
         color = f"C{i % 10}"
         if len(values) > 30:  # noisy curves: faint raw values, a smoothed line on top
             ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
             ax.plot(steps, _ema(values, max(5, len(values) // 20)), color=color, linewidth=1.6, label=key)
-        else:
+        elif values:
             ax.plot(steps, values, color=color, linewidth=1.4, marker="o" if len(values) < 15 else None,
                     markersize=3, label=key)
-    if plot.log_y and all(v > 0 for _, _, vals in drawn for v in vals):
+    if plot.log_y and all(v > 0 for _, _, vals, _ in drawn for v in vals):
         ax.set_yscale("log")
+    bad = sorted({s for *_, steps in drawn for s in steps})
+    if bad:  # NaN/inf cannot be drawn as values: mark where they are
+        if not any(vals for _, _, vals, _ in drawn):
+            ax.set_ylim(0, 1)
+        for step in bad:
+            ax.axvline(step, color="red", alpha=0.25, linewidth=1)
+        limits = ax.get_ylim()
+        ax.plot(bad, [limits[0]] * len(bad), "x", color="red", markersize=6, clip_on=False,
+                label=f"NaN/inf ({len(bad)} steps)")
+        ax.set_ylim(*limits)  # the crosses sit on the bottom edge without rescaling the curve
     ax.set_title(plot.title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    if len(drawn) > 1 or drawn[0][0] != plot.name:
+    if len(drawn) > 1 or drawn[0][0] != plot.name or bad:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(out)
@@ -142,6 +182,9 @@ def _final_metrics(rows: list[dict]) -> list[tuple[str, float, float]]:
     return out
 
 
+_NONFINITE_CLASS = ' class="nonfinite"'
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report/index.html`` and its PNGs; returns the HTML path."""
     run_dir = Path(run_dir)
@@ -167,10 +210,16 @@ def render_report(run_dir: str | Path) -> Path:
     last_step = rows[-1]["step"]
     total = info.get("total_steps")
     progress = f"{last_step} / {total}" if total else str(last_step)
+    bad = nonfinite_steps(rows)
     table = "\n".join(
-        f"<tr><td>{html.escape(k)}</td><td>{last:.6g}</td><td>{mean:.6g}</td></tr>"
+        f"<tr{_NONFINITE_CLASS if k in bad else ''}><td>{html.escape(k)}</td><td>{last:.6g}</td><td>{mean:.6g}</td></tr>"
         for k, last, mean in _final_metrics(rows)
     )
+    warning = ""
+    if bad:
+        items = "\n".join(f"<li><code>{html.escape(k)}</code>: NaN/inf at {len(steps)} of {len(rows)} logged steps "
+                          f"({_step_ranges(steps)})</li>" for k, steps in bad.items())
+        warning = f"<div{_NONFINITE_CLASS}><h2>Non-finite values</h2>\n<ul>\n{items}\n</ul></div>"
     figures = "\n".join(
         f'<figure><img src="{html.escape(name)}" alt="{html.escape(title)}"><figcaption>{html.escape(title)}'
         "</figcaption></figure>"
@@ -186,10 +235,13 @@ td:nth-child(n+2) {{ font-family: monospace; text-align: right; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure {{ margin: 0; }} img {{ max-width: 640px; width: 100%; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow: auto; max-height: 40em; }}
+.nonfinite {{ background: #fde8e8; color: #a00; }}
+div.nonfinite {{ padding: 0.2em 1em; border: 1px solid #e99; }}
 </style></head><body>
 <h1>longrl run: {html.escape(run_dir.name)}</h1>
 <p>{html.escape(str(info.get("desc", "")))} &middot; steps logged: {html.escape(progress)} &middot;
 directory: <code>{html.escape(str(run_dir.resolve()))}</code></p>
+{warning}
 <h2>Final metrics</h2>
 <table><tr><th>metric</th><th>last</th><th>mean of last 10%</th></tr>
 {table}

@@ -30,6 +30,7 @@ from longrl.train.logprobs import group_logprobs
 from longrl.train.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
 from longrl.train.microbatch import accumulation_normalizer, pad_ragged, split_group
 from longrl.train.optim import build_optimizer, build_scheduler
+from longrl.train.run_dir import claim_run_dir
 
 log = logging.getLogger("longrl.rl")
 
@@ -163,6 +164,7 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
     out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
     out["actor/clip_frac"] = out.get("actor/clip_frac_low", 0.0) + out.get("actor/clip_frac_high", 0.0)
     out["actor/lr"] = scheduler.get_last_lr()[0]
+    out["actor/skipped_updates"] = guard.skipped  # non-finite updates over the run (NonFiniteGuard)
     return out
 
 
@@ -206,6 +208,7 @@ def rollout_metrics(groups: list[Group], seen: list[Group]) -> dict[str, float]:
 def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool = True) -> dict[str, float]:
     """Run ``cfg.rl.steps`` RL steps on ``data`` (an ExampleSet); resumes from ``run_dir`` checkpoints."""
     run_dir = Path(run_dir)
+    claim_run_dir(run_dir, cfg.trainer.resume, "rl")
     algo = cfg.algorithm
     updates_per_step = algo.ppo_epochs * algo.mini_batches
     optimizer = build_optimizer(model, cfg.rl.optim)
@@ -217,13 +220,14 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
     sampler = PromptSampler(len(data), seed=cfg.trainer.seed)
     checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last, tokenizer=tokenizer,
                                 processor=ProcessorSpec.from_model(model, cfg.data.min_pixels, cfg.data.max_pixels))
-    guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps)
+    guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps, checkpointer)
     start = 0
     if cfg.trainer.resume == "auto":
         state = checkpointer.load_latest(model=model, optimizer=optimizer, scheduler=scheduler)
         if state is not None:
             start = int(state["step"])
             sampler.load_state_dict(state["sampler"])
+            guard.load_state_dict(state.get("guard", {}))  # older checkpoints hold no guard state
             log.info("resumed from step %d", start)
     logger = MetricsLogger(run_dir, total_steps=cfg.rl.steps, log_every=cfg.trainer.log_every,
                            tensorboard=cfg.trainer.tensorboard, wandb=cfg.trainer.wandb,
@@ -254,7 +258,7 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
         logger.log(step + 1, last)
         if step + 1 == cfg.rl.steps or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
             checkpointer.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                              extra={"sampler": sampler.state_dict()})
+                              extra={"sampler": sampler.state_dict(), "guard": guard.state_dict()})
     logger.close()
     model.eval()
     return last

@@ -13,6 +13,8 @@ from longrl.data.prompt import corpus_texts
 from longrl.data.rows import Row, read_rows
 from longrl.eval.evaluate import evaluate, markdown_table, write_report
 from longrl.models.qwen2_5_vl import check_model_path, load_model, save_pretrained
+from longrl.train.guard import require_finite_weights
+from longrl.train.run_dir import claim_run_dir
 
 log = logging.getLogger("longrl.run")
 
@@ -23,11 +25,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def setup_run(config_path, overrides) -> tuple[Config, Path, torch.device]:
-    """Resolve the config, create ``trainer.out_dir`` with the config saved in it, seed, pick the device."""
+def setup_run(config_path, overrides, *, stage: str | None = None) -> tuple[Config, Path, torch.device]:
+    """Resolve the config, create ``trainer.out_dir`` with the config saved in it, seed, pick the device.
+    ``stage`` ("sft"/"rl"): a training run; ``trainer.resume`` is applied to the directory first, so
+    a refused one is left untouched."""
     cfg = load_config(config_path, overrides)
     check_model_path(cfg.model.path)  # before any rows, videos or weights load
     out = Path(cfg.trainer.out_dir)
+    if stage is not None:
+        claim_run_dir(out, cfg.trainer.resume, stage)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.trainer.seed)
@@ -50,24 +56,18 @@ def _model(cfg: Config, device, rows):
 
 
 def sft_stage(model, tokenizer, data: ExampleSet, cfg: Config, log_dir: Path) -> list[float]:
-    """CoT-SFT over the usable rows of ``data``, logging to ``log_dir``; returns the per-step losses."""
-    from longrl.train.metrics import MetricsLogger
-    from longrl.train.sft import run_sft, sft_steps
+    """CoT-SFT over the usable rows of ``data``, logging and checkpointing in ``log_dir`` (resumed
+    from there under ``trainer.resume=auto``); returns the losses of the steps it ran."""
+    from longrl.train.sft import train_sft
 
     examples = data.valid()
-    logger = MetricsLogger(log_dir, total_steps=sft_steps(len(examples), cfg.sft), log_every=cfg.trainer.log_every,
-                           tensorboard=cfg.trainer.tensorboard, desc="sft", progress=False)
-    try:
-        return run_sft(model, tokenizer, examples, cfg.sft, seed=cfg.trainer.seed,
-                       log=lambda step, m: logger.log(step + 1, {**m, "data/skipped_rows": data.num_skipped}))
-    finally:
-        logger.close()
+    return train_sft(model, tokenizer, examples, cfg, log_dir, skipped_rows=data.num_skipped)
 
 
 def run_training(stage: str, config_path, overrides) -> None:
     from longrl.train.rl import train_rl
 
-    cfg, out, device = setup_run(config_path, overrides)
+    cfg, out, device = setup_run(config_path, overrides, stage=stage)
     rows, bad_rows = _rows(cfg.data.train_path, cfg, "train_path")
     model, tokenizer = _model(cfg, device, rows)
     if stage == "sft":
@@ -81,6 +81,7 @@ def run_training(stage: str, config_path, overrides) -> None:
             embedder = VideoEmbedder(model, cfg.data, EmbedCache(cfg.data.embed_cache_dir), cfg.model.train_vision)
         train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False, embedder=embedder, bad_rows=bad_rows),
                  cfg, out)
+    require_finite_weights(model, f"the trained model ({out / 'model'})")
     save_pretrained(model, tokenizer, out / "model")
     log.info("saved the trained model to %s", out / "model")
 
