@@ -7,7 +7,7 @@
     longrl cache-embeds [--config YAML] [key=value ...]
     longrl export --ckpt DIR --out HF_DIR
     longrl report RUN_DIR
-    longrl bench rollout|train ...
+    longrl bench rollout|train|step ...
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
 
     bench = sub.add_parser("bench", help="benchmarks against plain transformers")
-    bench.add_argument("which", choices=["rollout", "train"])
+    bench.add_argument("which", choices=["rollout", "train", "step"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -137,9 +137,12 @@ def _dispatch(args) -> int:
     if args.command == "bench":
         if args.which == "rollout":
             from longrl.bench.rollout import main as bench_main
+        elif args.which == "step":
+            from longrl.bench.step import main as bench_main
         else:
             from longrl.bench.train import main as bench_main
-        return bench_main(args.args) or 0
+        status = bench_main(args.args)
+        return status if isinstance(status, int) else 0  # train and step return their result rows
     raise AssertionError(args.command)
 
 
