@@ -34,6 +34,7 @@ import dataclasses
 import gc
 import json
 import math
+import sys
 import time
 
 import torch
@@ -224,11 +225,14 @@ def run_size(model, ref_model, optimizer, scheduler, frames: int, per_frame: int
             return {**result, "longrl_s": None, "error": ours["error"]}
         if run == 0 and runs > 1:
             result["longrl_cold_s"] = round(ours["seconds"], 3)
+        print(f"# F={frames}@{per_frame}: longrl step {ours['seconds']:.1f} s", file=sys.stderr, flush=True)
     result.update(longrl_s=round(ours["seconds"], 3), **_phases(ours), old_logprobs="from the sampler",
                   longrl_tokens=ours["tokens"], peak_mem_gb=ours.get("peak_mem_gb"))
     result.update(naive_s=None, speedup=None)
     if naive:
         theirs = measured(lambda: naive_step(model, ref_model, optimizer, prompts, cfg, seed=0), device, optimizer)
+        print(f"# F={frames}@{per_frame}: naive step {theirs.get('seconds', float('nan')):.1f} s", file=sys.stderr,
+              flush=True)
         if "error" in theirs:
             result["naive_error"] = theirs["error"]
         else:
