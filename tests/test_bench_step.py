@@ -43,10 +43,11 @@ def test_bench_step_longest_reports_largest_fit(capsys, monkeypatch):
 
     real_step = step.longrl_step
 
-    def out_of_memory_above_100_tokens(model, ref_model, optimizer, scheduler, prompts, cfg, seed):
+    def out_of_memory_above_100_tokens(model, ref_model, optimizer, scheduler, prompts, cfg, seed, timer=None):
         if len(prompts[0]) > 100:  # 4 frames at 8 tokens (94 tokens) fits, 6 frames (110) does not
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
-        return real_step(model, ref_model, optimizer, scheduler, prompts, cfg, seed)
+            with timer("update"):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        return real_step(model, ref_model, optimizer, scheduler, prompts, cfg, seed, timer)
 
     monkeypatch.setattr(step, "longrl_step", out_of_memory_above_100_tokens)
     args = ["bench", "step", "--tiny", "--device", "cpu", "--frames", "2@8,6@8,4@8", "--prompts", "1", "--n", "2",
@@ -55,7 +56,7 @@ def test_bench_step_longest_reports_largest_fit(capsys, monkeypatch):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r.get("frames") for r in rows[:3]] == [2, 6, 4] and rows[0]["naive_s"] is rows[2]["naive_s"] is None
     assert "ref_logprobs_s" not in rows[0]  # kl_coef 0: no reference model
-    assert rows[1]["longrl_s"] is None and rows[1]["error"].startswith("out of memory: CUDA out of memory.")
+    assert rows[1]["longrl_s"] is None and rows[1]["error"].startswith("out of memory in update: CUDA out of memory.")
     summary = rows[3]
     assert summary["longest_frames"] == 4 and summary["longest_step_s"] == rows[2]["longrl_s"]
     assert summary["tried"] == {"2@8": "fits", "6@8": rows[1]["error"], "4@8": "fits"}

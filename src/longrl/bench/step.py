@@ -36,6 +36,7 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -56,6 +57,18 @@ from longrl.train.optim import build_optimizer, build_scheduler
 from longrl.train.rl import Group, policy_update, reference_logprobs, step_advantages
 
 FRAME_TOKENS = 128  # a 448x448 frame: 32x32 patches, merged 2x2 -> 256 tokens per 2 frames
+
+
+class StepTimer(PhaseTimer):
+    """PhaseTimer that remembers the phase in progress (to say where a step ran out of memory)."""
+
+    current = ""
+
+    @contextmanager
+    def __call__(self, phase: str):
+        self.current = phase
+        with super().__call__(phase):
+            yield
 
 
 def parse_frames(text: str) -> list[tuple[int, int]]:
@@ -119,9 +132,10 @@ def _rewards(prompts: int, n: int, seed: int) -> list[torch.Tensor]:
     return [torch.randn(n, generator=g) for _ in range(prompts)]
 
 
-def longrl_step(model, ref_model, optimizer, scheduler, prompts: list[Prompt], cfg, seed: int) -> dict:
+def longrl_step(model, ref_model, optimizer, scheduler, prompts: list[Prompt], cfg, seed: int,
+                timer: StepTimer | None = None) -> dict:
     """One RL step as ``train_rl`` runs it (encode, rollout, reference log-probs, advantages, update)."""
-    timer = PhaseTimer(sync_cuda=model.device.type == "cuda")
+    timer = timer or StepTimer()
     model.eval()
     with torch.no_grad():
         with timer("encode"):
@@ -146,9 +160,10 @@ def longrl_step(model, ref_model, optimizer, scheduler, prompts: list[Prompt], c
     return {"phases": timer.pop(), "tokens": sum(len(r) for g in groups for r in g.responses)}
 
 
-def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: int) -> dict:
+def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: int,
+               timer: StepTimer | None = None) -> dict:
     """The same step done as plain transformers code would: see the module docstring."""
-    timer = PhaseTimer(sync_cuda=model.device.type == "cuda")
+    timer = timer or StepTimer()
     n, new_tokens, algo = cfg.rollout.n, cfg.rollout.max_new_tokens, cfg.algorithm
     optimizer.zero_grad(set_to_none=True)
     normalizer = accumulation_normalizer(algo.loss_agg, [new_tokens] * n * len(prompts))
@@ -189,16 +204,18 @@ def _free(device: torch.device, optimizer) -> None:
 
 
 def measured(fn, device: torch.device, optimizer) -> dict:
-    """``fn()``'s result with its wall seconds and peak GPU memory; out of memory is a result too."""
+    """``fn(timer)``'s result with its wall seconds and peak GPU memory; out of memory is a result too
+    (naming the phase it happened in)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    timer = StepTimer(sync_cuda=device.type == "cuda")
     start = time.perf_counter()
     try:
-        out = fn()
+        out = fn(timer)
     except torch.OutOfMemoryError as error:
         _free(device, optimizer)
-        return {"error": f"out of memory: {str(error).splitlines()[0][:160]}"}
+        return {"error": f"out of memory in {timer.current}: {str(error).splitlines()[0][:120]}"}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
@@ -218,19 +235,30 @@ def run_size(model, ref_model, optimizer, scheduler, frames: int, per_frame: int
                   n=args.n, new_tokens=args.new_tokens, kl_coef=args.kl_coef,
                   step_tokens=sum(len(p) for p in prompts) + args.prompts * args.n * args.new_tokens)
     runs = 1 if args.longest else 2  # the first at a new size builds cuDNN plans and compiled shapes
-    for run in range(runs):
-        ours = measured(lambda: longrl_step(model, ref_model, optimizer, scheduler, prompts, cfg, seed=run), device,
-                        optimizer)
+    run = 0
+    while run < runs:
+        ours = measured(lambda t: longrl_step(model, ref_model, optimizer, scheduler, prompts, cfg, seed=run, timer=t),
+                        device, optimizer)
+        if "error" in ours and args.checkpointing == "auto" and device.type == "cuda":
+            # adaptive checkpointing sized itself from free memory and missed: report it, checkpoint every layer
+            result["auto_checkpointing_error"] = ours["error"]
+            print(f"# F={frames}@{per_frame}: {ours['error']}; retrying with every layer checkpointed",
+                  file=sys.stderr, flush=True)
+            args.checkpointing = "all"
+            enable_gradient_checkpointing(model, adaptive=False)
+            continue
         if "error" in ours:
-            return {**result, "longrl_s": None, "error": ours["error"]}
+            return {**result, "longrl_s": None, "error": ours["error"], "checkpointing": args.checkpointing}
         if run == 0 and runs > 1:
             result["longrl_cold_s"] = round(ours["seconds"], 3)
         print(f"# F={frames}@{per_frame}: longrl step {ours['seconds']:.1f} s", file=sys.stderr, flush=True)
+        run += 1
     result.update(longrl_s=round(ours["seconds"], 3), **_phases(ours), old_logprobs="from the sampler",
-                  longrl_tokens=ours["tokens"], peak_mem_gb=ours.get("peak_mem_gb"))
+                  longrl_tokens=ours["tokens"], peak_mem_gb=ours.get("peak_mem_gb"), checkpointing=args.checkpointing)
     result.update(naive_s=None, speedup=None)
     if naive:
-        theirs = measured(lambda: naive_step(model, ref_model, optimizer, prompts, cfg, seed=0), device, optimizer)
+        theirs = measured(lambda t: naive_step(model, ref_model, optimizer, prompts, cfg, seed=0, timer=t), device,
+                          optimizer)
         print(f"# F={frames}@{per_frame}: naive step {theirs.get('seconds', float('nan')):.1f} s", file=sys.stderr,
               flush=True)
         if "error" in theirs:
@@ -269,6 +297,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (the group size)")
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens per sample, EOS ignored")
     ap.add_argument("--kl-coef", type=float, default=0.01, help="KL loss weight; 0 drops the reference model")
+    ap.add_argument("--checkpointing", choices=["auto", "all"], default="auto",
+                    help="GPU activation checkpointing of longrl's group forward: auto (as many layers as free memory "
+                         "needs; on out of memory the step is retried with all) or all (every layer)")
     ap.add_argument("--no-naive", action="store_true", help="time longrl only (the naive pipeline may not fit)")
     ap.add_argument("--longest", action="store_true",
                     help="longrl only, one step per --frames size (out of memory caught), then a line naming the "
@@ -292,8 +323,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     model = random_model(tiny_bench_config() if args.tiny else qwen25vl_3b_config(), device=device, dtype=dtype)
     use_longrl_attention(model.config.text_config)
     model.model.visual.requires_grad_(False)  # frozen tower (cfg.model.train_vision = False)
-    if device.type == "cuda":
-        enable_gradient_checkpointing(model, adaptive=True)  # longrl keeps what fits; naive checkpoints all
+    if device.type == "cuda":  # longrl keeps what fits (auto) or checkpoints all; naive checkpoints all
+        enable_gradient_checkpointing(model, adaptive=args.checkpointing == "auto")
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if args.kl_coef > 0 else None
     optim_cfg = Config().rl.optim
     optimizer = build_optimizer(model, optim_cfg)
