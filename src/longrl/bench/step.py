@@ -259,8 +259,8 @@ def run_size(model, ref_model, optimizer, scheduler, frames: int, per_frame: int
     if naive:
         theirs = measured(lambda t: naive_step(model, ref_model, optimizer, prompts, cfg, seed=0, timer=t), device,
                           optimizer)
-        print(f"# F={frames}@{per_frame}: naive step {theirs.get('seconds', float('nan')):.1f} s", file=sys.stderr,
-              flush=True)
+        print(f"# F={frames}@{per_frame}: naive step " + (f"{theirs['seconds']:.1f} s" if "seconds" in theirs
+                                                           else theirs["error"]), file=sys.stderr, flush=True)
         if "error" in theirs:
             result["naive_error"] = theirs["error"]
         else:
