@@ -8,7 +8,7 @@
     longrl config [--config YAML] [key=value ...]
     longrl export --ckpt DIR --out HF_DIR [--overwrite]
     longrl report RUN_DIR
-    longrl bench rollout|train ...
+    longrl bench rollout|train|step ...
 
 ``key=value`` overrides may stand anywhere after the subcommand (before or after its options).
 A known kind of bad input ends as one line, ``error: ...``, with exit code 2 for a config error and 1
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
 
     bench = sub.add_parser("bench", parents=common, help="benchmarks against plain transformers")
-    bench.add_argument("which", choices=["rollout", "train"])
+    bench.add_argument("which", choices=["rollout", "train", "step"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
@@ -208,9 +208,12 @@ def _dispatch(args) -> int:
     if args.command == "bench":
         if args.which == "rollout":
             from longrl.bench.rollout import main as bench_main
+        elif args.which == "step":
+            from longrl.bench.step import main as bench_main
         else:
             from longrl.bench.train import main as bench_main
-        return bench_main(args.args) or 0
+        status = bench_main(args.args)
+        return status if isinstance(status, int) else 0  # train and step return their result rows
     raise AssertionError(args.command)
 
 

@@ -143,7 +143,7 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
                     old, _ = pad_ragged([g.old_logp[j] for j in sub])
                     ref = pad_ragged([g.ref_logp[j] for j in sub])[0] if g.ref_logp is not None else None
                     entropy = pad_ragged([e.detach() if algo.entropy_coef == 0 else e for e in out.entropy])[0]
-                    adv = advantages[i][sub]
+                    adv = advantages[i][sub].to(logp.device)  # rewards (so advantages) are CPU tensors
                     if adv.dim() == 2:  # token-level (REINFORCE++): padded to the step's longest response
                         adv = adv[:, : logp.shape[1]]
                     loss, metrics = policy_loss(logp, old, adv, mask, algo, normalizer=normalizer,
