@@ -114,7 +114,10 @@ def _vision_check(visual, rank: int) -> dict:
     ref_grads = {n: p.grad.clone() for n, p in visual.named_parameters()}
     visual.zero_grad(set_to_none=True)
 
+    encoded = []
+    hook = visual.patch_embed.register_forward_hook(lambda mod, args, out: encoded.append(args[0].shape[0]))
     out = visual(pixels, grid).pooler_output  # frame-sharded, gathered
+    hook.remove()
     rows = torch.arange(out.shape[0]) % WORLD == rank
     (out * weight)[rows].sum().backward()
     for p in visual.parameters():
@@ -122,7 +125,7 @@ def _vision_check(visual, rank: int) -> dict:
     sp_grads = {n: p.grad.clone() for n, p in visual.named_parameters()}
     visual.zero_grad(set_to_none=True)
     return dict(forward=(out - full).abs().max().item(), grads=_grad_diff(ref_grads, sp_grads),
-                grad_count=len(sp_grads))
+                grad_count=len(sp_grads), encoded_patches=encoded)
 
 
 def _rollout_check(model, reference, tok, seed: int) -> dict:
@@ -200,6 +203,8 @@ def test_frame_sharded_vision_equals_unsharded(measured):
         m = rank["vision"]
         assert m["forward"] <= TOL and m["grads"] <= TOL, m
         assert m["grad_count"] > 10
+    # rank 0 encoded the first video's 3 temporal groups, rank 1 the second's 2 (144 patches each)
+    assert [rank["vision"]["encoded_patches"] for rank in measured] == [[3 * 144], [2 * 144]]
 
 
 @pytest.mark.parametrize("case", ["rollout", "rollout_replicated_kv"])
