@@ -1,6 +1,7 @@
 """Sequence parallelism (Ulysses + frame-sharded vision) over 2 gloo processes equals one process:
 group-forward log-probs, loss and every gradient; the vision tower forward and backward; the
-rollout prefill KV and greedy tokens (tiny fp32 models, 1e-5).
+rollout prefill KV and greedy tokens, with the prefix KV gathered or kept sharded by heads (tiny
+fp32 models, 1e-5).
 
 One spawn of 2 workers runs every check (process start-up dominates on a small CPU); each rank
 writes what it measured, and the tests below assert on both ranks' figures."""
@@ -18,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from longrl.data.vision_preprocess import VisionInputs
-from longrl.dist.sequence_parallel import apply_sequence_parallel, average_gradients
+from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel, average_gradients
 from longrl.dist.ulysses import check_heads
 from longrl.dist.vision import split_frames
 from longrl.models.config import ModelConfig, TinyModelConfig
@@ -140,14 +141,24 @@ def _rollout_check(model, reference, tok, seed: int) -> dict:
                                    ref_prompt.position_ids, chunk=7)
         dec = TextDecoder(model)
         kv, last = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=7)
+        # the sharded decode keeps the prefill's KV heads: this rank's one (of 2), or a copy of the only one
+        sharded = apply_sequence_parallel(copy.deepcopy(reference), dist.group.WORLD,
+                                          SequenceParallelConfig(decode="sharded"))
+        dec = TextDecoder(sharded)
+        own_kv, _ = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=7)
+        heads = ref_kv.k.shape[1]
+        own = ref_kv.k[:, [dist.get_rank() * heads // WORLD]]
     params = SamplingParams(n=2, greedy=True, max_new_tokens=12)
     config = RolloutConfig(prefill_chunk_tokens=7)
     ref_tokens = [s.token_ids for s in generate(reference, [ref_prompt], params, config=config)[0]]
     tokens = [s.token_ids for s in generate(model, [prompt], params, config=config)[0]]
+    sharded_tokens = [s.token_ids for s in generate(sharded, [prompt], params, config=config)[0]]
     return dict(embeds=embeds, prompt_len=len(prompt), kv=max((ref_kv.k - kv.k).abs().max().item(),
                                                               (ref_kv.v - kv.v).abs().max().item()),
                 kv_shape=list(kv.k.shape), ref_kv_shape=list(ref_kv.k.shape),
-                last=(ref_last - last).abs().max().item(), tokens=tokens, ref_tokens=ref_tokens)
+                own_kv_shape=list(own_kv.k.shape), own_kv=(own_kv.k - own).abs().max().item(),
+                last=(ref_last - last).abs().max().item(), tokens=tokens, ref_tokens=ref_tokens,
+                sharded_tokens=sharded_tokens)
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -215,6 +226,9 @@ def test_rollout_sp2_equals_one_process(measured, case):
         assert m["kv_shape"] == m["ref_kv_shape"]  # every rank holds the whole prefix KV
         assert m["embeds"] <= TOL and m["kv"] <= TOL and m["last"] <= TOL, m
         assert m["tokens"] == m["ref_tokens"] and len(m["tokens"][0]) == 12, m
+        # sharded decode: each rank keeps one KV head of the prefix, and decodes the same tokens
+        assert m["own_kv_shape"] == [m["ref_kv_shape"][0], 1, *m["ref_kv_shape"][2:]] and m["own_kv"] <= TOL, m
+        assert m["sharded_tokens"] == m["ref_tokens"], m
     assert measured[0]["rollout"]["tokens"] == measured[1]["rollout"]["tokens"]
 
 

@@ -102,6 +102,8 @@ class TextDecoder:
         self.image_token_id = model.config.image_token_id
         self.layers = [self._weights(layer) for layer in lm.layers]
         self.sp = sequence_parallel(model)  # prefill sharded by tokens under sequence parallelism
+        # heads one rank attends with in decode (fewer under sequence parallelism's sharded decode)
+        self.decode_heads, self.decode_kv_heads = self.sp.decode_heads(self.num_heads, self.kv_heads)
 
     @staticmethod
     def _weights(layer) -> LayerWeights:
