@@ -41,7 +41,8 @@ def prefill(dec: TextDecoder, embed: Callable[[int, int], torch.Tensor], positio
 
     Under sequence parallelism (``dec.sp``, ``longrl.dist.ulysses``) a step covers ``chunk`` tokens
     per rank: each rank runs its share of them outside attention and all of them for its heads
-    inside; the KV store holds this rank's heads until the end, then every rank gets all of it."""
+    inside; the KV store holds this rank's heads, and at the end every rank gets all of them (or
+    keeps its own, for the sharded decode)."""
     pre_attention, post_attention = layer_functions(compiled)
     sp = dec.sp
     length = position_ids.shape[1]
@@ -67,5 +68,5 @@ def prefill(dec: TextDecoder, embed: Callable[[int, int], torch.Tensor], positio
     # the last prompt token's hidden state, from the rank that holds it
     rows, owned = sp.local_rows(torch.tensor([end - start - 1], device=dec.device), end - start)
     last = sp.combine(h[0].index_select(0, rows), owned)[0]
-    prefix = PrefixKV(sp.gather_kv(k_store, dec.kv_heads), sp.gather_kv(v_store, dec.kv_heads))
+    prefix = PrefixKV(sp.gather_kv(k_store), sp.gather_kv(v_store))
     return prefix, last
