@@ -96,11 +96,12 @@ def _group_check(model, tok, responses_lens, train_vision: bool, seed: int) -> d
     with torch.no_grad():  # transformers' own layers under the same sharding
         hf = group_logprobs(model, prompt, responses, layers="hf")
         local_rows = group_hidden(model, prompt, responses)[0].shape[0]
+        copied = group_logprobs(copy.deepcopy(model), prompt, responses)  # the RL loop's reference model
     return dict(total_len=len(prompt) + sum(lens), local_rows=local_rows, logp=_max_diff(ref.logprobs, out.logprobs),
                 entropy=_max_diff(ref.entropy, out.entropy), loss=abs(ref_loss.item() - loss.item()),
                 grads=_grad_diff(ref_grads, sp_grads), grad_count=len(sp_grads),
                 vision_grads=sum(k.startswith("model.visual") for k in sp_grads),
-                hf_logp=_max_diff(ref.logprobs, hf.logprobs))
+                hf_logp=_max_diff(ref.logprobs, hf.logprobs), copied_logp=_max_diff(ref.logprobs, copied.logprobs))
 
 
 def _vision_check(visual, rank: int) -> dict:
@@ -202,7 +203,7 @@ def test_group_forward_sp2_equals_one_process(measured, case):
         m = rank[case]
         assert m["total_len"] % WORLD == 1  # padding exercised
         assert m["local_rows"] == (m["total_len"] + 1) // WORLD  # each rank ran its half of the tokens
-        assert m["logp"] <= TOL and m["entropy"] <= TOL and m["hf_logp"] <= TOL, m
+        assert m["logp"] <= TOL and m["entropy"] <= TOL and m["hf_logp"] <= TOL and m["copied_logp"] <= TOL, m
         assert m["loss"] <= TOL * 10, m  # a sum over ~30 weighted terms
         assert m["grads"] <= TOL, m
     assert measured[0]["group"]["vision_grads"] > 0  # the tower trained, frame-sharded
