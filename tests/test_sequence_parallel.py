@@ -28,7 +28,7 @@ from longrl.rollout import RolloutConfig, SamplingParams, generate
 from longrl.rollout.decoder import TextDecoder
 from longrl.rollout.prefill import prefill
 from longrl.rollout.prompts import PromptEmbedder
-from longrl.train.group_forward import group_hidden
+from longrl.train.group_forward import enable_gradient_checkpointing, group_hidden
 from longrl.train.logprobs import group_logprobs
 
 WORLD = 2
@@ -67,6 +67,14 @@ def _grad_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def _loss_and_grads(model, prompt, responses, train_vision, loss_of, group):
+    out = group_logprobs(model, prompt, responses, train_vision=train_vision, with_entropy=True)
+    loss = loss_of(out)
+    loss.backward()
+    average_gradients(model, group)
+    return (out, loss), _grads(model)
+
+
 def _group_check(model, tok, responses_lens, train_vision: bool, seed: int) -> dict:
     """Group log-probs, entropies, the loss and gradients: sp=2 (model) vs one process (its copy)."""
     reference = copy.deepcopy(model)
@@ -88,11 +96,10 @@ def _group_check(model, tok, responses_lens, train_vision: bool, seed: int) -> d
     ref_grads = _grads(reference)
 
     apply_sequence_parallel(model, group)
-    out = group_logprobs(model, prompt, responses, train_vision=train_vision, with_entropy=True)
-    loss = loss_of(out)
-    loss.backward()
-    average_gradients(model, group)
-    sp_grads = _grads(model)
+    (out, loss), sp_grads = _loss_and_grads(model, prompt, responses, train_vision, loss_of, group)
+    enable_gradient_checkpointing(model.train())  # recompute (and its all-to-alls) in backward
+    (recomputed, _), recomputed_grads = _loss_and_grads(model, prompt, responses, train_vision, loss_of, group)
+    model.gradient_checkpointing_disable()
     with torch.no_grad():  # transformers' own layers under the same sharding
         hf = group_logprobs(model, prompt, responses, layers="hf")
         local_rows = group_hidden(model, prompt, responses)[0].shape[0]
@@ -100,6 +107,8 @@ def _group_check(model, tok, responses_lens, train_vision: bool, seed: int) -> d
     return dict(total_len=len(prompt) + sum(lens), local_rows=local_rows, logp=_max_diff(ref.logprobs, out.logprobs),
                 entropy=_max_diff(ref.entropy, out.entropy), loss=abs(ref_loss.item() - loss.item()),
                 grads=_grad_diff(ref_grads, sp_grads), grad_count=len(sp_grads),
+                recomputed_grads=_grad_diff(ref_grads, recomputed_grads),
+                recomputed_layers=recomputed.info["checkpointed_layers"],
                 vision_grads=sum(k.startswith("model.visual") for k in sp_grads),
                 hf_logp=_max_diff(ref.logprobs, hf.logprobs), copied_logp=_max_diff(ref.logprobs, copied.logprobs))
 
@@ -205,7 +214,7 @@ def test_group_forward_sp2_equals_one_process(measured, case):
         assert m["local_rows"] == (m["total_len"] + 1) // WORLD  # each rank ran its half of the tokens
         assert m["logp"] <= TOL and m["entropy"] <= TOL and m["hf_logp"] <= TOL and m["copied_logp"] <= TOL, m
         assert m["loss"] <= TOL * 10, m  # a sum over ~30 weighted terms
-        assert m["grads"] <= TOL, m
+        assert m["grads"] <= TOL and m["recomputed_grads"] <= TOL and m["recomputed_layers"] == 4, m
     assert measured[0]["group"]["vision_grads"] > 0  # the tower trained, frame-sharded
     assert measured[0]["group_replicated_kv"]["vision_grads"] == 0
 
