@@ -20,7 +20,6 @@ includes the sp dimension is then exact with no special divide factor.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.distributed as dist
