@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
 
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel, average_gradients
@@ -102,6 +103,7 @@ def _group_check(model, tok, responses_lens, train_vision: bool, seed: int) -> d
     model.gradient_checkpointing_disable()
     with torch.no_grad():  # transformers' own layers under the same sharding
         hf = group_logprobs(model, prompt, responses, layers="hf")
+        split = group_logprobs(model, prompt, responses, backend="split")  # another layout, per head shard
         local_rows = group_hidden(model, prompt, responses)[0].shape[0]
         copied = group_logprobs(copy.deepcopy(model), prompt, responses)  # the RL loop's reference model
     return dict(total_len=len(prompt) + sum(lens), local_rows=local_rows, logp=_max_diff(ref.logprobs, out.logprobs),
@@ -110,7 +112,8 @@ def _group_check(model, tok, responses_lens, train_vision: bool, seed: int) -> d
                 recomputed_grads=_grad_diff(ref_grads, recomputed_grads),
                 recomputed_layers=recomputed.info["checkpointed_layers"],
                 vision_grads=sum(k.startswith("model.visual") for k in sp_grads),
-                hf_logp=_max_diff(ref.logprobs, hf.logprobs), copied_logp=_max_diff(ref.logprobs, copied.logprobs))
+                hf_logp=_max_diff(ref.logprobs, hf.logprobs), copied_logp=_max_diff(ref.logprobs, copied.logprobs),
+                split_logp=_max_diff(ref.logprobs, split.logprobs))
 
 
 def _vision_check(visual, rank: int) -> dict:
@@ -152,8 +155,8 @@ def _rollout_check(model, reference, tok, seed: int) -> dict:
         dec = TextDecoder(model)
         kv, last = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=7)
         # the sharded decode keeps the prefill's KV heads: this rank's one (of 2), or a copy of the only one
-        sharded = apply_sequence_parallel(copy.deepcopy(reference), dist.group.WORLD,
-                                          SequenceParallelConfig(decode="sharded"))
+        mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("sp",))  # as parallelize passes it
+        sharded = apply_sequence_parallel(copy.deepcopy(reference), mesh, SequenceParallelConfig(decode="sharded"))
         dec = TextDecoder(sharded)
         own_kv, _ = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=7)
         heads = ref_kv.k.shape[1]
@@ -213,6 +216,7 @@ def test_group_forward_sp2_equals_one_process(measured, case):
         assert m["total_len"] % WORLD == 1  # padding exercised
         assert m["local_rows"] == (m["total_len"] + 1) // WORLD  # each rank ran its half of the tokens
         assert m["logp"] <= TOL and m["entropy"] <= TOL and m["hf_logp"] <= TOL and m["copied_logp"] <= TOL, m
+        assert m["split_logp"] <= TOL, m
         assert m["loss"] <= TOL * 10, m  # a sum over ~30 weighted terms
         assert m["grads"] <= TOL and m["recomputed_grads"] <= TOL and m["recomputed_layers"] == 4, m
     assert measured[0]["group"]["vision_grads"] > 0  # the tower trained, frame-sharded
