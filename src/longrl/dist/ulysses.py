@@ -193,7 +193,7 @@ class Ulysses(SequenceParallel):
         kv_local, kv_start = self.local_kv_heads(kv_heads), self.rank * kv_heads // self.size
         q = q[:, self.rank * heads * head_dim:(self.rank + 1) * heads * head_dim]
         k, v = (t[:, kv_start * head_dim:(kv_start + kv_local) * head_dim] for t in (k, v))
-        return q.contiguous(), k.contiguous(), v.contiguous()
+        return q, k, v  # column slices: row-strided views, as the unsharded step's split of packed q/k/v
 
     def decode_output(self, attn):
         if self.decode == "gathered":
