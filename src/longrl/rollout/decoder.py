@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
+from longrl.dist.ulysses import sequence_parallel
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
@@ -99,6 +101,9 @@ class TextDecoder:
         self.video_token_id = model.config.video_token_id
         self.image_token_id = model.config.image_token_id
         self.layers = [self._weights(layer) for layer in lm.layers]
+        self.sp = sequence_parallel(model)  # prefill sharded by tokens under sequence parallelism
+        # heads one rank attends with in decode (fewer under sequence parallelism's sharded decode)
+        self.decode_heads, self.decode_kv_heads = self.sp.decode_heads(self.num_heads, self.kv_heads)
 
     @staticmethod
     def _weights(layer) -> LayerWeights:

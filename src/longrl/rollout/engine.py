@@ -48,7 +48,7 @@ class DecodeBatch:
         self.current = torch.zeros(rows, dtype=torch.long, device=dev)
         self.step = torch.zeros((), dtype=torch.long, device=dev)
         self.finished = torch.zeros(rows, dtype=torch.bool, device=dev)
-        shape = (dec.num_layers, rows, dec.kv_heads, suffix_capacity, dec.head_dim)
+        shape = (dec.num_layers, rows, dec.decode_kv_heads, suffix_capacity, dec.head_dim)
         self.suffix_k = torch.zeros(shape, dtype=dec.dtype, device=dev)
         self.suffix_v = torch.zeros(shape, dtype=dec.dtype, device=dev)
         self.vocab_hash = hashed_vocab(dec.vocab_size, dev)

@@ -164,7 +164,8 @@ class DecodeOps:
     def plan(self, dec: TextDecoder, prefix_lens: list[int], n: int):
         if not self.gpu_kernels:
             return None
-        return self.kernels.attention_plan(prefix_lens, n, dec.num_heads, dec.kv_heads, dec.head_dim, dec.device)
+        return self.kernels.attention_plan(prefix_lens, n, dec.decode_heads, dec.decode_kv_heads, dec.head_dim,
+                                           dec.device)
 
     def fall_back_to_eager(self, error: Exception) -> None:
         warnings.warn(f"the compiled decode step failed ({type(error).__name__}: {error}); decoding with "
@@ -209,10 +210,11 @@ class DecodeOps:
         if self.gpu_kernels:
             for i, lw in enumerate(self.layers):
                 h, x = self.norm_in(h, delta, lw.ln1, eps=dec.eps)
-                q, k, v = self._qkv(dec, x, lw)
+                q, k, v = dec.sp.decode_qkv(*self._qkv(dec, x, lw), dec.head_dim)
                 attn = self.kernels.decode_attention(batch.plan, q, k, v, batch.cos, batch.sin, t,
                                                      [p.layer(i) for p in prefixes], suffix_k[i], suffix_v[i],
                                                      dec.scale)
+                attn = dec.sp.decode_output(attn)
                 h, x = self.norm_in(h, self.linear(attn, lw.o_w), lw.ln2, eps=dec.eps)
                 delta = self._mlp(dec, x, lw)
             return h, delta
@@ -222,8 +224,8 @@ class DecodeOps:
         for i, lw in enumerate(self.layers):
             h, x = self.norm_in(h, delta, lw.ln1, eps=dec.eps)
             q, k, v = self._qkv(dec, x, lw)
-            q = self.rotary_and_store(q, k, v, cos, sin, suffix_k[i], suffix_v[i], slot, num_heads=dec.num_heads,
-                                      kv_heads=dec.kv_heads)
+            q = self.rotary_and_store(*dec.sp.decode_qkv(q, k, v, dec.head_dim), cos, sin, suffix_k[i], suffix_v[i],
+                                      slot, num_heads=dec.decode_heads, kv_heads=dec.decode_kv_heads)
             parts = [prefix_partials(q[g * n:(g + 1) * n], *p.layer(i), dec.scale) for g, p in enumerate(prefixes)]
             sk, sv = suffix_k[i][:, :, :window], suffix_v[i][:, :, :window]
             if compiled:  # one compiled kernel set for every prefix split count and suffix window
@@ -232,7 +234,7 @@ class DecodeOps:
                     torch._dynamo.maybe_mark_dynamic(l, 1)
                 torch._dynamo.maybe_mark_dynamic(sk, 2)
                 torch._dynamo.maybe_mark_dynamic(sv, 2)
-            attn = self.attend(q, parts, n, sk, sv, length, dec.scale)
+            attn = dec.sp.decode_output(self.attend(q, parts, n, sk, sv, length, dec.scale))
             h, x = self.norm_in(h, self.linear(attn, lw.o_w), lw.ln2, eps=dec.eps)
             delta = self._mlp(dec, x, lw)
         return h, delta

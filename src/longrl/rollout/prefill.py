@@ -37,24 +37,36 @@ def prefill(dec: TextDecoder, embed: Callable[[int, int], torch.Tensor], positio
     embeddings [end - start, H] of a chunk. Returns the prefix KV and the final
     hidden state [H] of the last prompt token (it predicts the first response token).
     ``compiled``: the layer functions under torch.compile (the GPU default; the same graphs as
-    the trainer's group forward)."""
+    the trainer's group forward).
+
+    Under sequence parallelism (``dec.sp``, ``longrl.dist.ulysses``) a step covers ``chunk`` tokens
+    per rank: each rank runs its share of them outside attention and all of them for its heads
+    inside; the KV store holds this rank's heads, and at the end every rank gets all of them (or
+    keeps its own, for the sharded decode)."""
     pre_attention, post_attention = layer_functions(compiled)
+    sp = dec.sp
     length = position_ids.shape[1]
     position_ids = position_ids.to(dec.device)
-    shape = (dec.num_layers, dec.kv_heads, length, dec.head_dim)
-    prefix = PrefixKV(torch.empty(shape, device=dec.device, dtype=dec.dtype),
-                      torch.empty(shape, device=dec.device, dtype=dec.dtype))
+    shape = (dec.num_layers, sp.local_kv_heads(dec.kv_heads), length, dec.head_dim)
+    k_store = torch.empty(shape, device=dec.device, dtype=dec.dtype)
+    v_store = torch.empty(shape, device=dec.device, dtype=dec.dtype)
     h = None
-    for start in range(0, length, chunk):
-        end = min(length, start + chunk)
-        h = embed(start, end).to(dec.dtype)[None]
-        cos, sin = dec.rope(h, position_ids[:, None, start:end])
+    for start in range(0, length, chunk * sp.size):
+        end = min(length, start + chunk * sp.size)
+        h = sp.shard(embed(start, end).to(dec.dtype)[None], dim=1)
+        cos, sin = dec.rope(h, sp.shard(position_ids[:, None, start:end], dim=2))
         for i, w in enumerate(dec.layers):
             q, k, v = pre_attention(h, *w.attn, cos, sin, eps=dec.eps, num_heads=dec.num_heads,
                                     kv_heads=dec.kv_heads)
-            prefix.k[i, :, start:end] = k[0]
-            prefix.v[i, :, start:end] = v[0]
-            attn = prefill_attention(q, prefix.k[i, None, :, :end], prefix.v[i, None, :, :end], dec.scale)
-            h = post_attention(h, attn.transpose(1, 2).reshape(1, end - start, -1), *w.mlp, eps=dec.eps,
+            q, k, v = sp.heads(q, k, v, end - start)
+            k_store[i, :, start:end] = k[0]
+            v_store[i, :, start:end] = v[0]
+            attn = prefill_attention(q, k_store[i, None, :, :end], v_store[i, None, :, :end], dec.scale)
+            attn = sp.tokens(attn, seq_dim=2, head_dim=1)
+            h = post_attention(h, attn.transpose(1, 2).reshape(1, h.shape[1], -1), *w.mlp, eps=dec.eps,
                                act=dec.act)
-    return prefix, h[0, -1]
+    # the last prompt token's hidden state, from the rank that holds it
+    rows, owned = sp.local_rows(torch.tensor([end - start - 1], device=dec.device), end - start)
+    last = sp.combine(h[0].index_select(0, rows), owned)[0]
+    prefix = PrefixKV(sp.gather_kv(k_store), sp.gather_kv(v_store))
+    return prefix, last

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from longrl.dist.ulysses import sequence_parallel
 from longrl.models.attention import AttentionLayout
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, prompt_embeds
 from longrl.rollout.decoder import layer_functions  # the layer math rollout runs, shared (and compiled once)
@@ -395,13 +396,17 @@ def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.dev
 def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vision: bool = False,
                  backend: Backend = "auto", layers: LayerImpl = "auto",
                  stats: dict | None = None) -> tuple[torch.Tensor, GroupPacking]:
-    """Final hidden states [T, H] of the packed group, and its packing.
+    """Final hidden states [T, H] of the packed group, and its packing. Under sequence parallelism
+    (``longrl.dist``) the rows this rank holds: ``sequence_parallel(model).local_rows`` maps
+    packed rows to them.
 
     ``layers``: "compiled" (longrl's fused layer functions under torch.compile; the CUDA default),
     "eager" (the same functions uncompiled; the CPU default), "hf" (transformers' own layers).
     ``stats``, if given, receives the layer implementation and the number of checkpointed layers."""
     embeds, positions, packing = pack_group(model, prompt, responses, train_vision=train_vision)
-    layout = GroupAttention(packing, backend)
+    sp = sequence_parallel(model)
+    layout = sp.wrap(GroupAttention(packing, backend), packing.total_len)
+    embeds, positions = sp.shard(embeds, dim=1), sp.shard(positions, dim=2)
     text = model.model.language_model
     impl = resolved_layers(layers, embeds.device, text)
     if impl == "hf":
@@ -410,7 +415,7 @@ def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_
     else:
         fns = layer_functions(impl == "compiled")
         cos, sin = text.rotary_emb(embeds, positions)
-        flags = checkpoint_flags(model, packing.total_len, sum(packing.response_lens), embeds.device)
+        flags = checkpoint_flags(model, embeds.shape[1], sum(packing.response_lens), embeds.device)
         hidden = embeds
         for layer, ckpt in zip(text.layers, flags):
             step = partial(_decoder_layer, layer, layout, fns)

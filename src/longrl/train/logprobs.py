@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from longrl.dist.ulysses import sequence_parallel
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, lm_head, prompt_embeds
 from longrl.train.group_forward import Backend, LayerImpl, group_hidden
 
@@ -55,7 +56,7 @@ def token_logprobs(
         raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
     grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
     logps, ents = [], []
-    for start in range(0, hidden.shape[0], chunk_tokens):
+    for start in range(0, max(hidden.shape[0], 1), chunk_tokens):  # no rows: one empty chunk (the head is used)
         args = (hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens], head.weight, head.bias,
                 temperature, with_entropy)
         logp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False) if grad else _chunk_logprobs(*args)
@@ -85,10 +86,13 @@ def group_logprobs(
     info: dict = {}
     hidden, packing = group_hidden(model, prompt, responses, train_vision=train_vision, backend=backend,
                                    layers=layers, stats=info)
-    predictors = hidden.index_select(0, packing.predictor_index(hidden.device))
-    targets = torch.cat([r.to(hidden.device) for r in responses])
-    logp, ent = token_logprobs(lm_head(model), predictors, targets, temperature=temperature,
+    # under sequence parallelism each rank scores the predictor rows it holds, then all ranks get all
+    sp = sequence_parallel(model)
+    rows, owned = sp.local_rows(packing.predictor_index(hidden.device), packing.total_len)
+    targets = torch.cat([r.to(hidden.device) for r in responses])[owned]
+    logp, ent = token_logprobs(lm_head(model), hidden.index_select(0, rows), targets, temperature=temperature,
                                with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+    logp, ent = sp.combine(logp, owned), (sp.combine(ent, owned) if ent is not None else None)
     sizes = packing.response_lens
     return GroupLogprobs(list(logp.split(sizes)), list(ent.split(sizes)) if ent is not None else None, info)
 
