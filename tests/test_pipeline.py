@@ -85,10 +85,10 @@ def test_rl_raises_a_learnable_reward(synth, tmp_path):
 def test_quickstart_writes_its_report(tmp_path):
     from longrl.quickstart import QuickstartData, quickstart
 
-    report = quickstart(tmp_path / "qs", "grpo", ["sft.epochs=1", "rl.steps=3", "rl.prompts_per_step=2", "rollout.n=2",
-                                                  "rollout.max_new_tokens=8", "eval.max_new_tokens=8",
-                                                  "trainer.progress=false"],
-                        QuickstartData(num_train=8, sft_rows=4, num_test=4, frames=16))
+    overrides = ["sft.epochs=1", "rl.steps=3", "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=8",
+                 "eval.max_new_tokens=8", "trainer.progress=false"]
+    data = QuickstartData(num_train=8, sft_rows=4, num_test=4, frames=16)
+    report = quickstart(tmp_path / "qs", "grpo", overrides, data)
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
     assert saved["sft_accuracy"] == report["sft_accuracy"]
     for key in ("chance_accuracy", "sft_accuracy", "rl_accuracy"):
@@ -101,6 +101,12 @@ def test_quickstart_writes_its_report(tmp_path):
     assert saved["seed"] == 0 and set(saved["blind"]) == {"majority_accuracy", "other_video_accuracy"}
     assert 0.0 <= saved["blind"]["majority_accuracy"] <= 1.0 and 0.0 <= saved["blind"]["other_video_accuracy"] <= 1.0
     assert saved["rl_train_accuracy_trend"]["points"] == 3  # one sampled accuracy per RL step
+
+    # A rerun with other settings would resume this run's checkpoints as its own: refused, nothing touched.
+    before = {p: p.read_bytes() for p in (tmp_path / "qs").rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"qs holds a quickstart run with other settings \(trainer.seed: 0 -> 1\)"):
+        quickstart(tmp_path / "qs", "grpo", [*overrides, "trainer.seed=1"], data)
+    assert {p: p.read_bytes() for p in (tmp_path / "qs").rglob("*") if p.is_file()} == before
 
 
 def test_mini_batches_never_exceed_the_configured_count():

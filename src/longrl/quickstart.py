@@ -6,6 +6,7 @@ held-out accuracy at chance, after SFT and after RL.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -13,6 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 
+from longrl import config_utils
+from longrl.config import load_config
 from longrl.data.dataset import ExampleSet
 from longrl.data.prompt import corpus_texts
 from longrl.data.rows import load_rows
@@ -26,6 +29,7 @@ from longrl.train.run import setup_run, sft_stage
 
 log = logging.getLogger("longrl.quickstart")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
+SETTINGS_FILE = "quickstart_settings.json"  # what a rerun into the same OUT must match to continue it
 TRAIN_ACCURACY = "reward/multiple_choice/accuracy"  # the sampled responses' accuracy, logged per RL step
 
 
@@ -50,8 +54,12 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
     that model instead of a fresh SFT, so several algorithms can be compared from one SFT."""
     started = time.time()
     data = data or QuickstartData()
-    cfg, out, device = setup_run(DEFAULT_CONFIG, [f"algorithm.name={algorithm}", f"trainer.out_dir={out_dir}",
-                                                  *(overrides or [])])
+    overrides = [f"algorithm.name={algorithm}", f"trainer.out_dir={out_dir}", *(overrides or [])]
+    settings = {"config": config_utils.to_dict(load_config(DEFAULT_CONFIG, overrides)),
+                "data": dataclasses.asdict(data), "sft_model": str(sft_model) if sft_model else None}
+    check_earlier_run(Path(out_dir), settings)
+    cfg, out, device = setup_run(DEFAULT_CONFIG, overrides)
+    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
     print(f"[1/5] synthetic long-video task -> {out / 'data'}")
     train_path, test_path = generate_synth(SynthConfig(
@@ -114,6 +122,35 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(summary_table(report))
     return report
+
+
+def check_earlier_run(out: Path, settings: dict) -> None:
+    """A rerun into the same OUT with the same settings continues it (each stage resumes from its
+    checkpoints). With other settings it would resume the earlier run's checkpoints as its own
+    (another seed's SFT, say), so it is refused, unless ``trainer.resume`` says otherwise."""
+    saved = out / SETTINGS_FILE
+    if settings["config"]["trainer"]["resume"] != "auto" or not saved.is_file():
+        return
+    before = json.loads(saved.read_text())
+    ignored = {"config.trainer.progress", "config.trainer.log_every"}  # output only
+    changed = sorted(k for k in _flat(before).keys() | _flat(settings).keys()
+                     if k not in ignored and _flat(before).get(k) != _flat(settings).get(k))
+    if changed:
+        shown = ", ".join(f"{k.removeprefix('config.')}: {_flat(before).get(k)!r} -> {_flat(settings).get(k)!r}"
+                          for k in changed[:3])
+        raise FileExistsError(f"{out} holds a quickstart run with other settings ({shown}"
+                              f"{', ...' if len(changed) > 3 else ''}): choose another --out, or start over "
+                              "there with trainer.resume=overwrite")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _trend(metrics_path: Path) -> dict | None:
