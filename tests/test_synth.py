@@ -158,7 +158,8 @@ def test_files_config_and_reuse(tiny, tmp_path):
     assert sorted(p.name for p in (out / "videos").iterdir()) == (
         [f"test-{i:05d}.mp4" for i in range(4)] + [f"train-{i:05d}.mp4" for i in range(8)])
     config = json.loads((out / "synth_config.json").read_text())
-    assert config == {"version": SYNTH_VERSION, **TINY, "min_gap": 0.125, "options": "shuffled", "object_fraction": 0.6}
+    assert config == {"version": SYNTH_VERSION, **TINY, "min_gap": 0.125, "options": "shuffled", "object_fraction": 0.6,
+                      "reasoning": "evidence"}
     train_rows, test_rows = load_rows(train), load_rows(test)
     assert [r.id for r in test_rows] == [f"synth-test-{i:05d}" for i in range(4)]
     assert all(r.video == str(out / "videos" / f"train-{i:05d}.mp4") for i, r in enumerate(train_rows))
@@ -308,3 +309,25 @@ def test_fixed_form_one_template_per_category_answered_by_the_video():
         letters[row.category].add(row.answer)
     assert all(len(q) == 1 for q in questions.values())  # one template per category
     assert all(len(found) >= 3 for found in letters.values())  # the letter follows the video, not the question
+
+
+def test_timeline_reasoning_narrates_every_event_then_concludes():
+    from longrl.data.synth import CATEGORIES, SynthConfig, make_row, story_from_row
+
+    cfg = SynthConfig(out_dir="unused", options="fixed", reasoning="timeline")
+    for index in range(8):
+        row = make_row(cfg, "train", index)
+        story = story_from_row(row)
+        sentences = row.reasoning.split(". ")
+        assert len(sentences) == len(story.events) + 1  # six events, then the conclusion
+        for event, sentence in zip(story.events, sentences):
+            assert sentence.startswith(f"{event.color} ") and event.quadrant in sentence
+        conclusion = sentences[-1]
+        first, left, moved = story.arrivals[0], story.departure, story.move
+        source = next(e for e in story.arrivals if e.color == moved.color)
+        assert conclusion == {"Temporal": f"{first.color} came first.", "Spatial": f"{source.quadrant} stays empty.",
+                              "Plot & Narrative": f"{moved.color} changed rooms.",
+                              "Goal & Purpose": f"{left.color} left {moved.quadrant}."}[row.category]
+        assert row.category == CATEGORIES[index % 4]
+    with pytest.raises(ValueError, match="reasoning='timeline' is written for options='fixed'"):
+        SynthConfig(out_dir="unused", reasoning="timeline").validate()
