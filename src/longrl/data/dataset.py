@@ -103,11 +103,16 @@ class ExampleSet:
 
 
 class PromptSampler:
-    """Seeded shuffled passes over the examples; its position is part of a checkpoint."""
+    """Seeded shuffled passes over the examples; its position is part of a checkpoint.
 
-    def __init__(self, size: int, seed: int):
+    Under data parallelism every rank walks the same order and keeps its share of each draw
+    (``rank``, ``rank + world``, ...), so the state is the same on every rank and independent of
+    the world size: a resume at another world size neither repeats nor skips a prompt."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1):
         self.size = size
         self.seed = seed
+        self.rank, self.world = rank, world
         self.epoch = 0
         self.cursor = 0
         self._order = self._shuffle()
@@ -118,6 +123,7 @@ class PromptSampler:
         return order
 
     def next_indices(self, count: int) -> list[int]:
+        """This rank's share of the next ``count`` draws (all of them in one process)."""
         out = []
         while len(out) < count:
             if self.cursor == self.size:
@@ -126,7 +132,7 @@ class PromptSampler:
                 self._order = self._shuffle()
             out.append(self._order[self.cursor])
             self.cursor += 1
-        return out
+        return out[self.rank::self.world]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}
