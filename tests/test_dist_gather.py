@@ -33,14 +33,22 @@ def _consume(items, chunk: int) -> tuple[float, int, float]:
 def _worker(rank: int, out_dir: str) -> None:
     from longrl.dist import DistConfig, init_distributed
 
-    init_distributed(DistConfig(), "cpu")
+    env = init_distributed(DistConfig(), "cpu")
     items = [torch.full((ITEM_FLOATS,), float(rank + 1)) for _ in range(ITEMS)]
     _consume(items, 4)  # warm-up: gloo buffers, the allocator's first pieces
     chunked = _consume(items, 4)  # before the whole gather: a high-water mark only ever rises
     whole = _consume(items, 0)
+    from longrl.config_utils import ConfigError
+    from longrl.dist import parallelize
+
+    try:  # (a config check that needs a live mesh, tested here to save a spawn)
+        parallelize(torch.nn.Linear(2, 2), env.mesh, DistConfig(dp=2, cpu_offload=True))
+        offload_error = ""
+    except ConfigError as err:
+        offload_error = str(err)
     if rank == 0:
         with open(os.path.join(out_dir, "rss.json"), "w") as f:
-            json.dump({"chunked": chunked, "whole": whole}, f)
+            json.dump({"chunked": chunked, "whole": whole, "offload_error": offload_error}, f)
 
 
 def test_chunked_gather_bounds_rank0_peak_memory(tmp_path, monkeypatch):
@@ -57,3 +65,5 @@ def test_chunked_gather_bounds_rank0_peak_memory(tmp_path, monkeypatch):
     chunked_growth, whole_growth = r["chunked"][2], r["whole"][2]
     assert chunked_growth < 0.5 * payload_mib, r  # a few 4-item pieces in flight
     assert whole_growth > payload_mib, r  # the other rank's payload, received and unpickled at once
+    assert r["offload_error"] == ("dist.cpu_offload=true offloads GPU training state to host memory; on CPU it "
+                                  "already lives there: set dist.cpu_offload=false")

@@ -40,6 +40,9 @@ def parallelize(model: nn.Module, mesh: DeviceMesh | None, cfg: DistConfig) -> n
     after this call: FSDP2 replaces the parameters with sharded DTensors."""
     if mesh is None:
         return model
+    if cfg.cpu_offload and mesh.device_type != "cuda":
+        raise ConfigError("dist.cpu_offload=true offloads GPU training state to host memory; on CPU it already "
+                          "lives there: set dist.cpu_offload=false")
     if cfg.sp > 1:
         # Hook for Ulysses sequence parallelism and the frame-sharded vision tower over mesh["sp"]
         # (issue 12, items 4-5): apply it here, before FSDP.
