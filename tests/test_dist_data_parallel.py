@@ -68,8 +68,15 @@ def _worker(rank: int, out_dir: str) -> None:
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in full.items()}, os.path.join(out_dir, "dp.safetensors"))
+    from longrl.dist import data_parallel
+
+    try:  # rank 0's micro-batch runs the vision tower, rank 1's does not: refused on both ranks, no hang
+        data_parallel.pad_micro_batches(["a"], "a", lambda item: rank == 0)
+        mixed_error = ""
+    except ValueError as err:
+        mixed_error = str(err)
     with open(os.path.join(out_dir, f"metrics{rank}.json"), "w") as f:
-        json.dump({"share": share, **metrics}, f)
+        json.dump({"share": share, "mixed_error": mixed_error, **metrics}, f)
 
 
 def test_dp2_update_equals_one_process_over_the_global_batch(tmp_path):
@@ -88,6 +95,8 @@ def test_dp2_update_equals_one_process_over_the_global_batch(tmp_path):
     forwards = [len(split_group(len(groups[0].prompt), lens, 40)) for lens in LENGTHS]
     assert forwards[0] + forwards[2] < forwards[1] + forwards[3]  # rank 0 pads: the padding path runs
     assert got[0]["share"] == [0, 2] and got[1]["share"] == [1, 3]
+    assert got[0]["mixed_error"] == got[1]["mixed_error"]
+    assert got[0]["mixed_error"].startswith("data parallel training of the vision tower (model.train_vision=true)")
     for key in ("actor/loss", "actor/pg_loss", "actor/grad_norm"):
         for r in range(WORLD):
             assert abs(got[r][key] - expected[key]) <= 1e-5 * max(1.0, abs(expected[key])), (key, got[r][key], expected[key])

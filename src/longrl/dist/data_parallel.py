@@ -11,7 +11,7 @@ ranks' gradients: the sum over ranks is then exactly the single-process gradient
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -23,11 +23,21 @@ def pad_batches(batches: list[list[int]]) -> list[list[int]]:
     return batches + [[] for _ in range(env.max_int(len(batches)) - len(batches))]
 
 
-def pad_micro_batches(items: list[Any], filler: Any) -> list[tuple[Any, float]]:
+def pad_micro_batches(items: list[Any], filler: Any, runs_vision: Callable[[Any], bool]) -> list[tuple[Any, float]]:
     """``(item, loss_scale)`` pairs: this rank's ``items`` with scale dp_size, then ``filler`` with
-    scale 0 up to the largest count over the dp ranks."""
+    scale 0 up to the largest count over the dp ranks. ``runs_vision(item)``: whether the item's
+    forward runs the vision tower (its FSDP units then gather too), which must agree across ranks
+    at every position, or the ranks' collectives would not pair up."""
     scale = float(env.current().dp_size)
-    count = env.max_int(len(items))
+    layouts = env.all_gather_ints([int(runs_vision(item)) for item in items])
+    count = max(len(layout) for layout in layouts)
+    padded = [layout + [int(runs_vision(filler))] * (count - len(layout)) for layout in layouts]
+    if any(len(set(column)) > 1 for column in zip(*padded)):
+        raise ValueError(
+            "data parallel training of the vision tower (model.train_vision=true) needs every prompt of a step "
+            "to have a video, or none; this step mixes video and text-only rows across ranks. Set "
+            "model.train_vision=false, or keep video and text-only rows in separate runs"
+        )
     return [(item, scale) for item in items] + [(filler, 0.0)] * (count - len(items))
 
 

@@ -139,7 +139,8 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
             micro = [(i, sub) for i in batch
                      for sub in split_group(len(groups[i].prompt), [len(r) for r in groups[i].responses],
                                             cfg.rl.micro_batch_tokens)]
-            for (i, sub), scale in dp.pad_micro_batches(micro, filler=(0, [0])):  # scale 0: padding
+            runs_vision = lambda m: cfg.model.train_vision and groups[m[0]].prompt.vision is not None  # noqa: E731
+            for (i, sub), scale in dp.pad_micro_batches(micro, (0, [0]), runs_vision):  # scale 0: padding
                 g = groups[i]
                 out = group_logprobs(model, g.prompt, [g.responses[j] for j in sub],
                                      temperature=cfg.rollout.temperature, train_vision=cfg.model.train_vision,
