@@ -12,6 +12,7 @@ from typing import Literal
 
 from longrl import config_utils
 from longrl.config_utils import ConfigError  # noqa: F401  (re-exported for callers)
+from longrl.dist.config import DistConfig
 from longrl.models.config import ModelConfig
 from longrl.rewards.config import RewardConfig
 from longrl.rl.config import AlgorithmConfig
@@ -134,6 +135,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)  # reward functions and the judge
     trainer: TrainerConfig = field(default_factory=TrainerConfig)  # run directory, logging, checkpoints
     eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation
+    dist: DistConfig = field(default_factory=DistConfig)  # data / sequence parallel layout and FSDP2 options
 
     def validate(self) -> None:
         """Checks that span sections (each section checks its own fields when it is built)."""
@@ -158,7 +160,18 @@ def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None
         raise ConfigError(str(err)) from err
     cfg = dataclasses.replace(cfg, algorithm=algorithm)
     cfg.validate()
+    _check_dist(cfg)
     return cfg
+
+
+def _check_dist(cfg: Config) -> None:
+    """dist.dp x dist.sp must be the world size torchrun launched; each dp rank draws an equal share."""
+    from longrl.dist.env import world_size_from_env
+
+    dp = cfg.dist.resolved(world_size_from_env()).dp
+    if cfg.rl.prompts_per_step % dp:
+        raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of dist.dp={dp} "
+                          "(each data-parallel rank draws an equal share of the step's prompts)")
 
 
 def _explicit_keys(yaml_path, overrides, section: str) -> set[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -113,27 +114,38 @@ class ExampleSet:
         return part
 
 
-def draw_examples(data: ExampleSet, sampler: "PromptSampler", count: int) -> list[Example]:
-    """``count`` usable examples from the sampler's next rows; rows with a bad video are replaced by
-    further draws, up to MAX_DRAWS draws (then as many as were found; none at all stops the run)."""
+def draw_examples(data: ExampleSet, sampler: "PromptSampler", count: int,
+                  agree_max: Callable[[int], int] = int) -> list[Example]:
+    """``count`` usable examples (this rank's share) from the sampler's next rows; rows with a bad
+    video are replaced by further draws, up to MAX_DRAWS rounds (then as many as were found; none at
+    all stops the run). ``agree_max`` takes the largest value over the data-parallel ranks: every
+    rank draws the same rounds of the same size, so the sampler positions stay equal (a rank that
+    needs fewer replacements than another drops the surplus of its share)."""
     examples: list[Example] = []
     for _ in range(MAX_DRAWS):
-        examples += [e for e in (data.get(i) for i in sampler.next_indices(count - len(examples))) if e is not None]
-        if len(examples) == count:
+        need = agree_max(count - len(examples))
+        if need == 0:
             return examples
-    if not examples:
-        raise ValueError(f"{MAX_DRAWS} draws of rows found no usable one ({len(data.skipped)} of {len(data)} rows "
-                         "have a bad video, see the warnings above). Fix: repair or remove those videos, "
-                         "or check data.train_path and data.media_root")
+        drawn = [e for e in (data.get(i) for i in sampler.next_indices(need * sampler.world)) if e is not None]
+        examples += drawn[: count - len(examples)]
+    if agree_max(0 if examples else 1):
+        raise ValueError(f"{MAX_DRAWS} draws of rows found no usable one on some rank ({len(data.skipped)} of "
+                         f"{len(data)} rows have a bad video, see the warnings above). Fix: repair or remove those "
+                         "videos, or check data.train_path and data.media_root")
     return examples
 
 
 class PromptSampler:
-    """Seeded shuffled passes over the examples; its position is part of a checkpoint."""
+    """Seeded shuffled passes over the examples; its position is part of a checkpoint.
 
-    def __init__(self, size: int, seed: int):
+    Under data parallelism every rank walks the same order and keeps its share of each draw
+    (``rank``, ``rank + world``, ...), so the state is the same on every rank and independent of
+    the world size: a resume at another world size neither repeats nor skips a prompt."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1):
         self.size = size
         self.seed = seed
+        self.rank, self.world = rank, world
         self.epoch = 0
         self.cursor = 0
         self._order = self._shuffle()
@@ -144,6 +156,7 @@ class PromptSampler:
         return order
 
     def next_indices(self, count: int) -> list[int]:
+        """This rank's share of the next ``count`` draws (all of them in one process)."""
         out = []
         while len(out) < count:
             if self.cursor == self.size:
@@ -152,7 +165,7 @@ class PromptSampler:
                 self._order = self._shuffle()
             out.append(self._order[self.cursor])
             self.cursor += 1
-        return out
+        return out[self.rank::self.world]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}

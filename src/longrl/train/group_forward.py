@@ -314,7 +314,8 @@ def resolved_layers(layers: LayerImpl, device: torch.device, text_model) -> str:
     return layers
 
 
-def _decoder_layer(layer, layout: AttentionLayout, fns, hidden, cos, sin):
+def decoder_layer(layer, layout: AttentionLayout, fns, hidden, cos, sin):
+    """One decoder layer of the group forward, a function of the layer's own weights."""
     pre, post = fns
     attn, mlp = layer.self_attn, layer.mlp
     ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
@@ -418,7 +419,9 @@ def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_
         flags = checkpoint_flags(model, embeds.shape[1], sum(packing.response_lens), embeds.device)
         hidden = embeds
         for layer, ckpt in zip(text.layers, flags):
-            step = partial(_decoder_layer, layer, layout, fns)
+            # under FSDP2 the layer's registered forward method (longrl.dist.parallelize) gathers its weights
+            fsdp_step = getattr(layer, "longrl_group_layer", None)
+            step = partial(fsdp_step, layout, fns) if fsdp_step else partial(decoder_layer, layer, layout, fns)
             hidden = checkpoint(step, hidden, cos, sin, use_reentrant=False) if ckpt else step(hidden, cos, sin)
         hidden = text.norm(hidden)[0]
     if stats is not None:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from longrl.dist.parallelize import root_forward
 from longrl.dist.ulysses import sequence_parallel
 from longrl.models.qwen2_5_vl import Prompt, decoder_forward, lm_head, prompt_embeds
 from longrl.train.group_forward import Backend, LayerImpl, group_hidden
@@ -83,6 +84,13 @@ def group_logprobs(
     Differentiable; call under ``torch.no_grad()`` for old-policy / reference log-probs.
     ``backend``: group attention (see ``GroupAttention``); ``layers``: decoder layer implementation
     (see ``group_hidden``; compiled fused layers on CUDA by default)."""
+    # entered through the FSDP2 root when the model is sharded (longrl.dist): embeddings and head gathered
+    return root_forward(model, _group_logprobs, prompt, responses, temperature=temperature, train_vision=train_vision,
+                        with_entropy=with_entropy, chunk_tokens=chunk_tokens, backend=backend, layers=layers)
+
+
+def _group_logprobs(model, prompt: Prompt, responses: list[torch.Tensor], *, temperature: float, train_vision: bool,
+                    with_entropy: bool, chunk_tokens: int, backend: Backend, layers: LayerImpl) -> GroupLogprobs:
     info: dict = {}
     hidden, packing = group_hidden(model, prompt, responses, train_vision=train_vision, backend=backend,
                                    layers=layers, stats=info)

@@ -16,6 +16,10 @@ from pathlib import Path
 import torch
 
 from longrl.data.dataset import Example, PromptSampler, draw_examples
+from longrl.dist import data_parallel as dp
+from longrl.dist import current as dist_env, gathered, parallelize
+from longrl.dist.env import all_true, max_int, sum_floats
+from longrl.dist.gather import gather_to_main
 from longrl.models.qwen2_5_vl import Prompt, encode_prompts
 from longrl.rewards.model import build_reward
 from longrl.rewards.registry import RewardInput
@@ -92,15 +96,15 @@ def collect(model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, s
     """Sample and score one step's groups. With DAPO dynamic sampling, groups whose rewards are all
     equal (no learning signal) are dropped and sampling goes on until the batch is full or
     ``max_tries`` rounds have run."""
-    want = cfg.rl.prompts_per_step
-    filler = BatchFiller(want, cfg.algorithm.max_tries)
+    share = cfg.rl.prompts_per_step // sampler.world  # this dp rank's share of the step's prompts
+    filler = BatchFiller(share, cfg.algorithm.max_tries)
     seen: list[Group] = []
-    while not filler.done:
-        examples = draw_examples(data, sampler, want)
+    while not all_true(filler.done):  # every dp rank draws the same rounds: the sampler stays in step
+        examples = draw_examples(data, sampler, share, agree_max=max_int)
         with timer("encode"):
             prompts = encode_prompts(model, tokenizer, examples)
         with timer("rollout"):
-            seed = cfg.trainer.seed * 1_000_003 + step * 101 + filler.tries
+            seed = cfg.trainer.seed * 1_000_003 + step * 101 + filler.tries + 7_919 * sampler.rank
             groups = rollout(model, tokenizer, prompts, examples, cfg, seed)
         with timer("reward"):
             score(groups, tokenizer, reward_model, cfg)
@@ -128,39 +132,44 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
     count = 0
     grad_norms: list[float] = []
     for _ in range(algo.ppo_epochs):
-        for batch in mini_batches(len(groups), algo.mini_batches):
+        for batch in dp.pad_batches(mini_batches(len(groups), algo.mini_batches)):  # same count on every dp rank
             lens = [len(r) for i in batch for r in groups[i].responses]
-            normalizer = accumulation_normalizer(algo.loss_agg, lens)
+            normalizer = accumulation_normalizer(algo.loss_agg, dp.global_lengths(lens))
             optimizer.zero_grad(set_to_none=True)
             total_loss = torch.zeros(())
-            for i in batch:
+            micro = [(i, sub) for i in batch
+                     for sub in split_group(len(groups[i].prompt), [len(r) for r in groups[i].responses],
+                                            cfg.rl.micro_batch_tokens)]
+            runs_vision = lambda m: cfg.model.train_vision and groups[m[0]].prompt.vision is not None  # noqa: E731
+            for (i, sub), scale in dp.pad_micro_batches(micro, (0, [0]), runs_vision):  # scale 0: padding
                 g = groups[i]
-                for sub in split_group(len(g.prompt), [len(r) for r in g.responses], cfg.rl.micro_batch_tokens):
-                    out = group_logprobs(model, g.prompt, [g.responses[j] for j in sub],
-                                         temperature=cfg.rollout.temperature, train_vision=cfg.model.train_vision,
-                                         with_entropy=True)
-                    logp, mask = pad_ragged(out.logprobs)
-                    old, _ = pad_ragged([g.old_logp[j] for j in sub])
-                    ref = pad_ragged([g.ref_logp[j] for j in sub])[0] if g.ref_logp is not None else None
-                    entropy = pad_ragged([e.detach() if algo.entropy_coef == 0 else e for e in out.entropy])[0]
-                    adv = advantages[i][sub].to(logp.device)  # rewards (so advantages) are CPU tensors
-                    if adv.dim() == 2:  # token-level (REINFORCE++): padded to the step's longest response
-                        adv = adv[:, : logp.shape[1]]
-                    loss, metrics = policy_loss(logp, old, adv, mask, algo, normalizer=normalizer,
-                                                ref_logp=ref, entropy=entropy)
-                    loss.backward()
-                    total_loss = total_loss + loss.detach().cpu()
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.rl.optim.grad_clip)
+                out = group_logprobs(model, g.prompt, [g.responses[j] for j in sub],
+                                     temperature=cfg.rollout.temperature, train_vision=cfg.model.train_vision,
+                                     with_entropy=True)
+                logp, mask = pad_ragged(out.logprobs)
+                old, _ = pad_ragged([g.old_logp[j] for j in sub])
+                ref = pad_ragged([g.ref_logp[j] for j in sub])[0] if g.ref_logp is not None else None
+                entropy = pad_ragged([e.detach() if algo.entropy_coef == 0 else e for e in out.entropy])[0]
+                adv = advantages[i][sub].to(logp.device)  # rewards (so advantages) are CPU tensors
+                if adv.dim() == 2:  # token-level (REINFORCE++): padded to the step's longest response
+                    adv = adv[:, : logp.shape[1]]
+                loss, metrics = policy_loss(logp, old, adv, mask, algo, normalizer=normalizer,
+                                            ref_logp=ref, entropy=entropy)
+                (loss * scale).backward()
+                if scale == 0:
+                    continue
+                total_loss = total_loss + loss.detach().cpu()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+            grad_norm = dp.local_value(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.rl.optim.grad_clip))
             if guard.check(total_loss, grad_norm, step=step):
                 optimizer.step()
             else:
                 optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             grad_norms.append(float(grad_norm))
-    out = {f"actor/{k}": v / max(count, 1) for k, v in sums.items()}
+    out = {f"actor/{k}": v for k, v in dp.mean_over_ranks(sums, count).items()}
     out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
     out["actor/clip_frac"] = out.get("actor/clip_frac_low", 0.0) + out.get("actor/clip_frac_high", 0.0)
     out["actor/lr"] = scheduler.get_last_lr()[0]
@@ -191,16 +200,22 @@ def step_advantages(groups: list[Group], cfg) -> tuple[list[torch.Tensor], dict[
     return list(flat.split(sizes)), metrics
 
 
-def rollout_metrics(groups: list[Group], seen: list[Group]) -> dict[str, float]:
-    lengths = torch.tensor([float(len(r)) for g in seen for r in g.responses])
-    rewards = torch.cat([g.rewards for g in seen])
+def rollout_metrics(groups: list[Group], seen: list[Group], gather_chunks: int = 0) -> dict[str, float]:
+    """Over every dp rank's samples (gathered to rank 0 in pieces); an empty dict on other ranks."""
+    kept, groups_seen, tokens = sum_floats([len(groups), len(seen), sum(len(r) for g in seen for r in g.responses)])
+    records = gather_to_main([(float(g.rewards[i]), len(r), g.finished[i], g.components[i])
+                              for g in seen for i, r in enumerate(g.responses)], gather_chunks)
+    if records is None:
+        return {}
+    rewards = torch.tensor([r[0] for r in records])
+    lengths = torch.tensor([float(r[1]) for r in records])
     out = {"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
            "response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
-           "response/clipped_frac": 1.0 - sum(f for g in seen for f in g.finished) / lengths.numel(),
-           "rollout/groups_kept": len(groups)}
-    names = {k for g in seen for c in g.components for k in c}
+           "response/clipped_frac": 1.0 - sum(r[2] for r in records) / lengths.numel(),
+           "rollout/groups_kept": int(kept), "rollout/groups_seen": int(groups_seen), "rollout/tokens": int(tokens)}
+    names = {k for r in records for k in r[3]}
     for name in sorted(names):
-        values = [c.get(name, 0.0) for g in seen for c in g.components]
+        values = [r[3].get(name, 0.0) for r in records]
         out[f"reward/{name}"] = sum(values) / len(values)
     return out
 
@@ -210,14 +225,16 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
     run_dir = Path(run_dir)
     claim_run_dir(run_dir, cfg.trainer.resume, "rl")
     algo = cfg.algorithm
+    env = dist_env()  # longrl.dist.init_distributed: one process, or torchrun's ranks
     updates_per_step = algo.ppo_epochs * algo.mini_batches
-    optimizer = build_optimizer(model, cfg.rl.optim)
-    scheduler = build_scheduler(optimizer, cfg.rl.optim, cfg.rl.steps * updates_per_step)
     reward_model = build_reward(cfg.reward)
     ref_model = None
     if algo.kl_coef > 0:  # kl_coef = 0 removes the reference model entirely
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    sampler = PromptSampler(len(data), seed=cfg.trainer.seed)
+        ref_model = parallelize(copy.deepcopy(model).eval().requires_grad_(False), env.mesh, env.config)
+    parallelize(model, env.mesh, env.config)  # FSDP2 over the dp ranks; the optimizer takes its sharded parameters
+    optimizer = build_optimizer(model, cfg.rl.optim)
+    scheduler = build_scheduler(optimizer, cfg.rl.optim, cfg.rl.steps * updates_per_step)
+    sampler = PromptSampler(len(data), seed=cfg.trainer.seed, rank=env.dp_rank, world=env.dp_size)
     checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last, tokenizer=tokenizer,
                                 processor=ProcessorSpec.from_model(model, cfg.data.min_pixels, cfg.data.max_pixels))
     guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps, checkpointer)
@@ -237,24 +254,24 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
     last: dict[str, float] = {}
     for step in range(start, cfg.rl.steps):
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), gathered(model):  # rollout on the live weights, unsharded for the phase
             groups, seen, info = collect(model, tokenizer, data, sampler, reward_model, cfg, step, timer)
         if ref_model is not None:
-            with timer("ref_logprobs"):
+            with timer("ref_logprobs"), gathered(ref_model):
                 reference_logprobs(ref_model, groups, cfg)
         actor: dict[str, float] = {}
-        if groups:  # dynamic sampling can come back empty-handed; then this step only logs
+        if all_true(bool(groups)):  # dynamic sampling can come back empty-handed; then this step only logs
             advantages, actor = step_advantages(groups, cfg)
             model.train()
             with timer("update"):
                 actor |= policy_update(model, optimizer, scheduler, groups, advantages, cfg, guard, step + 1)
         times = timer.pop()
-        tokens = sum(len(r) for g in seen for r in g.responses)
-        last = {**rollout_metrics(groups, seen), **info, **actor, **times, **reward_model.pop_metrics(),
-                "data/skipped_rows": data.num_skipped,
-                "perf/rollout_tok_s": tokens / max(times.get("time/rollout", 0.0), 1e-9),
-                "perf/step_tok_s": tokens / max(sum(times.values()), 1e-9),
-                "perf/peak_mem_gb": peak_memory_gb(reset=True)}
+        last = {**info, **rollout_metrics(groups, seen, env.config.gather_chunks), **actor, **times,
+                **reward_model.pop_metrics(), "data/skipped_rows": data.num_skipped}
+        tokens = last.get("rollout/tokens", 0)  # over all dp ranks
+        last |= {"perf/rollout_tok_s": tokens / max(times.get("time/rollout", 0.0), 1e-9),
+                 "perf/step_tok_s": tokens / max(sum(times.values()), 1e-9),
+                 "perf/peak_mem_gb": peak_memory_gb(reset=True)}
         logger.log(step + 1, last)
         if step + 1 == cfg.rl.steps or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
             checkpointer.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler,

@@ -67,7 +67,15 @@ def sft_stage(model, tokenizer, data: ExampleSet, cfg: Config, log_dir: Path) ->
 def run_training(stage: str, config_path, overrides) -> None:
     from longrl.train.rl import train_rl
 
+    from longrl.dist import init_distributed, shutdown
+
     cfg, out, device = setup_run(config_path, overrides, stage=stage)
+    env = init_distributed(cfg.dist, cfg.trainer.device)  # torchrun's ranks, or one process
+    if env.world_size > 1:
+        if stage != "rl":
+            raise ValueError(f"longrl train {stage} runs in one process; start it without torchrun "
+                             f"(WORLD_SIZE={env.world_size}); only longrl train rl scales out")
+        device = env.device
     rows, bad_rows = _rows(cfg.data.train_path, cfg, "train_path")
     model, tokenizer = _model(cfg, device, rows)
     if stage == "sft":
@@ -81,8 +89,16 @@ def run_training(stage: str, config_path, overrides) -> None:
             embedder = VideoEmbedder(model, cfg.data, EmbedCache(cfg.data.embed_cache_dir), cfg.model.train_vision)
         train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False, embedder=embedder, bad_rows=bad_rows),
                  cfg, out)
-    require_finite_weights(model, f"the trained model ({out / 'model'})")
-    save_pretrained(model, tokenizer, out / "model")
+    if env.world_size > 1:  # sharded weights: the last checkpoint (DCP, written by every rank) becomes the model
+        from longrl.train.checkpoint import latest_complete
+        from longrl.train.export import export_hf
+
+        if env.is_main:
+            export_hf(latest_complete(out / "checkpoints"), out / "model", overwrite=True)
+        shutdown()
+    else:
+        require_finite_weights(model, f"the trained model ({out / 'model'})")
+        save_pretrained(model, tokenizer, out / "model")
     log.info("saved the trained model to %s", out / "model")
 
 
