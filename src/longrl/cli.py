@@ -8,11 +8,13 @@
     longrl export --ckpt DIR --out HF_DIR
     longrl report RUN_DIR
     longrl bench rollout|train ...
+    longrl serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key-env NAME] ...
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -75,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks against plain transformers")
     bench.add_argument("which", choices=["rollout", "train"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server of a model (POST /v1/chat/completions)")
+    from longrl.serve.config import ServeConfig
+    for f in dataclasses.fields(ServeConfig):
+        serve.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                           required=f.name == "model")
     return parser
 
 
@@ -150,6 +158,11 @@ def _dispatch(args) -> int:
         else:
             from longrl.bench.train import main as bench_main
         return bench_main(args.args) or 0
+    if args.command == "serve":
+        from longrl.serve import ServeConfig, run_server
+
+        run_server(ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}))
+        return 0
     raise AssertionError(args.command)
 
 
