@@ -83,9 +83,9 @@ class Policy:
         length, limit = len(prompt), self.cfg.max_context_tokens
         asked = job.request.max_completion_tokens or job.request.max_tokens
         if length >= limit or (asked and length + asked > limit):
-            total = length + (asked or 0)
-            raise APIError(400, f"this request is {total} tokens ({length} in the prompt + max_tokens={asked or 0}), "
-                                f"more than this server's context of {limit} tokens (--max-context-tokens); send "
+            size = f"{length + asked} tokens ({length} in the prompt + max_tokens={asked})" if asked else \
+                f"{length} prompt tokens"
+            raise APIError(400, f"this request is {size}, more than this server's context of {limit} tokens (--max-context-tokens); send "
                                 "fewer frames or less text, or lower max_tokens", param="messages",
                            code="context_length_exceeded")
         max_tokens = asked or min(self.cfg.default_max_tokens, limit - length)
