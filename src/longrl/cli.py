@@ -8,6 +8,7 @@
     longrl export --ckpt DIR --out HF_DIR
     longrl report RUN_DIR
     longrl bench rollout|train ...
+    longrl datagen --videos DIR|ROWS --out DIR [--config YAML] [key=value ...]
     longrl serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key-env NAME] ...
 """
 
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks against plain transformers")
     bench.add_argument("which", choices=["rollout", "train"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
+
+    datagen = sub.add_parser("datagen", help="LongVideo-Reason-style questions from clip captions (resumable)")
+    datagen.add_argument("--videos", default=None, help="a directory of videos or a .jsonl/.parquet of rows")
+    datagen.add_argument("--out", default=None, help="output directory (datagen.out_dir)")
+    datagen.add_argument("--config", default=None)
+    _overrides(datagen)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server of a model (POST /v1/chat/completions)")
     from longrl.serve.config import ServeConfig
@@ -158,6 +165,15 @@ def _dispatch(args) -> int:
         else:
             from longrl.bench.train import main as bench_main
         return bench_main(args.args) or 0
+    if args.command == "datagen":
+        from longrl import config_utils
+        from longrl.datagen.config import DatagenConfig
+        from longrl.datagen.run import report_table, run_datagen
+
+        cfg = config_utils.load(DatagenConfig, args.config, args.overrides)
+        cfg.videos, cfg.out_dir = args.videos or cfg.videos, args.out or cfg.out_dir
+        print(report_table(run_datagen(cfg)), end="")
+        return 0
     if args.command == "serve":
         from longrl.serve import ServeConfig, run_server
 
