@@ -24,3 +24,29 @@ def serve_tiny(model_dir: Path, **overrides):
     cfg = ServeConfig(model=str(model_dir), served_model_name="tiny", **overrides)
     model, tokenizer = load_policy(cfg)
     return ServerThread(create_app(model, tokenizer, cfg)), model, tokenizer, cfg
+
+
+def teach(model, tokenizer, pairs: list[tuple[list[dict], str]], steps: int = 120, lr: float = 3e-3) -> float:
+    """Fit ``model`` to answer each chat ``messages`` with its reply (full-batch AdamW); the last loss."""
+    import torch
+    import torch.nn.functional as F
+
+    rows = []
+    for messages, reply in pairs:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        t_ids = tokenizer(reply + "<|im_end|>", add_special_tokens=False)["input_ids"]
+        rows.append((torch.tensor(p_ids + t_ids), torch.tensor([-100] * len(p_ids) + t_ids)))
+    width = max(len(ids) for ids, _ in rows)  # right-padded into one batch
+    ids = torch.stack([F.pad(i, (0, width - len(i)), value=tokenizer.pad_token_id) for i, _ in rows])
+    labels = torch.stack([F.pad(lab, (0, width - len(lab)), value=-100) for _, lab in rows])
+    mask = torch.stack([torch.arange(width) < len(i) for i, _ in rows]).long()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    return loss.item()

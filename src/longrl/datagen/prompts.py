@@ -30,7 +30,12 @@ _CITATION = re.compile(r"(\d+(?:\.\d+)?)\s*s\b")
 
 
 class Unusable(ValueError):
-    """A reply that cannot be used; the message is the drop reason in the stage report."""
+    """A reply that cannot be used; the message is the drop reason in the stage report, ``reply``
+    the start of the text that caused it (kept in the stage's record for inspection)."""
+
+    def __init__(self, reason: str, reply: str = ""):
+        super().__init__(reason)
+        self.reply = reply[:500]
 
 
 # -- (b) captions -------------------------------------------------------------------------------
@@ -75,7 +80,7 @@ def caption_messages(frames: np.ndarray, start: float, end: float, frame_mode: s
 def read_caption(text: str) -> str:
     caption = " ".join(_THINK.sub("", text).split())
     if not caption:
-        raise Unusable("empty caption")
+        raise Unusable("empty caption", text)
     return caption[:MAX_CAPTION_CHARS]
 
 
@@ -106,13 +111,13 @@ def read_question(text: str) -> dict:
     body = _THINK.sub("", text)
     start, end = body.find("{"), body.rfind("}")
     if start < 0 or end < start:
-        raise Unusable("reply holds no JSON object")
+        raise Unusable("reply holds no JSON object", text)
     try:
         value = json.loads(body[start:end + 1])
     except json.JSONDecodeError:
-        raise Unusable("reply is not valid JSON") from None
+        raise Unusable("reply is not valid JSON", text) from None
     if not isinstance(value, dict):
-        raise Unusable("reply is not a JSON object")
+        raise Unusable("reply is not a JSON object", text)
     return value
 
 

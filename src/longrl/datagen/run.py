@@ -115,7 +115,7 @@ class Pipeline:
                 try:
                     store.add(key, "kept", future.result())
                 except prompts.Unusable as error:
-                    store.add(key, "dropped", reason=str(error))
+                    store.add(key, "dropped", {"reply": error.reply} if error.reply else None, reason=str(error))
                 except VideoError as error:
                     store.add(key, "dropped", reason=f"bad video: {error.cause}")
                 except EndpointError as error:
