@@ -3,7 +3,7 @@
     longrl quickstart [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
     longrl data synth --out DIR [--train N] [--test N] [--frames F] [--size PX] [--seed S]
     longrl train sft|rl [--config YAML] [key=value ...]
-    longrl eval [--config YAML] [key=value ...]
+    longrl eval [--config YAML] [--benchmark longvideo-reason DIR] [key=value ...]
     longrl cache-embeds [--config YAML] [key=value ...]
     longrl export --ckpt DIR --out HF_DIR
     longrl report RUN_DIR
@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="accuracy per category on data.test_path")
     ev.add_argument("--config", default=None)
     ev.add_argument("--out", default=None, help="where report.json goes (default: trainer.out_dir/eval)")
+    ev.add_argument("--benchmark", nargs=2, metavar=("NAME", "PATH"), default=None,
+                    help="longvideo-reason DIR (LongVideo-Reason-eval files) or rows FILE: strict and lenient "
+                         "accuracy per category, per-item predictions")
     _overrides(ev)
 
     cache = sub.add_parser("cache-embeds", help="precompute video embeddings into data.embed_cache_dir")
@@ -138,6 +141,11 @@ def _dispatch(args) -> int:
         from longrl.train.run import run_training
 
         run_training(args.stage, args.config, args.overrides)
+        return 0
+    if args.command == "eval" and args.benchmark:
+        from longrl.eval.benchmark import run_benchmark
+
+        run_benchmark(args.config, args.overrides, *args.benchmark, args.out)
         return 0
     if args.command == "eval":
         from longrl.train.run import run_eval
