@@ -137,3 +137,24 @@ def test_a_run_killed_mid_stage_resumes_with_nothing_lost_or_duplicated(videos, 
         assert [r.to_dict() for r in load_rows(out / f"{split}.jsonl")] == \
             [r.to_dict() for r in load_rows(tmp_path / "whole" / f"{split}.jsonl")]
     assert resumed["rows"] == whole["rows"]
+
+
+def test_a_refused_api_key_stops_the_run_with_the_variable_name(videos, tmp_path, monkeypatch):
+    from longrl.datagen.client import EndpointAuthError
+    from longrl.serve import ServeConfig, create_app
+    from longrl.serve.app import ServerThread
+
+    monkeypatch.setenv("LONGRL_SERVE_KEY", "sk-right")
+    monkeypatch.setenv("LONGRL_DATAGEN_KEY", "sk-wrong-key-value")
+    with ServerThread(create_app(None, _NoTokenizer(), ServeConfig(api_key_env="LONGRL_SERVE_KEY"))) as server:
+        with pytest.raises(EndpointAuthError, match=r"refused the API key \(HTTP 401\); set the key in "
+                                                    r"\$LONGRL_DATAGEN_KEY") as error:
+            run_datagen(config(videos, tmp_path, server.url))
+    assert "sk-wrong-key-value" not in str(error.value)
+
+
+class _NoTokenizer:
+    eos_token_id = 0
+
+    def convert_tokens_to_ids(self, token):
+        return 0

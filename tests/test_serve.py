@@ -186,3 +186,40 @@ def test_context_error_names_the_size_auth_and_non_json(server):
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     health = httpx.get(base.removesuffix("/v1") + "/health").json()
     assert health["status"] == "ok" and health["model"] == "tiny"
+
+
+def test_longrl_serve_command_starts_answers_and_stops(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    model_dir = save_tiny(tmp_path / "model")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1",
+           "SERVE_TEST_KEY": "sk-cli-secret"}
+    proc = subprocess.Popen([sys.executable, "-m", "longrl.cli", "serve", "--model", str(model_dir), "--port", str(port),
+                             "--api-key-env", "SERVE_TEST_KEY", "--served-model-name", "cli-tiny"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
+            time.sleep(0.2)
+        reply = httpx.post(base + "/v1/chat/completions", headers={"Authorization": "Bearer sk-cli-secret"}, timeout=60,
+                           json={"model": "cli-tiny", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=60)
+    assert "sk-cli-secret" not in output and "SERVE_TEST_KEY" in output  # the variable's name is logged, never its value

@@ -89,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     _overrides(datagen)
 
     serve = sub.add_parser("serve", help="an OpenAI-compatible HTTP server of a model (POST /v1/chat/completions)")
-    from longrl.serve.config import ServeConfig
+    from longrl.serve.config import ServeConfig, field_help
+
+    helps = field_help()
     for f in dataclasses.fields(ServeConfig):
         serve.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                           required=f.name == "model")
+                           required=f.name == "model", help=helps.get(f.name))
     return parser
 
 

@@ -26,6 +26,10 @@ class EndpointError(RuntimeError):
     """A call that failed after its retries, or that the endpoint refused (HTTP 4xx)."""
 
 
+class EndpointAuthError(ValueError):
+    """HTTP 401/403: every later call would fail the same way, so the run stops with this message."""
+
+
 class _Transient(Exception):
     pass
 
@@ -91,6 +95,9 @@ class ChatClient:
             message = f"HTTP {error.code}: {detail}".strip()
             if error.code == 429 or error.code >= 500:
                 raise _Transient(message) from None
+            if error.code in (401, 403):
+                raise EndpointAuthError(f"{self.url} refused the API key (HTTP {error.code}); set the key in "
+                                        f"${self.cfg.api_key_env} (endpoint.api_key_env)") from None
             raise EndpointError(f"{self.url} refused the request: {message}") from None
         except (TimeoutError, socket.timeout):
             raise _Transient(f"timed out after {self.cfg.timeout_s}s") from None

@@ -26,3 +26,12 @@ class ServeConfig:
     min_pixels: int = 56 * 56  # Qwen smart-resize bounds per frame (video and image parts)
     max_pixels: int = 448 * 448  # as data.max_pixels
     max_request_bytes: int = 64 * 2**20  # larger bodies get a 413 before they are read
+
+
+def field_help() -> dict[str, str]:
+    """Each field's trailing comment, for the ``longrl serve`` flags' help."""
+    import inspect
+    import re
+
+    found = re.findall(r"^\s+(\w+): [^#\n]+#\s*(.+)$", inspect.getsource(ServeConfig), re.M)
+    return dict(found)
