@@ -59,7 +59,7 @@ def parse_request(body: Any, max_n: int) -> ChatRequest:
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}")
     for name, default in UNSUPPORTED.items():
-        if body.get(name, default) not in (default, None):
+        if body.get(name) not in (default, None, [], {}):  # an empty tools list asks for nothing
             raise bad_request(f"{name} is not supported by longrl serve; remove it from the request", param=name,
                               code="unsupported_parameter")
     try:
