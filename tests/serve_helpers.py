@@ -6,8 +6,8 @@ from pathlib import Path
 
 from longrl.models.config import ModelConfig
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
-from longrl.serve import ServeConfig, create_app
-from longrl.serve.app import ServerThread, load_policy
+from longrl.serve.app import ServerThread, create_app, load_policy
+from longrl.serve.config import ServeConfig
 
 TEXTS = ["the red square enters first, then the blue circle moves to the top left corner.",
          "Score: 7", "<think> the cube left </think><answer>B</answer>", "A. red B. blue C. green D. yellow"] * 4

@@ -141,8 +141,8 @@ def test_a_run_killed_mid_stage_resumes_with_nothing_lost_or_duplicated(videos, 
 
 def test_a_refused_api_key_stops_the_run_with_the_variable_name(videos, tmp_path, monkeypatch):
     from longrl.datagen.client import EndpointAuthError
-    from longrl.serve import ServeConfig, create_app
-    from longrl.serve.app import ServerThread
+    from longrl.serve.app import ServerThread, create_app
+    from longrl.serve.config import ServeConfig
 
     monkeypatch.setenv("LONGRL_SERVE_KEY", "sk-right")
     monkeypatch.setenv("LONGRL_DATAGEN_KEY", "sk-wrong-key-value")

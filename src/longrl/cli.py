@@ -185,7 +185,8 @@ def _dispatch(args) -> int:
         print(report_table(run_datagen(cfg)), end="")
         return 0
     if args.command == "serve":
-        from longrl.serve import ServeConfig, run_server
+        from longrl.serve.app import run_server
+        from longrl.serve.config import ServeConfig
 
         run_server(ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}))
         return 0

@@ -187,7 +187,7 @@ class Pipeline:
         valid = self.stage("e_validate", valid_items, self._validate, remote=False)
 
         f_cfg = dataclasses.asdict(cfg.filter)
-        filter_items = [(content_key("filter", vk, valid.kept(vk), f_cfg, self.writer.model, self.pilot.model),
+        filter_items = [(content_key("filter", vk, f_cfg, self.writer.model, self.pilot.model),  # vk: content-derived
                          valid.kept(vk)) for vk, _ in valid_items if valid.kept(vk)]
         filtered = self.stage("f_filter", filter_items, self._filter, remote=True)
 

@@ -1,6 +1,5 @@
-"""``longrl serve``: an OpenAI-compatible HTTP server of a policy, batched on the rollout engine."""
+"""``longrl serve``: an OpenAI-compatible HTTP server of a policy, batched on the rollout engine.
 
-from longrl.serve.app import create_app, run_server
-from longrl.serve.config import ServeConfig
-
-__all__ = ["ServeConfig", "create_app", "run_server"]
+FastAPI and uvicorn are the ``serve`` extra; ``longrl.serve.app`` imports them, this package does not,
+so the rest of the ``longrl`` command works without them.
+"""

@@ -19,7 +19,10 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+try:
+    from fastapi import FastAPI, Request
+except ImportError:  # pragma: no cover - the message is the fix
+    raise ImportError("longrl serve needs FastAPI and uvicorn: pip install 'longrl[serve]'") from None
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, StreamingResponse
