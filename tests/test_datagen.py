@@ -95,11 +95,14 @@ def test_failed_calls_are_left_for_the_next_run(videos, tmp_path, monkeypatch):
     caption, timeline = stage(report, "b_caption"), stage(report, "c_timeline")
     assert (caption["kept"], caption["failed"]) == (9, 3) and (timeline["waiting"], timeline["kept"]) == (3, 0)
     assert report["rows"] == {"sft": 0, "rl": 0}
-    with FakeEndpoint() as fake:
-        again = run_datagen(config(videos, tmp_path, fake.url))
+    with FakeEndpoint() as fake:  # the video directory itself this time, tqdm bars on, parquet rows
+        again = run_datagen(config(videos.parent / "videos", tmp_path, fake.url, "progress=true",
+                                   "output.format=parquet"))
     caption = stage(again, "b_caption")
     assert (caption["done_before"], caption["kept"], caption["failed"]) == (9, 12, 0)
     assert again["rows"]["sft"] + again["rows"]["rl"] == 3
+    rows = load_rows(tmp_path / "sft.parquet") + load_rows(tmp_path / "rl.parquet")
+    assert len(rows) == 3 and all(r.category == "Temporal" for r in rows)
 
 
 def test_a_run_killed_mid_stage_resumes_with_nothing_lost_or_duplicated(videos, tmp_path, monkeypatch):
