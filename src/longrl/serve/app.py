@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover - the message is the fix
     raise ImportError("longrl serve needs FastAPI and uvicorn: pip install 'longrl[serve]'") from None
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import StreamingResponse
 
 from longrl.serve.batcher import Batcher
 from longrl.serve.config import ServeConfig

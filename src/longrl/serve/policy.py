@@ -10,7 +10,6 @@ samples are rows 0..n-1 of that seed, the same however many other requests were 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -21,8 +20,6 @@ from longrl.serve.config import ServeConfig
 from longrl.serve.errors import APIError, bad_request
 from longrl.serve.media import MediaRef, load_media
 from longrl.serve.protocol import ChatRequest
-
-log = logging.getLogger("longrl.serve")
 
 
 @dataclass
