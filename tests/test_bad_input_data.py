@@ -204,6 +204,8 @@ def test_eval_scores_free_text_rows_by_math_equality(tmp_path, capsys):
 # --- the RL loop ----------------------------------------------------------------------------------
 
 class ListSampler:
+    world = 1  # one process: every draw is this rank's
+
     def __init__(self, order):
         self.order, self.drawn = list(order), 0
 

@@ -127,7 +127,7 @@ def test_torchrun_2_ranks_sigkill_resume_matches_uninterrupted_and_loads_in_1(da
     from longrl.train.run import _model, _rows as read_rows
 
     cfg = load_config(None, _overrides(data, out))
-    model, _ = _model(cfg, "cpu", read_rows(cfg.data.train_path, cfg, "train_path"))
+    model, _ = _model(cfg, "cpu", read_rows(cfg.data.train_path, cfg, "train_path")[0])  # (rows, skipped)
     optimizer = build_optimizer(model, cfg.rl.optim)
     extra = Checkpointer(out).load_latest(model=model, optimizer=optimizer)
     assert extra["step"] == STEPS

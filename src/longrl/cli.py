@@ -3,12 +3,14 @@
     longrl quickstart [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
     longrl data synth --out DIR [--train N] [--test N] [--frames F] [--size PX] [--seed S]
     longrl train sft|rl [--config YAML] [key=value ...]
-    longrl eval [--config YAML] [key=value ...]
+    longrl eval [--config YAML] [--benchmark longvideo-reason DIR] [key=value ...]
     longrl cache-embeds [--config YAML] [key=value ...]
     longrl config [--config YAML] [key=value ...]
     longrl export --ckpt DIR --out HF_DIR [--overwrite]
     longrl report RUN_DIR
     longrl bench rollout|train|step ...
+    longrl datagen --videos DIR|ROWS --out DIR [--config YAML] [key=value ...]
+    longrl serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key-env NAME] ...
 
 ``key=value`` overrides may stand anywhere after the subcommand (before or after its options).
 A known kind of bad input ends as one line, ``error: ...``, with exit code 2 for a config error and 1
@@ -18,6 +20,7 @@ otherwise; ``--debug`` (anywhere before ``bench``'s own arguments) adds the trac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import traceback
@@ -83,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=common, help="accuracy per category on data.test_path")
     _config_file(ev)
     ev.add_argument("--out", default=None, help="where report.json goes (default: trainer.out_dir/eval)")
+    ev.add_argument("--benchmark", nargs=2, metavar=("NAME", "PATH"), default=None,
+                    help="longvideo-reason DIR (LongVideo-Reason-eval files) or rows FILE: strict and lenient "
+                         "accuracy per category, per-item predictions")
     _overrides(ev)
 
     cache = sub.add_parser("cache-embeds", parents=common,
@@ -106,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=common, help="benchmarks against plain transformers")
     bench.add_argument("which", choices=["rollout", "train", "step"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
+
+    datagen = sub.add_parser("datagen", parents=common, help="LongVideo-Reason-style questions from clip captions (resumable)")
+    datagen.add_argument("--videos", default=None, help="a directory of videos or a .jsonl/.parquet of rows")
+    datagen.add_argument("--out", default=None, help="output directory (datagen.out_dir)")
+    _config_file(datagen)
+    _overrides(datagen)
+
+    serve = sub.add_parser("serve", parents=common, help="an OpenAI-compatible HTTP server of a model (POST /v1/chat/completions)")
+    from longrl.serve.config import ServeConfig, field_help
+
+    helps = field_help()
+    for f in dataclasses.fields(ServeConfig):
+        serve.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                           required=f.name == "model", help=helps.get(f.name))
     return parser
 
 
@@ -179,6 +199,11 @@ def _dispatch(args) -> int:
 
         run_training(args.stage, args.config, args.overrides)
         return 0
+    if args.command == "eval" and args.benchmark:
+        from longrl.eval.benchmark import run_benchmark
+
+        run_benchmark(args.config, args.overrides, *args.benchmark, args.out)
+        return 0
     if args.command == "eval":
         from longrl.train.run import run_eval
 
@@ -214,6 +239,21 @@ def _dispatch(args) -> int:
             from longrl.bench.train import main as bench_main
         status = bench_main(args.args)
         return status if isinstance(status, int) else 0  # train and step return their result rows
+    if args.command == "datagen":
+        from longrl import config_utils
+        from longrl.datagen.config import DatagenConfig
+        from longrl.datagen.run import report_table, run_datagen
+
+        cfg = config_utils.load(DatagenConfig, args.config, args.overrides)
+        cfg.videos, cfg.out_dir = args.videos or cfg.videos, args.out or cfg.out_dir
+        print(report_table(run_datagen(cfg)), end="")
+        return 0
+    if args.command == "serve":
+        from longrl.serve.app import run_server
+        from longrl.serve.config import ServeConfig
+
+        run_server(ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)}))
+        return 0
     raise AssertionError(args.command)
 
 

@@ -129,7 +129,7 @@ def draw_examples(data: ExampleSet, sampler: "PromptSampler", count: int,
         drawn = [e for e in (data.get(i) for i in sampler.next_indices(need * sampler.world)) if e is not None]
         examples += drawn[: count - len(examples)]
     if agree_max(0 if examples else 1):
-        raise ValueError(f"{MAX_DRAWS} draws of rows found no usable one on some rank ({len(data.skipped)} of "
+        raise ValueError(f"{MAX_DRAWS} draws of rows found no usable one ({len(data.skipped)} of "
                          f"{len(data)} rows have a bad video, see the warnings above). Fix: repair or remove those "
                          "videos, or check data.train_path and data.media_root")
     return examples

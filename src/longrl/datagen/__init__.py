@@ -1,1 +1,1 @@
-
+"""``longrl datagen``: LongVideo-Reason-style questions from clip captions, over any OpenAI-compatible endpoint."""
