@@ -254,7 +254,8 @@ class Pipeline:
         for split in ("sft", "rl"):
             part = [r for r in rows if r.extra["split"] == split]
             paths[split] = str(save_rows(part, self.out / f"{split}{suffix}"))
-            load_rows(paths[split])  # what was written reads back in longrl's schema
+            if part:  # what was written reads back in longrl's schema (an empty data file is refused by design)
+                load_rows(paths[split])
         write = StageReport("g_write", inputs=len(rows), kept=len(rows))
         self.reports.append(write)
         report = {"stages": [r.to_dict() for r in self.reports],
