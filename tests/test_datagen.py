@@ -13,23 +13,13 @@ from pathlib import Path
 import pytest
 
 from longrl.config_utils import load
-from longrl.data.rows import RowError, load_rows
-
-
-def split_rows(path):
-    """The rows of one written split; a split the id hash left empty holds none (load_rows refuses
-    an empty data file, since training on one is a mistake)."""
-    try:
-        return load_rows(path)
-    except RowError as err:
-        if "no usable row (0 skipped" in str(err):
-            return []
-        raise
+from longrl.data.rows import load_rows
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.datagen.clips import split_video
 from longrl.datagen.config import DatagenConfig, SplitConfig
 from longrl.datagen.run import run_datagen
 from datagen_fake import FakeEndpoint
+from serve_helpers import split_rows
 
 SECRET = "sk-datagen-SECRET-42"
 

@@ -10,25 +10,14 @@ import httpx
 import numpy as np
 
 from longrl.config_utils import load
-from longrl.data.rows import RowError, load_rows
 
-
-def split_rows(path):
-    """The rows of one written split; a split the id hash left empty holds none (load_rows refuses
-    an empty data file, since training on one is a mistake)."""
-    try:
-        return load_rows(path)
-    except RowError as err:
-        if "no usable row (0 skipped" in str(err):
-            return []
-        raise
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.datagen import prompts
 from longrl.datagen.config import CATEGORIES, DatagenConfig
 from longrl.datagen.run import report_table, run_datagen
 from longrl.models.config import ModelConfig
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
-from serve_helpers import serve_tiny, teach
+from serve_helpers import serve_tiny, split_rows, teach
 
 QUESTION = json.dumps({"question": "Which object enters first?", "options": ["red", "blue", "green", "yellow"],
                        "answer": "B", "reasoning": "At [0.0s] the blue square is the first to enter."})
