@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 
 import torch
 
@@ -16,7 +15,12 @@ ITEMS, ITEM_FLOATS = 48, 262_144  # 48 tensors of 1 MiB per rank
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries that across exec from the
+    forked parent, so a worker spawned by a big pytest process starts with the parent's peak."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # KiB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _consume(items, chunk: int) -> tuple[float, int, float]:

@@ -47,9 +47,13 @@ class _Handler(BaseHTTPRequestHandler):
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
             n = len(server.requests)
+        counted = True
         try:
             status, content, delay = server.reply(n, body)
             time.sleep(delay)
+            with server.lock:  # done working: a client may send its next request as soon as it reads the reply
+                server.in_flight -= 1
+                counted = False
             if isinstance(content, bytes):
                 payload = content
             elif status == 200:
@@ -66,8 +70,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
         finally:
-            with server.lock:
-                server.in_flight -= 1
+            if counted:
+                with server.lock:
+                    server.in_flight -= 1
 
     def log_message(self, *args):
         pass
