@@ -25,15 +25,14 @@ def linear_trend(steps: list[float], values: list[float]) -> dict[str, float]:
 
 
 def metric_trend(metrics_path: str | Path, key: str) -> dict[str, float]:
-    """The trend of ``key`` over the rows of a ``metrics.jsonl`` that log it."""
-    import json
+    """The trend of ``key`` over the rows of a ``metrics.jsonl`` that log it (finite values only)."""
+    from longrl.train.metrics import METRICS_FILE, read_metrics
 
+    metrics_path = Path(metrics_path)
+    if metrics_path.name != METRICS_FILE:
+        raise ValueError(f"{metrics_path}: expected a run's {METRICS_FILE}")
     steps, values = [], []
-    for line in Path(metrics_path).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a torn last line
+    for row in read_metrics(metrics_path.parent):  # skips a torn last line
         value = row.get(key)
         if isinstance(value, (int, float)) and math.isfinite(value):
             steps.append(float(row["step"]))
