@@ -155,14 +155,39 @@ def longrl_step(model, ref_model, optimizer, scheduler, prompts: list[Prompt], c
         g.rewards = rewards
     advantages, _ = step_advantages(groups, cfg)
     model.train()
+    memory = {}
+    cuda = model.device.type == "cuda"
+    if cuda:  # the update's own peak, and what is resident when it starts
+        torch.cuda.synchronize(model.device)
+        memory["pre_update_peak"] = torch.cuda.max_memory_allocated(model.device)
+        memory["update_start_gb"] = round(torch.cuda.memory_allocated(model.device) / 2**30, 2)
+        torch.cuda.reset_peak_memory_stats(model.device)
     with timer("update"):
         policy_update(model, optimizer, scheduler, groups, advantages, cfg, NonFiniteGuard(), step=1)
-    return {"phases": timer.pop(), "tokens": sum(len(r) for g in groups for r in g.responses)}
+    if cuda:
+        torch.cuda.synchronize(model.device)
+        memory["update_peak_gb"] = round(torch.cuda.max_memory_allocated(model.device) / 2**30, 2)
+        plan = getattr(model.model.language_model, "longrl_checkpoint_plan", None)
+        if plan is not None:
+            memory["plan"] = plan_summary(plan)
+    return {"phases": timer.pop(), "tokens": sum(len(r) for g in groups for r in g.responses), "memory": memory}
+
+
+def plan_summary(plan: dict) -> dict:
+    """The adaptive checkpointing plan of the last group forward with grad, in GiB (see
+    ``group_forward.checkpoint_flags``)."""
+    gb = lambda b: None if b is None else round(b / 2**30, 2)  # noqa: E731
+    return dict(allocated_gb=gb(plan["allocated"]), limit_gb=gb(plan["limit"]), available_gb=gb(plan["available"]),
+                kept_estimate_gb=gb(plan["kept_estimate"]), kept_measured_gb=gb(plan["kept_measured"]),
+                **{f"{k}_gb": gb(v) for k, v in plan["budget"].items()},
+                planned_checkpointed=plan["planned_checkpointed"], checkpointed=plan.get("checkpointed"),
+                replanned=plan["replanned"])
 
 
 def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: int,
-               timer: StepTimer | None = None) -> dict:
-    """The same step done as plain transformers code would: see the module docstring."""
+               timer: StepTimer | None = None, generate_batch: int = 0) -> dict:
+    """The same step done as plain transformers code would: see the module docstring.
+    ``generate_batch``: samples per ``generate`` call (0: all n in one call, as written)."""
     timer = timer or StepTimer()
     n, new_tokens, algo = cfg.rollout.n, cfg.rollout.max_new_tokens, cfg.algorithm
     optimizer.zero_grad(set_to_none=True)
@@ -171,8 +196,10 @@ def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: in
     for prompt, rewards in zip(prompts, _rewards(len(prompts), n, seed)):
         model.eval()
         with torch.no_grad():
-            with timer("rollout"):
-                responses = hf_generate(model, prompt, n, new_tokens, greedy=False, video=True)
+            with timer("rollout"):  # n samples per generate call, or in calls of generate_batch
+                per_call = generate_batch or n
+                responses = torch.cat([hf_generate(model, prompt, min(per_call, n - done), new_tokens, greedy=False,
+                                                   video=True) for done in range(0, n, per_call)])
             with timer("encode"):
                 prompt = dataclasses.replace(prompt, video_embeds=encode_video(model, prompt.vision))
         tokens += responses.numel()
@@ -214,11 +241,14 @@ def measured(fn, device: torch.device, optimizer) -> dict:
     try:
         out = fn(timer)
     except torch.OutOfMemoryError as error:
+        # the allocator's whole first line: it says how much PyTorch holds and how much of that is cached
+        message = f"out of memory in {timer.current}: {str(error).splitlines()[0][:600]}"
         _free(device, optimizer)
-        return {"error": f"out of memory in {timer.current}: {str(error).splitlines()[0][:120]}"}
+        return {"error": message}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        out["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        peak = max(torch.cuda.max_memory_allocated(device), out.get("memory", {}).pop("pre_update_peak", 0))
+        out["peak_mem_gb"] = round(peak / 2**30, 2)
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -242,6 +272,9 @@ def run_size(model, ref_model, optimizer, scheduler, frames: int, per_frame: int
         if "error" in ours and args.checkpointing == "auto" and device.type == "cuda":
             # adaptive checkpointing sized itself from free memory and missed: report it, checkpoint every layer
             result["auto_checkpointing_error"] = ours["error"]
+            plan = getattr(model.model.language_model, "longrl_checkpoint_plan", None)
+            if plan is not None:
+                result["auto_plan"] = plan_summary(plan)
             print(f"# F={frames}@{per_frame}: {ours['error']}; retrying with every layer checkpointed",
                   file=sys.stderr, flush=True)
             args.checkpointing = "all"
@@ -254,16 +287,19 @@ def run_size(model, ref_model, optimizer, scheduler, frames: int, per_frame: int
         print(f"# F={frames}@{per_frame}: longrl step {ours['seconds']:.1f} s", file=sys.stderr, flush=True)
         run += 1
     result.update(longrl_s=round(ours["seconds"], 3), **_phases(ours), old_logprobs="from the sampler",
-                  longrl_tokens=ours["tokens"], peak_mem_gb=ours.get("peak_mem_gb"), checkpointing=args.checkpointing)
+                  longrl_tokens=ours["tokens"], peak_mem_gb=ours.get("peak_mem_gb"), checkpointing=args.checkpointing,
+                  **ours.get("memory", {}))
     result.update(naive_s=None, speedup=None)
     if naive:
-        theirs = measured(lambda t: naive_step(model, ref_model, optimizer, prompts, cfg, seed=0, timer=t), device,
-                          optimizer)
+        theirs = measured(lambda t: naive_step(model, ref_model, optimizer, prompts, cfg, seed=0, timer=t,
+                                               generate_batch=args.naive_generate_batch), device, optimizer)
         print(f"# F={frames}@{per_frame}: naive step " + (f"{theirs['seconds']:.1f} s" if "seconds" in theirs
                                                            else theirs["error"]), file=sys.stderr, flush=True)
         if "error" in theirs:
             result["naive_error"] = theirs["error"]
         else:
+            if args.naive_generate_batch:
+                result["naive_generate_batch"] = args.naive_generate_batch
             result.update(naive_s=round(theirs["seconds"], 3), speedup=round(theirs["seconds"] / ours["seconds"], 2),
                           **_phases(theirs, "naive_"), naive_tokens=theirs["tokens"],
                           naive_peak_mem_gb=theirs.get("peak_mem_gb"))
@@ -301,10 +337,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="GPU activation checkpointing of longrl's group forward: auto (as many layers as free memory "
                          "needs; on out of memory the step is retried with all) or all (every layer)")
     ap.add_argument("--no-naive", action="store_true", help="time longrl only (the naive pipeline may not fit)")
+    ap.add_argument("--naive-generate-batch", type=int, default=0, metavar="B",
+                    help="the naive pipeline samples the n responses in generate calls of B sequences each "
+                         "(num_return_sequences=B), as a transformers user does when n at once does not fit; "
+                         "0 (default): all n in one call")
     ap.add_argument("--longest", action="store_true",
                     help="longrl only, one step per --frames size (out of memory caught), then a line naming the "
                          "largest size that fit")
     args = ap.parse_args(argv)
+    if args.naive_generate_batch < 0:
+        ap.error(f"--naive-generate-batch must be >= 0, got {args.naive_generate_batch}")
     for name in ("prompts", "n", "new_tokens"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

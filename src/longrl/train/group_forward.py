@@ -21,6 +21,7 @@ Attention backends (:class:`GroupAttention`):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import Literal
@@ -332,13 +333,16 @@ def decoder_layer(layer, layout: AttentionLayout, fns, hidden, cos, sin):
 
 def kept_layer_bytes(text_config, tokens: int, dtype_bytes: int) -> int:
     """Activations one non-checkpointed layer keeps for backward, over ``tokens`` packed tokens, as
-    the compiled layer functions save them (inductor's partition, read off the saved tensors, and
-    measured on an H100: 46.1k bf16 values per token at 3B): the layer input, both RMSNorm outputs,
-    q, k, v, the attention output (pieces and their concatenation), the post-attention residual, and
-    the MLP's gate, up and SwiGLU product = 7 d + 2 kv + 3 intermediate per token, +5%."""
+    the compiled layer functions save them, with the hybrid attention's own saved tensors. Counted
+    from the layer's inputs and outputs that is 7 d + 2 kv + 3 intermediate values per token (the
+    layer input, both RMSNorm outputs, q, k, v, the attention output, the post-attention residual,
+    the MLP's gate, up and SwiGLU product); measured in the F=512 GRPO step on an H200 (torch 2.11,
+    2026-12-02: 8.33 GiB kept by one layer at 66,622 tokens, ``memory_allocated`` across it) it is
+    1.40 times that, 67.1k bf16 values per token (an earlier H100 reading of the saved tensors gave
+    46.1k; ``group_hidden`` measures the first kept layer and plans again when this is short). 1.45x."""
     d, inter = text_config.hidden_size, text_config.intermediate_size
     kv = text_config.num_key_value_heads * (d // text_config.num_attention_heads)
-    return int(1.05 * tokens * dtype_bytes * (7 * d + 2 * kv + 3 * inter))
+    return int(1.45 * tokens * dtype_bytes * (7 * d + 2 * kv + 3 * inter))
 
 
 def plan_checkpointing(flagged: list[bool], kept: int, checkpointed: int, available: int) -> list[bool]:
@@ -359,17 +363,67 @@ def plan_checkpointing(flagged: list[bool], kept: int, checkpointed: int, availa
     return out
 
 
-def _available_bytes(model, device: torch.device, response_tokens: int) -> int:
-    """GPU bytes the group forward's activations may take: free memory (the driver's and the caching
-    allocator's) less what backward will still allocate: gradients of trainable parameters that have
-    none yet, the LM head's fp32 chunk (logits, softmax, gradient), and a margin for fragmentation."""
-    free, total = torch.cuda.mem_get_info(device)
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
-    vocab = model.config.text_config.vocab_size
-    head = 3 * min(response_tokens, 1024) * vocab * 4
+@dataclass
+class ActivationBudget:
+    """The bytes the group forward's activations may take, and what was set aside for the rest of the update.
+
+    Resident memory (both models' weights, the AdamW state, gradients already allocated, rollout
+    leftovers still referenced) is already out of ``usable``; set aside from it: gradients that
+    backward will still allocate, the LM head's chunk working set in backward (``head``), the final
+    RMSNorm's saved tensors over every packed token (``final_norm``), and a ``margin``."""
+
+    usable: int  # driver-free bytes + cached blocks the allocator can release whole
+    missing_grads: int
+    head: int
+    final_norm: int
+    margin: int
+
+    @property
+    def available(self) -> int:
+        return self.usable - self.missing_grads - self.head - self.final_norm - self.margin
+
+
+def activation_budget(*, driver_free: int, total: int, reserved: int, allocated: int, inactive_split: int,
+                      missing_grads: int, tokens: int, response_tokens: int, hidden_size: int, vocab: int,
+                      chunk_tokens: int = 1024) -> ActivationBudget:
+    """:class:`ActivationBudget` from allocator numbers (``torch.cuda.mem_get_info`` and ``memory_stats``).
+
+    Cached blocks count as usable only when the allocator can release them whole: a free piece of a
+    segment that still holds live tensors (``inactive_split``) is left out, since a large activation
+    rarely fits it (the F=512 step on an H200 ran out of memory asking for a 262 MiB [T, d] tensor
+    while the planner had counted such pieces as free). The LM head's backward recomputes one chunk
+    of [chunk, vocab] logits and, with the entropy, holds about six fp32 and one bf16 copy of it
+    (logits, softmax, their product, and the gradients of each); the final RMSNorm keeps its fp32
+    input and its bf16 normalized output for all ``tokens`` rows."""
+    cached_whole = max(0, reserved - allocated - inactive_split)
+    head = min(response_tokens, chunk_tokens) * vocab * (6 * 4 + 2)
+    final_norm = tokens * hidden_size * (4 + 2)
     margin = 2 * 2**30 + total // 20
-    return free - grads - head - margin
+    return ActivationBudget(driver_free + cached_whole, missing_grads, head, final_norm, margin)
+
+
+def _activation_budget(model, device: torch.device, tokens: int, response_tokens: int) -> ActivationBudget:
+    driver_free, total = torch.cuda.mem_get_info(device)
+    stats = torch.cuda.memory_stats(device)
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
+    cfg = model.config.text_config
+    return activation_budget(driver_free=driver_free, total=total, reserved=torch.cuda.memory_reserved(device),
+                             allocated=torch.cuda.memory_allocated(device),
+                             inactive_split=stats.get("inactive_split_bytes.all.current", 0), missing_grads=grads,
+                             tokens=tokens, response_tokens=response_tokens, hidden_size=cfg.hidden_size,
+                             vocab=cfg.vocab_size)
+
+
+def replan_after_kept_layer(flags: list[bool], flagged: list[bool], index: int, measured: int, estimate: int,
+                            checkpointed: int, room: int) -> list[bool]:
+    """The plan, corrected once layer ``index`` (kept) has run: when it kept more than ``estimate``
+    (``measured`` bytes), the layers after it are planned again with the measured size over the
+    ``room`` left (the same rule as :func:`plan_checkpointing`, so one kept layer's worth stays
+    free for backward). Layers already run keep their choice; a smaller measured size changes
+    nothing (every later layer is kept already: checkpointed layers come first)."""
+    if measured <= estimate or index + 1 >= len(flags):
+        return flags
+    return flags[:index + 1] + plan_checkpointing(flagged[index + 1:], measured, checkpointed, room)
 
 
 def flagged_layers(model) -> list[bool]:
@@ -382,16 +436,24 @@ def flagged_layers(model) -> list[bool]:
 def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.device) -> list[bool]:
     """Per decoder layer: recompute it in backward? Layers flagged by (transformers') gradient
     checkpointing, in training mode with grad enabled; on CUDA with adaptive checkpointing (the
-    default) only as many of them as the free memory needs."""
+    default) only as many of them as the free memory needs. The plan's numbers are left in the text
+    model's ``longrl_checkpoint_plan`` (bytes), for ``group_hidden`` to correct and benches to report."""
     text = model.model.language_model
     flagged = flagged_layers(model)
+    text.longrl_checkpoint_plan = None
     if not any(flagged) or device.type != "cuda" or not getattr(text, "longrl_adaptive_checkpointing", True):
         return flagged
     cfg = model.config.text_config
     elem = text.layers[0].mlp.up_proj.weight.element_size()
     kept = kept_layer_bytes(cfg, tokens, elem)
-    return plan_checkpointing(flagged, kept, tokens * cfg.hidden_size * elem,
-                              _available_bytes(model, device, response_tokens))
+    budget = _activation_budget(model, device, tokens, response_tokens)
+    flags = plan_checkpointing(flagged, kept, tokens * cfg.hidden_size * elem, budget.available)
+    allocated = torch.cuda.memory_allocated(device)
+    text.longrl_checkpoint_plan = dict(
+        flagged=flagged, allocated=allocated, limit=allocated + budget.available, kept_estimate=kept,
+        checkpointed_bytes=tokens * cfg.hidden_size * elem, budget=dataclasses.asdict(budget),
+        available=budget.available, planned_checkpointed=sum(flags), kept_measured=None, replanned=False)
+    return flags
 
 
 def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vision: bool = False,
@@ -418,11 +480,24 @@ def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_
         cos, sin = text.rotary_emb(embeds, positions)
         flags = checkpoint_flags(model, embeds.shape[1], sum(packing.response_lens), embeds.device)
         hidden = embeds
-        for layer, ckpt in zip(text.layers, flags):
+        plan = getattr(text, "longrl_checkpoint_plan", None) if any(flags) else None
+        for i, layer in enumerate(text.layers):
+            ckpt = flags[i]
             # under FSDP2 the layer's registered forward method (longrl.dist.parallelize) gathers its weights
             fsdp_step = getattr(layer, "longrl_group_layer", None)
             step = partial(fsdp_step, layout, fns) if fsdp_step else partial(decoder_layer, layer, layout, fns)
+            before = torch.cuda.memory_allocated(embeds.device) if plan is not None and not ckpt else 0
             hidden = checkpoint(step, hidden, cos, sin, use_reentrant=False) if ckpt else step(hidden, cos, sin)
+            if plan is not None and not ckpt and plan["kept_measured"] is None:
+                # the first kept layer: what it really keeps (its saved tensors and its output)
+                now = torch.cuda.memory_allocated(embeds.device)
+                plan["kept_measured"] = now - before
+                new = replan_after_kept_layer(flags, plan["flagged"], i, now - before, plan["kept_estimate"],
+                                              plan["checkpointed_bytes"], plan["limit"] - now)
+                plan["replanned"] = new != flags
+                flags = new
+        if plan is not None:
+            plan["checkpointed"] = sum(flags)
         hidden = text.norm(hidden)[0]
     if stats is not None:
         stats.update(layers=impl, checkpointed_layers=sum(flags))
