@@ -8,12 +8,13 @@ AdamW optimizer: GRPO with a KL loss term (``--kl-coef``), random rewards (the r
 data costs nothing), one optimizer step.
 
 * longrl: the RL trainer's own pieces (``longrl.train.rl``): encode (the vision tower once per
-  prompt), rollout (``longrl.rollout.generate``: all prompts in one call, prefix shared by the
+  prompt, its window attention batched: ``longrl.models.vision_attention``), rollout (``longrl.rollout.generate``: all prompts in one call, prefix shared by the
   group; its sampling log-probs are the old log-probs), reference log-probs (one group forward
   per prompt, no grad) and ``policy_update`` (one group forward + backward per prompt, adaptive
   activation checkpointing on GPU, then the optimizer step).
 * naive: per prompt, transformers ``generate`` from pixels with ``num_return_sequences=n`` (the
-  tower runs inside it, n times), the tower once more for the training forwards, then per sample
+  tower runs inside it, n times; transformers' own attention, one SDPA call per window), the tower once
+  more for the training forwards (the same), then per sample
   one reference forward and one forward + backward of [prompt | response] (transformers' decoder
   layers, every layer checkpointed on GPU, the LM head on response tokens only), then the same
   optimizer step. Old log-probs are the detached policy log-probs (on-policy: ratio 1).
@@ -201,7 +202,7 @@ def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: in
                 responses = torch.cat([hf_generate(model, prompt, min(per_call, n - done), new_tokens, greedy=False,
                                                    video=True) for done in range(0, n, per_call)])
             with timer("encode"):
-                prompt = dataclasses.replace(prompt, video_embeds=encode_video(model, prompt.vision))
+                prompt = dataclasses.replace(prompt, video_embeds=encode_video(model, prompt.vision, batched_attention=False))
         tokens += responses.numel()
         ref = [None] * n
         if ref_model is not None:

@@ -184,12 +184,20 @@ def vision_tokens(model, vision: VisionInputs) -> int:
     return int(vision.grid_thw.prod(-1).sum()) // (merge * merge)
 
 
-def encode_video(model, vision: VisionInputs) -> torch.Tensor:
-    """Run the vision tower once: [V, hidden] embeddings, one per merged patch group."""
+def encode_video(model, vision: VisionInputs, *, batched_attention: bool = True) -> torch.Tensor:
+    """Run the vision tower once: [V, hidden] embeddings, one per merged patch group.
+
+    ``batched_attention`` (default): the tower's windowed attention runs as a few batched SDPA
+    calls (``longrl.models.vision_attention``) instead of transformers' one call per window;
+    False: transformers' own path."""
+    from longrl.models.vision_attention import batched_vision_attention
+
     visual = model.model.visual
     pixels = vision.pixel_values.to(device=visual.device, dtype=visual.dtype)
-    out = visual(pixels, grid_thw=vision.grid_thw.to(visual.device))
-    return out.pooler_output
+    if not batched_attention:
+        return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
+    with batched_vision_attention(visual):
+        return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
 
 
 def prompt_token_ids(model, tokenizer: PreTrainedTokenizerBase, messages: list[dict],
