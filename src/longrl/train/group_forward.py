@@ -333,16 +333,20 @@ def decoder_layer(layer, layout: AttentionLayout, fns, hidden, cos, sin):
 
 def kept_layer_bytes(text_config, tokens: int, dtype_bytes: int) -> int:
     """Activations one non-checkpointed layer keeps for backward, over ``tokens`` packed tokens, as
-    the compiled layer functions save them, with the hybrid attention's own saved tensors. Counted
-    from the layer's inputs and outputs that is 7 d + 2 kv + 3 intermediate values per token (the
-    layer input, both RMSNorm outputs, q, k, v, the attention output, the post-attention residual,
-    the MLP's gate, up and SwiGLU product); measured in the F=512 GRPO step on an H200 (torch 2.11,
-    2026-12-02: 8.33 GiB kept by one layer at 66,622 tokens, ``memory_allocated`` across it) it is
-    1.40 times that, 67.1k bf16 values per token (an earlier H100 reading of the saved tensors gave
-    46.1k; ``group_hidden`` measures the first kept layer and plans again when this is short). 1.45x."""
+    the compiled layer functions save them: the layer input, both RMSNorm outputs, q, k, v, the
+    attention output, the post-attention residual, and the MLP's gate, up and SwiGLU product =
+    7 d + 2 kv + 3 intermediate per token, +5% (46.1k bf16 values per token read off the saved
+    tensors on an H100, `bench train`'s groups).
+
+    An estimate only: in the F=512 GRPO step on an H200 (`bench step`, 8 responses of 128 tokens;
+    torch 2.11, 2026-12-02) the first kept layer held 8.33 GiB at 66,622 tokens, 67.1k values per
+    token, 1.33x this, while `bench train`'s 512-frame groups peaked as this predicts. So
+    ``group_hidden`` measures the first kept layer and plans the later ones again when the estimate
+    is short (:func:`replan_after_kept_layer`), rather than a larger constant that would keep fewer
+    layers where the estimate is right."""
     d, inter = text_config.hidden_size, text_config.intermediate_size
     kv = text_config.num_key_value_heads * (d // text_config.num_attention_heads)
-    return int(1.45 * tokens * dtype_bytes * (7 * d + 2 * kv + 3 * inter))
+    return int(1.05 * tokens * dtype_bytes * (7 * d + 2 * kv + 3 * inter))
 
 
 def plan_checkpointing(flagged: list[bool], kept: int, checkpointed: int, available: int) -> list[bool]:
