@@ -8,7 +8,7 @@ import torch
 from longrl.bench.common import random_model, tiny_bench_config
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.qwen2_5_vl import encode_video
-from longrl.models.vision_attention import batched_vision_attention, equal_runs
+from longrl.models.vision_attention import equal_runs, transformers_vision_attention
 
 
 def test_equal_runs():
@@ -37,8 +37,34 @@ def test_batched_tower_matches_transformers(grid):
     assert (out - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
     for n, p in model.model.visual.named_parameters():
         assert torch.allclose(p.grad, ref_grads[n], rtol=1e-4, atol=1e-5), n
-    # the swap lasts for the block only
+    # installed for good by encode_video; taken out for a block only
     attn = model.model.visual.blocks[0].attn
-    with batched_vision_attention(model.model.visual):
-        assert "forward" in attn.__dict__
-    assert "forward" not in attn.__dict__
+    assert "forward" in attn.__dict__
+    with transformers_vision_attention(model.model.visual):
+        assert "forward" not in attn.__dict__
+    assert "forward" in attn.__dict__
+
+
+def test_batched_tower_under_activation_checkpointing():
+    """A checkpointed tower recomputes its blocks in backward, after encode_video has returned: the
+    recompute runs the same (batched) attention, and the gradients equal transformers' own."""
+    torch.manual_seed(0)
+    model = random_model(tiny_bench_config())
+    model.model.visual.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    vc = model.config.vision_config
+    patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+    thw = torch.tensor([(2, 12, 20)])
+    vision = VisionInputs(torch.randn(int(thw.prod()), patch), thw, 1.0)
+    model.model.visual.requires_grad_(True)
+    model.model.visual.gradient_checkpointing_disable()  # the reference: transformers' path, no recompute
+    with transformers_vision_attention(model.model.visual):
+        ref = model.model.visual(vision.pixel_values, grid_thw=thw).pooler_output
+        ref.square().sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.model.visual.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.model.visual.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    out = encode_video(model, vision)
+    out.square().sum().backward()  # raises CheckpointError if the recompute ran other code
+    for n, p in model.model.visual.named_parameters():
+        assert torch.allclose(p.grad, ref_grads[n], rtol=1e-4, atol=1e-5), n

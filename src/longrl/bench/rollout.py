@@ -42,6 +42,7 @@ from longrl.bench.common import (device_name, gpu_peak_bandwidth, measured_copy_
                                  random_model, tiny_bench_config)
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt
+from longrl.models.vision_attention import transformers_vision_attention
 from longrl.rollout import RolloutConfig, SamplingParams, generate
 from longrl.rollout.attention import attention_lse_math, cascade_attention, prefill_attention
 
@@ -102,12 +103,13 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
         raise ValueError("transformers decodes greedily one sequence per prompt: use n=1")
     sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
     try:
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels, video_grid_thw=grid,
-            second_per_grid_ts=torch.tensor([prompt.vision.second_per_grid], device=device),
-            mm_token_type_ids=(ids == cfg.video_token_id).int() * 2, num_return_sequences=n,
-            max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, **sampling,
-        )
+        with transformers_vision_attention(inner.visual):  # transformers' own tower, whatever longrl installed
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels, video_grid_thw=grid,
+                second_per_grid_ts=torch.tensor([prompt.vision.second_per_grid], device=device),
+                mm_token_type_ids=(ids == cfg.video_token_id).int() * 2, num_return_sequences=n,
+                max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, **sampling,
+            )
     finally:
         inner.__dict__.pop("get_video_features", None)
         inner.rope_deltas = None

@@ -199,6 +199,7 @@ def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: in
         with torch.no_grad():
             with timer("rollout"):  # n samples per generate call, or in calls of generate_batch
                 per_call = generate_batch or n
+                # (hf_generate runs transformers' own tower, one attention call per window, as written)
                 responses = torch.cat([hf_generate(model, prompt, min(per_call, n - done), new_tokens, greedy=False,
                                                    video=True) for done in range(0, n, per_call)])
             with timer("encode"):

@@ -188,16 +188,18 @@ def encode_video(model, vision: VisionInputs, *, batched_attention: bool = True)
     """Run the vision tower once: [V, hidden] embeddings, one per merged patch group.
 
     ``batched_attention`` (default): the tower's windowed attention runs as a few batched SDPA
-    calls (``longrl.models.vision_attention``) instead of transformers' one call per window;
-    False: transformers' own path."""
-    from longrl.models.vision_attention import batched_vision_attention
+    calls (``longrl.models.vision_attention``, installed in the tower from then on) instead of
+    transformers' one call per window; False: transformers' own path, for this call (no grad
+    through a checkpointed tower then: its recompute would run the other path)."""
+    from longrl.models.vision_attention import transformers_vision_attention, use_batched_vision_attention
 
     visual = model.model.visual
     pixels = vision.pixel_values.to(device=visual.device, dtype=visual.dtype)
     if not batched_attention:
-        return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
-    with batched_vision_attention(visual):
-        return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
+        with transformers_vision_attention(visual):
+            return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
+    use_batched_vision_attention(visual)  # for good: a checkpointed tower recomputes its blocks in backward
+    return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
 
 
 def prompt_token_ids(model, tokenizer: PreTrainedTokenizerBase, messages: list[dict],

@@ -8,9 +8,10 @@ concatenation) in each of the 28 windowed layers, and 256 in each of the 4 full-
 that the window size divides has the same size), so each run is one [count, heads, length, dim]
 SDPA call: the same attention over the same pieces, in a few launches.
 
-:func:`batched_vision_attention` swaps that forward into the tower's attention modules for the
-length of a ``with`` block (``encode_video`` runs the tower under it); the arithmetic is
-transformers' own op for op (qkv, fp32 rotary, SDPA per piece, proj), only batched.
+:func:`use_batched_vision_attention` installs that forward in the tower's attention modules
+(``encode_video`` does, before it runs the tower); the arithmetic is transformers' own op for op
+(qkv, fp32 rotary, SDPA per piece, proj), only batched. :func:`transformers_vision_attention`
+takes it out for a ``with`` block.
 """
 
 from __future__ import annotations
@@ -60,16 +61,27 @@ def _attention_modules(visual) -> list[torch.nn.Module]:
             if all(hasattr(block.attn, a) for a in ("qkv", "proj", "num_heads", "scaling"))]
 
 
-@contextmanager
-def batched_vision_attention(visual):
-    """Within the block, ``visual``'s attention modules run :func:`_forward` (batched SDPA per run of
-    equal pieces). A tower whose attention implementation is flash-attn (varlen already) is left alone."""
+def use_batched_vision_attention(visual) -> None:
+    """From now on ``visual``'s attention modules run :func:`_forward` (batched SDPA per run of equal
+    pieces); idempotent. For good, not for a block: a tower trained under activation checkpointing
+    recomputes its blocks in backward, after the forward has returned, and must run the same code
+    then. A tower whose attention implementation is flash-attn (varlen already) is left alone."""
     impl = str(getattr(getattr(visual, "config", None), "_attn_implementation", "") or "")
-    modules = [] if "flash" in impl else _attention_modules(visual)
-    for m in modules:
-        m.forward = types.MethodType(_forward, m)
+    if "flash" in impl:
+        return
+    for m in _attention_modules(visual):
+        if "forward" not in m.__dict__:
+            m.forward = types.MethodType(_forward, m)
+
+
+@contextmanager
+def transformers_vision_attention(visual):
+    """Within the block, ``visual`` runs transformers' own attention (one call per piece), as plain
+    transformers code does (the naive baseline of ``bench step``); the batched forward comes back
+    after. Not for a block whose backward runs after it under activation checkpointing."""
+    swapped = [(m, m.__dict__.pop("forward")) for m in _attention_modules(visual) if "forward" in m.__dict__]
     try:
         yield
     finally:
-        for m in modules:
-            m.__dict__.pop("forward", None)
+        for m, forward in swapped:
+            m.forward = forward
