@@ -66,7 +66,8 @@ def test_torchrun_sp2_equals_one_process_and_resumes_in_one(data, tmp_path):
     one, sp = tmp_path / "one", tmp_path / "sp2"
     procs = [_start(_command(data, one, 1)), _start(_command(data, sp, 2, "dist.sp=2"))]
     _, output = (_finish(p) for p in procs)
-    assert "sequence parallel over 2 ranks" in output  # Ulysses and the frame-sharded tower were applied
+    assert "sequence parallel over 2 ranks for the model" in output  # Ulysses and the frame-sharded tower were applied
+    assert "sequence parallel over 2 ranks for the frozen model" in output  # the reference model too
     rows, ref_rows = _rows(sp), _rows(one)
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == list(range(1, STEPS + 1))
     assert len({r["actor/loss"] for r in ref_rows}) == STEPS and ref_rows[1]["actor/kl_loss"] > 0  # it learns

@@ -64,9 +64,10 @@ def apply_sp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     apply_sequence_parallel(model, mesh, SequenceParallelConfig(shard_vision=cfg.sp_shard_vision, decode=cfg.sp_decode))
-    if mesh.get_coordinate() is not None and torch.distributed.get_rank() == 0:
-        log.info("sequence parallel over %d ranks: packed groups and prefill sharded by tokens (Ulysses), "
-                 "vision frames %s, decode %s", cfg.sp, "sharded" if cfg.sp_shard_vision else "replicated",
+    if torch.distributed.get_rank() == 0:
+        which = "the model" if any(p.requires_grad for p in model.parameters()) else "the frozen model"
+        log.info("sequence parallel over %d ranks for %s: packed groups and prefill sharded by tokens (Ulysses), "
+                 "vision frames %s, decode %s", cfg.sp, which, "sharded" if cfg.sp_shard_vision else "replicated",
                  cfg.sp_decode)
 
 
