@@ -110,12 +110,13 @@ def test_invalid_degrees_are_config_errors_naming_dist_sp_and_dp():
 
 def test_torchrun_dp2_sp2_equals_dp2(data, tmp_path):
     """4 processes, mesh dp=2 x sp=2 (FSDP2 over the 4 ranks flattened): each dp slot's 2 sp ranks
-    share its prompts; the run logs what the 2-process dp=2 run (no sp) logs, counts included."""
+    share its prompts; the run logs what the 2-process dp=2 run (no sp) logs, counts included. The
+    rollout here decodes head-parallel (``dist.sp_decode=sharded``): the same tokens as one rank."""
     short = ["rl.steps=2", "trainer.save_every=0"]
-    procs = [_start(_command(data, tmp_path / "dp2sp2", 4, "dist.dp=2", "dist.sp=2", *short)),
+    procs = [_start(_command(data, tmp_path / "dp2sp2", 4, "dist.dp=2", "dist.sp=2", "dist.sp_decode=sharded", *short)),
              _start(_command(data, tmp_path / "dp2", 2, *short))]
     output, _ = (_finish(p) for p in procs)
-    assert "sequence parallel over 2 ranks" in output
+    assert "sequence parallel over 2 ranks for the model" in output and "decode sharded" in output
     rows, ref_rows = _rows(tmp_path / "dp2sp2"), _rows(tmp_path / "dp2")
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == [1, 2]
     assert ref_rows[0]["rollout/groups_kept"] == 2 and ref_rows[0]["rollout/tokens"] == 24  # 2 prompts x 2 samples x 6
