@@ -21,7 +21,7 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from longrl.data.vision_preprocess import VisionInputs
 from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel, average_gradients
-from longrl.dist.ulysses import check_heads
+from longrl.dist.ulysses import LOCAL, check_heads, sequence_parallel
 from longrl.dist.vision import split_frames
 from longrl.models.config import ModelConfig, TinyModelConfig
 from longrl.models.qwen2_5_vl import build_prompt, load_model
@@ -186,6 +186,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     model.zero_grad(set_to_none=True)
     plain.load_state_dict(model.state_dict())  # (no optimizer step ran: the same weights)
     results["rollout"] = _rollout_check(model, plain, tok, seed=3)
+    sp = sequence_parallel(model)  # the embedding cache's agreement: hit on every rank, or encode together
+    results["all_true"] = [sp.all_true(True), sp.all_true(rank == 0), LOCAL.all_true(rank == 0)]
     replicated, tok1 = _tiny(kv_heads=1, seed=1)  # 4 query heads, 1 KV head: replicated to both ranks
     plain = copy.deepcopy(replicated)
     results["group_replicated_kv"] = _group_check(replicated, tok1, (5, 9, 3), train_vision=False, seed=1)
@@ -228,6 +230,7 @@ def test_frame_sharded_vision_equals_unsharded(measured):
         m = rank["vision"]
         assert m["forward"] <= TOL and m["grads"] <= TOL, m
         assert m["grad_count"] > 10
+    assert [rank["all_true"] for rank in measured] == [[True, False, True], [True, False, False]]
     # rank 0 encoded the first video's 3 temporal groups, rank 1 the second's 2 (144 patches each)
     assert [rank["vision"]["encoded_patches"] for rank in measured] == [[3 * 144], [2 * 144]]
 

@@ -231,6 +231,13 @@ def _dispatch(args) -> int:
         print(f"report: {render_report(args.run_dir)}")
         return 0
     if args.command == "bench":
+        from longrl.dist.env import world_size_from_env
+
+        if args.which in ("train", "rollout") and world_size_from_env() > 1:  # under torchrun: over a dp x sp mesh
+            from longrl.bench.dist import main as dist_bench
+
+            dist_bench(args.which, args.args)
+            return 0
         if args.which == "rollout":
             from longrl.bench.rollout import main as bench_main
         elif args.which == "step":

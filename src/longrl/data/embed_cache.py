@@ -232,6 +232,7 @@ class VideoEmbedder:
         Raises ``longrl.data.video.VideoError`` for a bad video, like ``load_vision``."""
         from longrl.data.dataset import load_vision
         from longrl.data.vision_preprocess import VisionInputs
+        from longrl.dist.ulysses import sequence_parallel
         from longrl.models.qwen2_5_vl import encode_video
 
         if self.train_vision or self.cache is None:
@@ -242,6 +243,10 @@ class VideoEmbedder:
             return load_vision(row, self.data_cfg), None
         key, ident = self.lookup(row.video)
         entry = self.cache.get_entry(key, expect=ident)
+        # Under sequence parallelism the tower's forward is a collective of the sp group: its ranks
+        # encode together unless every one of them found the entry (another rank may write it between lookups).
+        if not sequence_parallel(self.model).all_true(entry is not None):
+            entry = None
         if entry is not None:
             self.stats["hits"] += 1
             patch_dim = 3 * self.model.config.vision_config.temporal_patch_size * self.model.config.vision_config.patch_size ** 2

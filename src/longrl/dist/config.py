@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from longrl.config_utils import ConfigError
@@ -11,7 +12,9 @@ from longrl.config_utils import ConfigError
 class DistConfig:
     dp: int = 0  # data-parallel ranks (each draws its own prompts); 0 = world size / dist.sp
     sp: int = 1  # sequence-parallel ranks per group (Ulysses over the packed group's tokens)
-    fsdp: bool = True  # shard parameters, gradients and optimizer state over the dp ranks (FSDP2) when dp > 1
+    sp_decode: str = "gathered"  # rollout decode under dist.sp > 1: gathered (prefix KV all-gathered, every sp rank decodes as one process) or sharded (KV kept by heads, one all-gather per layer)
+    sp_shard_vision: bool = True  # under dist.sp > 1 each sp rank encodes its share of the frames (exact; false: every rank encodes all of them)
+    fsdp: bool = True  # shard parameters, gradients and optimizer state over all dp x sp ranks (FSDP2); needed (true) when more than one process runs
     cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimizer state live in host memory
     reshard_after_forward: bool = True  # free each layer's gathered parameters after its forward (less memory, one more all-gather in backward)
     gather_chunks: int = 256  # per-sample items per piece when gathering to one rank (host memory stays bounded); 0 = all at once
@@ -23,6 +26,8 @@ class DistConfig:
             raise ConfigError(f"dist.sp={self.sp} must be >= 1")
         if self.dp < 0:
             raise ConfigError(f"dist.dp={self.dp} must be >= 1 (or 0 = world size / dist.sp)")
+        if self.sp_decode not in ("gathered", "sharded"):
+            raise ConfigError(f"dist.sp_decode={self.sp_decode!r}: use gathered or sharded")
         if self.gather_chunks < 0:
             raise ConfigError(f"dist.gather_chunks={self.gather_chunks} must be >= 0 (0 = one piece)")
         dp = self.dp or world_size // self.sp
@@ -32,5 +37,7 @@ class DistConfig:
                 f"(WORLD_SIZE, set by torchrun --nproc-per-node x --nnodes); set dist.dp and dist.sp so that "
                 f"their product is {world_size}, or dist.dp=0 to fill it in"
             )
-        return DistConfig(dp=dp, sp=self.sp, fsdp=self.fsdp, cpu_offload=self.cpu_offload,
-                          reshard_after_forward=self.reshard_after_forward, gather_chunks=self.gather_chunks)
+        if world_size > 1 and not self.fsdp:
+            raise ConfigError(f"dist.fsdp=false with {world_size} processes: gradients are reduced over the ranks by "
+                              "FSDP2, so without it every rank would train on its own; set dist.fsdp=true")
+        return dataclasses.replace(self, dp=dp)

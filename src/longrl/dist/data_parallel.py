@@ -57,3 +57,17 @@ def mean_over_ranks(sums: dict[str, float], count: int) -> dict[str, float]:
 def local_value(value: torch.Tensor) -> torch.Tensor:
     """A DTensor result (e.g. ``clip_grad_norm_`` over sharded gradients) as a plain tensor."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+def batch_sum() -> Callable[[list[float]], list[float]] | None:
+    """The sum over the dp ranks that batch-normalising estimators (REINFORCE++'s whitening) take,
+    so their statistics are the global batch's; None in one process (its own batch, as before)."""
+    return env.sum_floats if env.current().dp_size > 1 else None
+
+
+def global_mean(values: torch.Tensor) -> float:
+    """The mean of every dp rank's ``values`` (ragged), as one process holding all of them reports it."""
+    if env.current().dp_size == 1:
+        return values.mean().item()
+    total, count = env.sum_floats([values.double().sum().item(), float(values.numel())])
+    return total / max(count, 1.0)

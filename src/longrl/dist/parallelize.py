@@ -17,6 +17,7 @@ rollout runs the very parameters the optimizer updates, with no second copy and 
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from types import MethodType
 from typing import Callable, Iterator
@@ -31,6 +32,7 @@ from longrl.dist.config import DistConfig
 ROOT_METHOD = "longrl_root_forward"
 LAYER_METHOD = "longrl_group_layer"
 _RESHARD_ATTR = "_longrl_reshard_after_forward"
+log = logging.getLogger("longrl.dist")
 
 
 def parallelize(model: nn.Module, mesh: DeviceMesh | None, cfg: DistConfig) -> nn.Module:
@@ -44,13 +46,42 @@ def parallelize(model: nn.Module, mesh: DeviceMesh | None, cfg: DistConfig) -> n
         raise ConfigError("dist.cpu_offload=true offloads GPU training state to host memory; on CPU it already "
                           "lives there: set dist.cpu_offload=false")
     if cfg.sp > 1:
-        # Hook for Ulysses sequence parallelism and the frame-sharded vision tower over mesh["sp"]
-        # (issue 12, items 4-5): apply it here, before FSDP.
-        raise ConfigError(f"dist.sp={cfg.sp}: sequence parallelism is not in this build yet; "
-                          "set dist.sp=1 (data parallel only)")
-    if cfg.fsdp and mesh["dp"].size() > 1:
-        apply_fsdp(model, mesh["dp"], cfg)
+        apply_sp(model, mesh["sp"], cfg)
+    if cfg.fsdp and mesh.size() > 1:
+        apply_fsdp(model, fsdp_mesh(mesh), cfg)
     return model
+
+
+def apply_sp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
+    """Ulysses over the text decoder and the frame-sharded vision tower, over the sp ranks; a degree
+    the model's heads cannot split is a config error naming ``dist.sp``."""
+    from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel
+    from longrl.dist.ulysses import check_heads
+
+    text = model.config.text_config
+    try:
+        check_heads(cfg.sp, text.num_attention_heads, text.num_key_value_heads)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    apply_sequence_parallel(model, mesh, SequenceParallelConfig(shard_vision=cfg.sp_shard_vision, decode=cfg.sp_decode))
+    if torch.distributed.get_rank() == 0:
+        which = "the model" if any(p.requires_grad for p in model.parameters()) else "the frozen model"
+        log.info("sequence parallel over %d ranks for %s: packed groups and prefill sharded by tokens (Ulysses), "
+                 "vision frames %s, decode %s", cfg.sp, which, "sharded" if cfg.sp_shard_vision else "replicated",
+                 cfg.sp_decode)
+
+
+def fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh:
+    """The 1-D mesh FSDP2 shards over: every rank (dp x sp flattened). Its gradient reduction then
+    averages over the sp ranks too, which sequence parallelism's gradient convention needs (each sp
+    rank holds the gradient of its tokens, scaled by sp), and over the dp ranks (whose losses are
+    scaled by dp, ``longrl.dist.data_parallel``)."""
+    dp, sp = mesh["dp"].size(), mesh["sp"].size()
+    if sp == 1:
+        return mesh["dp"]
+    if dp == 1:
+        return mesh["sp"]
+    return mesh["dp", "sp"]._flatten("dp_sp")
 
 
 def mixed_precision(model: nn.Module, device_type: str):

@@ -85,6 +85,10 @@ class SequenceParallel:
         """This rank's heads of a decode step's attention output [B, local heads * D] -> all heads."""
         return attn
 
+    def all_true(self, flag: bool) -> bool:
+        """True when ``flag`` holds on every rank of the group (so they take the same branch)."""
+        return flag
+
 
 LOCAL = SequenceParallel()
 ATTRIBUTE = "longrl_sequence_parallel"
@@ -194,6 +198,11 @@ class Ulysses(SequenceParallel):
         q = q[:, self.rank * heads * head_dim:(self.rank + 1) * heads * head_dim]
         k, v = (t[:, kv_start * head_dim:(kv_start + kv_local) * head_dim] for t in (k, v))
         return q, k, v  # column slices: row-strided views, as the unsharded step's split of packed q/k/v
+
+    def all_true(self, flag):
+        t = torch.tensor([int(flag)], dtype=torch.int32, device="cuda" if dist.get_backend(self.group) == "nccl" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
+        return bool(t.item())
 
     def decode_output(self, attn):
         if self.decode == "gathered":

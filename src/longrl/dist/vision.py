@@ -87,13 +87,14 @@ def frame_sharded_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Ten
     (per-patch, window-ordered) is not gathered and is None."""
     shards: FrameShards = self.longrl_frame_shards
     shares = split_frames(grid_thw.tolist(), shards.size, self.spatial_merge_size)
+    if not all(s.grid_thw for s in shares):
+        # Fewer temporal groups than ranks: every rank encodes all frames (the same result), so that
+        # every rank runs the tower's blocks (under FSDP2 each block's forward is a collective).
+        return type(self).forward(self, hidden_states, grid_thw, **kwargs)
     mine = shares[shards.rank]
-    if mine.grid_thw:
-        start, end = mine.patch_rows
-        grid = torch.tensor(mine.grid_thw, dtype=grid_thw.dtype, device=grid_thw.device)
-        local = type(self).forward(self, hidden_states[start:end], grid, **kwargs).pooler_output
-    else:  # fewer temporal groups than ranks: this one encodes nothing
-        local = hidden_states.new_zeros(0, self.config.out_hidden_size)
+    start, end = mine.patch_rows
+    grid = torch.tensor(mine.grid_thw, dtype=grid_thw.dtype, device=grid_thw.device)
+    local = type(self).forward(self, hidden_states[start:end], grid, **kwargs).pooler_output
     return BaseModelOutputWithPooling(last_hidden_state=None,
                                       pooler_output=gather_rows(local, shares, shards.group))
 

@@ -13,7 +13,8 @@ of the `[B, T]` tensors the policy loss takes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -21,6 +22,9 @@ from torch import Tensor
 from longrl.rl.config import AlgorithmConfig
 
 Rewards = Tensor | Sequence[Tensor]
+# Element-wise sum of a list of floats over the data-parallel ranks (``longrl.dist.env.sum_floats``):
+# the batch statistics of REINFORCE++ are then those of the global batch. None: this process's batch.
+BatchSum = Callable[[list[float]], list[float]]
 
 
 def _flatten(rewards: Rewards) -> tuple[Tensor, list[int]]:
@@ -82,10 +86,20 @@ def rloo_advantages(rewards: Rewards) -> Rewards:
     return _regroup(torch.cat(out) if out else flat, sizes, rewards)
 
 
-def _whiten(values: Tensor, norm_by_std: bool, eps: float) -> Tensor:
-    centred = values - values.mean()
-    if norm_by_std and values.numel() > 1:
-        centred = centred / (values.std(unbiased=False) + eps)
+def _whiten(values: Tensor, norm_by_std: bool, eps: float, batch_sum: BatchSum | None = None) -> Tensor:
+    if batch_sum is None:
+        centred = values - values.mean()
+        if norm_by_std and values.numel() > 1:
+            centred = centred / (values.std(unbiased=False) + eps)
+        return centred
+    # Over the global batch: two passes of all-reduced float64 sums (mean, then squared deviations),
+    # the same statistics one process holding every rank's values computes.
+    total, count = batch_sum([values.double().sum().item(), float(values.numel())])
+    mean = total / max(count, 1.0)
+    centred = values - mean
+    if norm_by_std and count > 1:
+        (squares,) = batch_sum([(values.double() - mean).square().sum().item()])
+        centred = centred / (math.sqrt(squares / count) + eps)
     return centred
 
 
@@ -104,6 +118,7 @@ def reinforce_pp_advantages(
     norm_by_std: bool = True,
     subtract_group_mean: bool = False,
     eps: float = 1e-6,
+    batch_sum: BatchSum | None = None,
 ) -> Rewards | Tensor:
     """REINFORCE++: advantages whitened over the whole batch rather than per group.
 
@@ -120,6 +135,9 @@ def reinforce_pp_advantages(
     `subtract_group_mean` gives "REINFORCE++-baseline": the group mean is removed from r_i first.
     The batch std is the population std (as in OpenRLHF's masked whitening; verl's masked_whiten
     uses Bessel's correction, which scales every advantage by sqrt((N - 1) / N) over N tokens).
+
+    `batch_sum` (data parallel: a sum over the ranks) makes "the batch" the global batch: each rank
+    passes its share of the samples and gets their advantages under the global mean and std.
     """
     flat, sizes = _flatten(rewards)
     if subtract_group_mean:
@@ -127,7 +145,7 @@ def reinforce_pp_advantages(
     if mask is None:
         if token_kl is not None:
             raise ValueError("token-level REINFORCE++ needs the response mask [B, T] along with token_kl")
-        return _regroup(_whiten(flat, norm_by_std, eps), sizes, rewards)
+        return _regroup(_whiten(flat, norm_by_std, eps, batch_sum), sizes, rewards)
 
     if mask.dim() != 2 or mask.shape[0] != flat.numel() or (token_kl is not None and token_kl.shape != mask.shape):
         raise ValueError(f"token-level REINFORCE++ needs mask (and token_kl) of shape [B, T] with "
@@ -141,7 +159,7 @@ def reinforce_pp_advantages(
     rows = torch.arange(valid.shape[0], device=valid.device)
     token_rewards[rows, _last_valid_index(valid)] += torch.where(valid.any(-1), flat, torch.zeros_like(flat))
     returns = token_rewards.flip(-1).cumsum(-1).flip(-1)
-    whitened = _whiten(returns[valid], norm_by_std, eps)
+    whitened = _whiten(returns[valid], norm_by_std, eps, batch_sum)
     advantages = torch.zeros_like(returns)
     advantages[valid] = whitened
     return advantages
@@ -153,6 +171,7 @@ def compute_advantages(
     *,
     token_kl: Tensor | None = None,
     mask: Tensor | None = None,
+    batch_sum: BatchSum | None = None,
 ) -> Tensor:
     """Advantages for `cfg.advantage`, flat in sample order: [B], or [B, T] for token-level ones.
 
@@ -163,6 +182,8 @@ def compute_advantages(
 
     REINFORCE++ is token-level whenever `mask` is given, KL or not (the trainer always passes it),
     so its advantages move continuously as kl_coef goes to 0 or kl_in_reward is switched off.
+
+    `batch_sum`: see :func:`reinforce_pp_advantages` (the group estimators never look past a group).
     """
     flat, sizes = _flatten(rewards)
     if not sizes:
@@ -176,8 +197,8 @@ def compute_advantages(
     if cfg.advantage == "reinforce_pp":
         if mask is not None:
             return reinforce_pp_advantages(groups, mask=mask, token_kl=token_kl if fold_kl else None,
-                                           kl_coef=cfg.kl_coef, norm_by_std=cfg.norm_adv_by_std)
-        return torch.cat(reinforce_pp_advantages(groups, norm_by_std=cfg.norm_adv_by_std))
+                                           kl_coef=cfg.kl_coef, norm_by_std=cfg.norm_adv_by_std, batch_sum=batch_sum)
+        return torch.cat(reinforce_pp_advantages(groups, norm_by_std=cfg.norm_adv_by_std, batch_sum=batch_sum))
 
     if fold_kl:
         if token_kl.shape[0] != flat.numel():

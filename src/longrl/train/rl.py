@@ -194,8 +194,9 @@ def step_advantages(groups: list[Group], cfg) -> tuple[list[torch.Tensor], dict[
     if fold_kl:
         ref, _ = pad_ragged([lp for g in groups for lp in g.ref_logp])
         token_kl = kl_penalty(logp, ref, algo.kl_estimator)
-        metrics["actor/kl_in_reward"] = (token_kl[mask].mean().item())
-    flat = compute_advantages(algo, [g.rewards for g in groups], token_kl=token_kl, mask=mask)
+        metrics["actor/kl_in_reward"] = dp.global_mean(token_kl[mask])
+    # REINFORCE++ whitens over the global batch (statistics summed over the dp ranks)
+    flat = compute_advantages(algo, [g.rewards for g in groups], token_kl=token_kl, mask=mask, batch_sum=dp.batch_sum())
     sizes = [len(g.responses) for g in groups]
     return list(flat.split(sizes)), metrics
 

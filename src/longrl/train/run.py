@@ -99,7 +99,8 @@ def run_training(stage: str, config_path, overrides) -> None:
     else:
         require_finite_weights(model, f"the trained model ({out / 'model'})")
         save_pretrained(model, tokenizer, out / "model")
-    log.info("saved the trained model to %s", out / "model")
+    if env.is_main:
+        log.info("saved the trained model to %s", out / "model")
 
 
 def run_eval(config_path, overrides, out_dir=None) -> dict:
