@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from _checkpoint_tiny import flat_params, optimizer_and_scheduler, tiny, train_step
-from longrl.train.checkpoint import (
+from longrl.infra.checkpoint import (
     COMPLETE,
     CheckpointError,
     Checkpointer,

@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from _checkpoint_tiny import optimizer_and_scheduler, tiny, train_step
-from longrl.train.checkpoint import Checkpointer
-from longrl.train.export import export_hf
+from longrl.infra.checkpoint import Checkpointer
+from longrl.infra.export import export_hf
 
 WORLD = 2
 

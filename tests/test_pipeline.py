@@ -121,8 +121,8 @@ def test_mini_batches_never_exceed_the_configured_count():
 def test_every_preset_updates_on_ragged_groups(synth, preset):
     """One update per preset over groups of different response lengths, split into mini-batches
     whose padded lengths differ from the step's (REINFORCE++'s token-level advantages once failed here)."""
-    from longrl.models.qwen2_5_vl import encode_prompts
-    from longrl.train.guard import NonFiniteGuard
+    from longrl.data.prompt import encode_prompts
+    from longrl.infra.guard import NonFiniteGuard
     from longrl.train.optim import build_optimizer, build_scheduler
     from longrl.train.rl import Group, group_logprobs, policy_update, reference_logprobs, step_advantages
 

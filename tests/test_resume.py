@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from longrl.data.synth import SynthConfig, generate_synth
-from longrl.train.checkpoint import COMPLETE, SLOW_WRITE_ENV, SLOW_WRITE_STEP_ENV
+from longrl.infra.checkpoint import COMPLETE, SLOW_WRITE_ENV, SLOW_WRITE_STEP_ENV
 
 STEPS = 6
 # Wall-clock metrics differ between runs by nature; everything else must match exactly.

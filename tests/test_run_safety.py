@@ -26,9 +26,9 @@ from safetensors.torch import load_file
 
 from longrl.cli import main
 from longrl.data.synth import SynthConfig, generate_synth
-from longrl.train.checkpoint import COMPLETE, SLOW_WRITE_ENV, SLOW_WRITE_STEP_ENV, list_checkpoints, verify_checkpoint
-from longrl.train.metrics import read_metrics
-from longrl.train.run_dir import RUN_OUTPUTS, claim_run_dir
+from longrl.infra.checkpoint import COMPLETE, SLOW_WRITE_ENV, SLOW_WRITE_STEP_ENV, list_checkpoints, verify_checkpoint
+from longrl.infra.metrics import read_metrics
+from longrl.infra.run_dir import RUN_OUTPUTS, claim_run_dir
 
 BAD_INPUT = Path(__file__).parent / "bad_input"
 SFT_STEPS = 8  # 8 rows, batch 2, 2 epochs
@@ -117,7 +117,7 @@ def test_sft_with_a_huge_learning_rate_stops_with_one_line_and_saves_no_model(da
     checkpoints = list_checkpoints(out / "checkpoints")
     assert [step for step, _ in checkpoints] == [stop - 1, stop - 2]  # saved every step, trainer.keep_last=2
     assert [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")] == []
-    from longrl.train.export import export_hf
+    from longrl.infra.export import export_hf
 
     for _, path in checkpoints:
         assert verify_checkpoint(path) is None
@@ -263,7 +263,7 @@ def test_rl_guard_stop_names_the_checkpoint_that_exists(data, tmp_path, monkeypa
 
 def test_weights_with_nan_are_never_saved():
     from _checkpoint_tiny import tiny
-    from longrl.train.guard import NonFiniteError, require_finite_weights
+    from longrl.infra.guard import NonFiniteError, require_finite_weights
 
     model, _ = tiny()
     require_finite_weights(model, "the final model")

@@ -25,7 +25,8 @@ from longrl.eval.evaluate import evaluate, write_report
 from longrl.eval.trend import metric_trend
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from longrl.train.rl import train_rl
-from longrl.train.run import setup_run, sft_stage
+from longrl.infra.setup import setup_run
+from longrl.train.run import sft_stage
 
 log = logging.getLogger("longrl.quickstart")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"

@@ -49,9 +49,9 @@ from longrl.models.qwen2_5_vl import Prompt, encode_video, mrope_positions
 from longrl.rl.losses import policy_loss
 from longrl.rollout import SamplingParams, generate
 from longrl.train.group_forward import enable_gradient_checkpointing
-from longrl.train.guard import NonFiniteGuard
+from longrl.infra.guard import NonFiniteGuard
 from longrl.train.logprobs import sequence_logprobs
-from longrl.train.metrics import PhaseTimer
+from longrl.infra.metrics import PhaseTimer
 from longrl.train.microbatch import accumulation_normalizer
 from longrl.train.optim import build_optimizer, build_scheduler
 from longrl.train.rl import Group, policy_update, reference_logprobs, step_advantages

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from longrl.data.rows import Row
 from longrl.data.video import VideoError, decode_video
-from longrl.data.vision_preprocess import VisionInputs, preprocess_video
+from longrl.data.vision_preprocess import preprocess_video
+from longrl.models.inputs import VisionInputs
 
 if TYPE_CHECKING:
     import torch

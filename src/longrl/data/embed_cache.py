@@ -231,7 +231,7 @@ class VideoEmbedder:
         """(VisionInputs, embeddings [V, hidden] or None when the tower trains) of ``row``'s video.
         Raises ``longrl.data.video.VideoError`` for a bad video, like ``load_vision``."""
         from longrl.data.dataset import load_vision
-        from longrl.data.vision_preprocess import VisionInputs
+        from longrl.models.inputs import VisionInputs
         from longrl.models.qwen2_5_vl import encode_video
 
         if self.train_vision or self.cache is None:

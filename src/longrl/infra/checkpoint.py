@@ -48,6 +48,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from longrl.infra.hf_files import model_architecture, write_hf_files
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
@@ -331,8 +333,8 @@ class Checkpointer:
 
     Call :meth:`save` on every rank (it is collective when torch.distributed is initialized); the
     directory must be on a file system all ranks share. ``tokenizer`` and ``processor`` (an
-    :class:`longrl.train.export.ProcessorSpec`) are written into each checkpoint's ``hf/`` so
-    :func:`longrl.train.export.export_hf` can build a Hugging Face directory from it alone.
+    :class:`longrl.infra.export.ProcessorSpec`) are written into each checkpoint's ``hf/`` so
+    :func:`longrl.infra.export.export_hf` can build a Hugging Face directory from it alone.
     """
 
     def __init__(self, run_dir: str | Path, keep_last: int = 3, *, tokenizer=None, processor=None):
@@ -387,8 +389,6 @@ class Checkpointer:
         return final
 
     def _write_hf_files(self, model, tokenizer, out_dir: Path) -> None:
-        from longrl.train.export import model_architecture, write_hf_files
-
         config = getattr(model, "config", None)
         if config is None:
             return  # not a transformers model: weights and optimizer are still saved

@@ -25,7 +25,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from longrl.data.video import VideoError, decode_video
-from longrl.data.vision_preprocess import VisionInputs, preprocess_video
+from longrl.data.vision_preprocess import preprocess_video
+from longrl.models.inputs import VisionInputs
 from longrl.serve.config import ServeConfig
 from longrl.serve.errors import bad_request
 
