@@ -26,9 +26,11 @@ from safetensors.torch import load_file
 
 from longrl.cli import main
 from longrl.data.synth import SynthConfig, generate_synth
-from longrl.infra.checkpoint import COMPLETE, SLOW_WRITE_ENV, SLOW_WRITE_STEP_ENV, list_checkpoints, verify_checkpoint
+from longrl.infra.checkpoint import COMPLETE, list_checkpoints, verify_checkpoint
 from longrl.infra.metrics import read_metrics
 from longrl.infra.run_dir import RUN_OUTPUTS, claim_run_dir
+
+import _slow_checkpoint
 
 BAD_INPUT = Path(__file__).parent / "bad_input"
 SFT_STEPS = 8  # 8 rows, batch 2, 2 epochs
@@ -50,8 +52,6 @@ def _overrides(data: Path, out: Path, deterministic: bool = True) -> list[str]:
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-    env.pop(SLOW_WRITE_ENV, None)
-    env.pop(SLOW_WRITE_STEP_ENV, None)
     env.update(extra)
     return env
 
@@ -192,8 +192,8 @@ def test_resume_never_accepts_a_directory_without_an_earlier_run(tmp_path):
 def test_sft_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_run(data, reference, tmp_path):
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
-    env = _env(**{SLOW_WRITE_ENV: "60", SLOW_WRITE_STEP_ENV: "4"})
-    proc = subprocess.Popen(_command("sft", data, out, ()), env=env, stdout=subprocess.DEVNULL,
+    cmd = _slow_checkpoint.command(60, 4, "train", "sft", *_overrides(data, out))  # step_4 waits 60 s
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (ckpts / ".tmp-step_4" / "trainer_state.pt").exists():

@@ -57,11 +57,6 @@ TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 1
-# Test hook: seconds to sleep between writing the files and publishing the checkpoint (only when
-# saving step LONGRL_TEST_CHECKPOINT_SLEEP_STEP, if set), so a test can SIGKILL a run in the middle
-# of a checkpoint write. Never set it in real runs.
-SLOW_WRITE_ENV = "LONGRL_TEST_CHECKPOINT_SLEEP_S"
-SLOW_WRITE_STEP_ENV = "LONGRL_TEST_CHECKPOINT_SLEEP_STEP"
 
 
 class CheckpointError(RuntimeError):
@@ -382,7 +377,6 @@ class Checkpointer:
             }
             _save_file(state, tmp / "trainer_state.pt")
             self._write_hf_files(model, tokenizer or self.tokenizer, tmp / "hf")
-            _test_delay(step)
             self._publish(tmp, final, step)
             self._prune(step)
         _barrier()
@@ -514,13 +508,6 @@ def _tensor_paths(skeleton: Any) -> list[str]:
     if isinstance(skeleton, (list, tuple)):
         return [p for value in skeleton for p in _tensor_paths(value)]
     return []
-
-
-def _test_delay(step: int) -> None:
-    delay = float(os.environ.get(SLOW_WRITE_ENV, "0") or 0)
-    only = os.environ.get(SLOW_WRITE_STEP_ENV)
-    if delay > 0 and (not only or int(only) == step):
-        time.sleep(delay)
 
 
 def _broadcast(obj: Any) -> Any:
