@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _checkpoint_tiny import optimizer_and_scheduler, tiny, train_step
-from longrl.infra.checkpoint import CheckpointError, Checkpointer
+from longrl.infra.checkpoint import Checkpointer, CheckpointError
 from longrl.infra.export import export_hf
 from longrl.infra.hf_files import ProcessorSpec
 

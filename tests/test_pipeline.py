@@ -8,7 +8,7 @@ import torch
 from longrl.config import load_config
 from longrl.data.dataset import ExampleSet
 from longrl.data.prompt import corpus_texts
-from longrl.data.rows import load_rows, save_rows
+from longrl.data.rows import load_rows
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.data.video import VideoError
 from longrl.models.qwen2_5_vl import load_model

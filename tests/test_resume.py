@@ -20,10 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import _slow_checkpoint
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.infra.checkpoint import COMPLETE
-
-import _slow_checkpoint
 
 STEPS = 6
 # Wall-clock metrics differ between runs by nature; everything else must match exactly.

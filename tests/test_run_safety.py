@@ -24,13 +24,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import _slow_checkpoint
 from longrl.cli import main
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.infra.checkpoint import COMPLETE, list_checkpoints, verify_checkpoint
 from longrl.infra.metrics import read_metrics
 from longrl.infra.run_dir import RUN_OUTPUTS, claim_run_dir
-
-import _slow_checkpoint
 
 BAD_INPUT = Path(__file__).parent / "bad_input"
 SFT_STEPS = 8  # 8 rows, batch 2, 2 epochs

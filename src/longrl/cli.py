@@ -148,9 +148,9 @@ def _user_errors() -> dict[type, int]:
     from longrl.config_utils import ConfigError
     from longrl.data.rows import RowError
     from longrl.data.video import VideoError
-    from longrl.rewards.model import JudgeFailureError
     from longrl.infra.checkpoint import CheckpointError
     from longrl.infra.guard import NonFiniteError
+    from longrl.rewards.model import JudgeFailureError
 
     return {ConfigError: 2, RowError: 1, VideoError: 1, CheckpointError: 1, JudgeFailureError: 1, NonFiniteError: 1,
             OSError: 1, ValueError: 1}

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-
 from longrl import config_utils
 from longrl.config import load_config
 from longrl.data.dataset import ExampleSet
@@ -23,9 +22,9 @@ from longrl.data.synth import SynthConfig, generate_synth
 from longrl.eval.blind import majority_accuracy, swap_videos
 from longrl.eval.evaluate import evaluate, write_report
 from longrl.eval.trend import metric_trend
+from longrl.infra.setup import setup_run
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from longrl.train.rl import train_rl
-from longrl.infra.setup import setup_run
 from longrl.train.run import sft_stage
 
 log = logging.getLogger("longrl.quickstart")

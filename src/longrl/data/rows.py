@@ -20,9 +20,10 @@ import json
 import logging
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 LETTERS = string.ascii_uppercase
 MIN_OPTIONS, MAX_OPTIONS = 2, len(LETTERS)

@@ -31,10 +31,10 @@ import json
 import math
 import multiprocessing
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from longrl.data.rows import Row, load_rows, save_rows
 from longrl.data.video import VideoError, decode_video
 from longrl.datagen import prompts
-from longrl.datagen.clips import split_video
 from longrl.datagen.client import ChatClient, EndpointError
+from longrl.datagen.clips import split_video
 from longrl.datagen.config import DatagenConfig
 from longrl.datagen.store import StageStore, content_key, file_hash
 

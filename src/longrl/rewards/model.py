@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -53,7 +54,7 @@ class RewardModel:
             concurrency = int(getattr(fn, "max_concurrency", 1) or 1)
             if concurrency > 1 and len(inputs) > 1:
                 with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"reward-{name}") as pool:
-                    scored = list(pool.map(lambda sample: self._score_one(name, fn, sample), inputs))
+                    scored = list(pool.map(functools.partial(self._score_one, name, fn), inputs))
             else:
                 scored = [self._score_one(name, fn, sample) for sample in inputs]
             for result, (score, components, error) in zip(results, scored):

@@ -32,8 +32,14 @@ from longrl.serve.config import ServeConfig
 from longrl.serve.errors import APIError, bad_request
 from longrl.serve.media import template_messages
 from longrl.serve.policy import Completion, Job, Policy
-from longrl.serve.protocol import (chunk_body, completion_body, completion_id, logprobs_block, not_found_model,
-                                   parse_request)
+from longrl.serve.protocol import (
+    chunk_body,
+    completion_body,
+    completion_id,
+    logprobs_block,
+    not_found_model,
+    parse_request,
+)
 
 log = logging.getLogger("longrl.serve")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from longrl.config import Config
 from longrl.data.dataset import ExampleSet
-from longrl.models.qwen2_5_vl import save_pretrained
 from longrl.infra.guard import require_finite_weights
 from longrl.infra.setup import load_run_model, read_split, setup_run
+from longrl.models.qwen2_5_vl import save_pretrained
 
 log = logging.getLogger("longrl.run")
 
@@ -28,9 +28,8 @@ def sft_stage(model, tokenizer, data: ExampleSet, cfg: Config, log_dir: Path) ->
 
 
 def run_training(stage: str, config_path, overrides) -> None:
-    from longrl.train.rl import train_rl
-
     from longrl.dist import init_distributed, shutdown
+    from longrl.train.rl import train_rl
 
     cfg, out, device = setup_run(config_path, overrides, stage=stage)
     env = init_distributed(cfg.dist, cfg.trainer.device)  # torchrun's ranks, or one process

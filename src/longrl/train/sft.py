@@ -19,13 +19,13 @@ import torch.nn.functional as F
 
 from longrl.data.dataset import Example
 from longrl.data.prompt import messages_for, target_text
-from longrl.models.qwen2_5_vl import prompt_token_ids
 from longrl.infra.checkpoint import Checkpointer
-from longrl.infra.hf_files import ProcessorSpec
 from longrl.infra.guard import NonFiniteGuard, require_finite_weights
+from longrl.infra.hf_files import ProcessorSpec
 from longrl.infra.metrics import MetricsLogger
-from longrl.train.optim import build_optimizer, build_scheduler
 from longrl.infra.run_dir import claim_run_dir
+from longrl.models.qwen2_5_vl import prompt_token_ids
+from longrl.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("longrl.sft")
 
