@@ -3,11 +3,11 @@ train and test row, written to ``data.embed_cache_dir`` (:mod:`longrl.data.embed
 
 from __future__ import annotations
 
-from longrl.data.embed_cache import EmbedCache, precompute_embeds
+from longrl.data.embed_cache import EmbedCache, PrecomputeStats, precompute_embeds
 from longrl.infra.setup import load_run_model, read_split, setup_run
 
 
-def run_cache_embeds(config_path, overrides) -> dict:
+def run_cache_embeds(config_path, overrides) -> PrecomputeStats:
     cfg, out, device = setup_run(config_path, overrides)
     if not cfg.data.embed_cache_dir:
         raise ValueError("data.embed_cache_dir is empty: say where the embeddings go, e.g. data.embed_cache_dir=cache/")

@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
@@ -202,7 +203,8 @@ def _dispatch(args) -> int:
     if args.command == "eval" and args.benchmark:
         from longrl.eval.benchmark import run_benchmark
 
-        run_benchmark(args.config, args.overrides, *args.benchmark, args.out)
+        kind, path = args.benchmark
+        run_benchmark(args.config, args.overrides, kind, path, args.out)
         return 0
     if args.command == "eval":
         from longrl.eval.run import run_eval
@@ -231,6 +233,7 @@ def _dispatch(args) -> int:
         print(f"report: {render_report(args.run_dir)}")
         return 0
     if args.command == "bench":
+        bench_main: Callable[[list[str] | None], object]
         if args.which == "rollout":
             from longrl.bench.rollout import main as bench_main
         elif args.which == "step":

@@ -158,7 +158,7 @@ class PromptSampler:
 
     def next_indices(self, count: int) -> list[int]:
         """This rank's share of the next ``count`` draws (all of them in one process)."""
-        out = []
+        out: list[int] = []
         while len(out) < count:
             if self.cursor == self.size:
                 self.epoch += 1

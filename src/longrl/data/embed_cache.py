@@ -248,7 +248,9 @@ class VideoEmbedder:
             vision = VisionInputs(torch.empty(0, patch_dim), torch.tensor(entry.meta["grid_thw"]),
                                   entry.meta["second_per_grid"])
             return vision, entry.embeds
-        vision = load_vision(row, self.data_cfg)
+        loaded = load_vision(row, self.data_cfg)
+        assert loaded is not None  # the row has a video (looked up above)
+        vision = loaded
         with torch.no_grad():
             embeds = encode_video(self.model, vision)
         self.cache.put(key, embeds, {**ident, "grid_thw": vision.grid_thw.tolist(),

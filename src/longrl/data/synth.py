@@ -69,7 +69,8 @@ ROOM_LIGHT = (1.0, 0.8, 0.62, 0.45)
 
 def lit(color: str, quadrant: int) -> tuple[int, int, int]:
     """The RGB an object of ``color`` shows in room ``quadrant`` (index into QUADRANTS)."""
-    return tuple(int(round(c * ROOM_LIGHT[quadrant])) for c in PALETTE[color])
+    r, g, b = (int(round(c * ROOM_LIGHT[quadrant])) for c in PALETTE[color])
+    return r, g, b
 MIN_FRAMES_PER_GAP = 2  # >= 2 frames per state, so frame-pair (temporal patch) sampling still sees it
 
 
@@ -437,6 +438,7 @@ def story_from_row(row: Row) -> Story:
 def _make_video(job: tuple[SynthConfig, str, int]) -> Row:
     cfg, split, index = job
     row = make_row(cfg, split, index)
+    assert row.video is not None
     encode_mp4(Path(cfg.out_dir) / row.video, render_story(story_from_row(row), cfg.size, cfg.object_fraction), cfg.fps)
     return row
 

@@ -31,7 +31,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -72,7 +72,8 @@ def capture_rng_state() -> dict:
     The result holds only tensors, ints, floats and strings, so it round-trips through
     ``torch.load(weights_only=True)``."""
     py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = cast(tuple[str, np.ndarray, int, int, float],
+                                                            np.random.get_state())
     state: dict[str, Any] = {
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
         "numpy": {
@@ -239,8 +240,9 @@ class SafeFileSystemReader(FileSystemReader):
                 raise CheckpointError(
                     f"{self.path} stores '{fqn}' as pickled bytes; longrl checkpoints hold tensors only"
                 )
-        if getattr(metadata, "storage_meta", None) is not None:
-            metadata.storage_meta.load_id = self.load_id
+        storage_meta = getattr(metadata, "storage_meta", None)
+        if storage_meta is not None:
+            storage_meta.load_id = self.load_id
         return metadata
 
 
@@ -302,7 +304,7 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     """(step, path) of every ``step_N`` directory under ``ckpt_root``, newest first (not verified)."""
     if not ckpt_root.is_dir():
         return []
-    found = [(step_of(p), p) for p in ckpt_root.iterdir() if p.is_dir() and step_of(p) is not None]
+    found = [(step, p) for p in ckpt_root.iterdir() if p.is_dir() and (step := step_of(p)) is not None]
     return sorted(found, key=lambda item: item[0], reverse=True)
 
 

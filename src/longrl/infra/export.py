@@ -91,7 +91,7 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str | None = 
         target = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
         if target is None:
             raise ValueError(f"--dtype {dtype!r} is not one of float32, bfloat16, float16")
-        model.to(target)
+        model.to(target)  # type: ignore[arg-type]  # transformers wraps .to(); mypy misreads it
         model.config.dtype = target
     if out_dir.exists() and overwrite:
         shutil.rmtree(out_dir)
@@ -110,10 +110,10 @@ def _common_float_dtype(metadata) -> torch.dtype:
     for md in metadata:
         if md.properties.dtype.is_floating_point:
             counts[md.properties.dtype] = counts.get(md.properties.dtype, 0) + md.size.numel()
-    return max(counts, key=counts.get) if counts else torch.float32
+    return max(counts, key=lambda dtype: counts[dtype]) if counts else torch.float32
 
 
-def _empty_model(config, dtype: torch.dtype) -> torch.nn.Module:
+def _empty_model(config, dtype: torch.dtype) -> transformers.PreTrainedModel:
     """The config's architecture with uninitialized CPU weights of ``dtype`` (no init cost)."""
     names = config.architectures or []
     cls = getattr(transformers, names[0], None) if names else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import torch
 from transformers import (
@@ -42,7 +43,9 @@ def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwe
     half = head_dim // 2
     h = w = (half * 3) // 8
     mrope_section = [half - h - w, h, w]
-    ids = tokenizer.convert_tokens_to_ids
+    def ids(token: str) -> int:
+        return cast(int, tokenizer.convert_tokens_to_ids(token))  # one token in, one id out
+
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -119,6 +122,7 @@ def load_model(
     """
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)
+    tokenizer: PreTrainedTokenizerBase
     if cfg.path == "tiny":
         if not tokenizer_texts:
             raise ValueError("the tiny model trains its tokenizer on the run's text: pass tokenizer_texts")
@@ -137,7 +141,7 @@ def load_model(
         )
     use_longrl_attention(model.config.text_config)
     use_reference_rope_index(model)
-    model.to(device=device, dtype=dtype)
+    model.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # transformers wraps .to(); mypy misreads it
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not cfg.train_vision:
@@ -175,7 +179,7 @@ def prompt_token_ids(model, tokenizer: PreTrainedTokenizerBase, messages: list[d
                      vision: VisionInputs | None) -> torch.Tensor:
     """Token ids [L] of chat ``messages`` with the video placeholder expanded to one token per
     video embedding, ending with the assistant turn's header (generation starts after it)."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = cast(str, tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
     pad = "<|video_pad|>"
     if vision is not None:
         if text.count(pad) != 1:
@@ -234,6 +238,7 @@ def prompt_embeds(model, prompt: Prompt, *, grad_through_vision: bool = False) -
     if prompt.vision is None:
         return embeds
     video = encode_video(model, prompt.vision) if grad_through_vision else prompt.video_embeds
+    assert video is not None, "a prompt with vision inputs carries their embeddings (build_prompt)"
     mask = (prompt.input_ids == model.config.video_token_id).unsqueeze(-1)
     return embeds.masked_scatter(mask, video.to(embeds.dtype))
 

@@ -99,6 +99,7 @@ class JudgeClient:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def _load_cache(self) -> None:
+        assert self.cache_path is not None
         for number, line in enumerate(self.cache_path.read_text(encoding="utf-8").splitlines(), 1):
             try:
                 entry = json.loads(line)

@@ -81,7 +81,7 @@ class RewardModel:
             if error is not None:
                 self._counts["judge_failures"] += 1
                 self._last_judge_error = error
-        failed, window = sum(self._judge_failed), self._judge_failed.maxlen
+        failed, window = sum(self._judge_failed), self._judge_failed.maxlen or 0  # maxlen is always set
         # More failures than the fraction allows of a full window: the window cannot come back under it.
         if failed > self.judge_max_failure_frac * window:
             last = " ".join(self._last_judge_error.split())[:300]  # one line; judge errors hold no key
@@ -128,7 +128,7 @@ def _finite(value, what: str) -> float:
 
 def build_reward(cfg: RewardConfig) -> RewardModel:
     """Resolves every function of `cfg` (bad names, files or settings fail here, not mid-run)."""
-    functions = []
+    functions: list[tuple[str, RewardFn, float]] = []
     for spec, weight in zip(cfg.functions, cfg.function_weights()):
         fn = resolve_reward(spec, cfg)
         functions.append((_component_name(spec, [name for name, _, _ in functions]), fn, weight))

@@ -115,7 +115,7 @@ def sequence_logprobs(
     train_vision: bool = False,
     with_entropy: bool = False,
     chunk_tokens: int = 1024,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Reference: log-probs [R] of one ``response`` from the plain causal sequence [prompt | response]
     (the prefix is recomputed for every response). Returns (logp, entropy) when ``with_entropy``."""
     device = prompt.input_ids.device

@@ -52,11 +52,14 @@ def run_training(stage: str, config_path, overrides) -> None:
         train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False, embedder=embedder, bad_rows=bad_rows),
                  cfg, out)
     if env.world_size > 1:  # sharded weights: the last checkpoint (DCP, written by every rank) becomes the model
-        from longrl.infra.checkpoint import latest_complete
+        from longrl.infra.checkpoint import CheckpointError, latest_complete
         from longrl.infra.export import export_hf
 
         if env.is_main:
-            export_hf(latest_complete(out / "checkpoints"), out / "model", overwrite=True)
+            last = latest_complete(out / "checkpoints")
+            if last is None:
+                raise CheckpointError(f"{out / 'checkpoints'} holds no complete checkpoint to export the model from")
+            export_hf(last, out / "model", overwrite=True)
         shutdown()
     else:
         require_finite_weights(model, f"the trained model ({out / 'model'})")
