@@ -38,7 +38,7 @@ class QuickstartData:
     # Two-stage data as in LongVideo-Reason: CoT-SFT on a small set with reasoning chains, RL on a
     # larger pool (only the answers are used). The SFT rows are the pool's first `sft_rows`
     # (rows are seeded per index). RL on unseen videos generalizes; RL on the 600 SFT videos
-    # gained +0.03-0.05, on the 2400-video pool +0.08 (notes/quickstart.md).
+    # gained +0.03-0.05, on the 2400-video pool +0.08 (notes/log/quickstart.md).
     num_train: int = 2400
     sft_rows: int = 600
     num_test: int = 400  # 400 held-out rows: a standard error of ~0.025 on accuracies near 0.5
@@ -90,7 +90,7 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
 
     sft_report = held_out(test)
     write_report(sft_report, out / "eval_sft")
-    # Does the SFT model read the video? Compare with answering blind (notes/quickstart.md).
+    # Does the SFT model read the video? Compare with answering blind (notes/log/quickstart.md).
     blind = {"majority_accuracy": majority_accuracy(train_rows[: data.sft_rows], [e.row for e in test]),
              "other_video_accuracy": held_out(swap_videos(test))["accuracy"]}
     print(f"      SFT held-out accuracy {sft_report['accuracy']:.3f} (blind: majority answer "
@@ -144,7 +144,7 @@ def check_earlier_run(out: Path, settings: dict) -> None:
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for key, value in tree.items():
         if isinstance(value, dict):
             out |= _flat(value, f"{prefix}{key}.")

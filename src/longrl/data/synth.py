@@ -235,7 +235,7 @@ def make_fixed_question(story: Story, category: str, rng: np.random.Generator) -
     """The easy form: ONE question template per category and options in canonical order
     (FIXED_PALETTE colors, or QUADRANTS), so the letter follows the answer.
 
-    Measured on the tiny model (notes/quickstart.md): a fixed question whose answer sits at one
+    Measured on the tiny model (notes/log/quickstart.md): a fixed question whose answer sits at one
     place in the video is learned in ~100 steps, while a question whose words say where to look
     ("which appeared third?", "where did the red one go?") was not learned in 750. So every template
     here asks the same thing of every video, and only the video changes the answer. ``rng`` is
