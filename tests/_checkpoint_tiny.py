@@ -7,10 +7,10 @@ import random
 import numpy as np
 import torch
 
+from longrl.config import OptimConfig
 from longrl.models.config import ModelConfig, TinyModelConfig
 from longrl.models.qwen2_5_vl import load_model
 from longrl.train.optim import build_optimizer, build_scheduler
-from longrl.config import OptimConfig
 
 TEXTS = ["red enters top-left at 0.5s. blue moves right, then green leaves. <think>a</think><answer>B</answer>"] * 8
 SMALL = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,

@@ -43,8 +43,8 @@ def no_model_loads(monkeypatch, tmp_path):
     def forbidden(*args, **kwargs):
         raise AssertionError("a model or the rows loaded before the config was checked")
 
-    monkeypatch.setattr("longrl.train.run.load_model", forbidden)
-    monkeypatch.setattr("longrl.train.run.read_rows", forbidden)
+    monkeypatch.setattr("longrl.infra.setup.load_model", forbidden)
+    monkeypatch.setattr("longrl.infra.setup.read_rows", forbidden)
     return tmp_path
 
 
@@ -98,8 +98,8 @@ def test_missing_config_file_and_empty_data_path(no_model_loads, capsys):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from _checkpoint_tiny import optimizer_and_scheduler, tiny
-    from longrl.train.checkpoint import Checkpointer
-    from longrl.train.export import ProcessorSpec
+    from longrl.infra.checkpoint import Checkpointer
+    from longrl.infra.hf_files import ProcessorSpec
 
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("run")
@@ -131,7 +131,7 @@ def test_export_of_a_missing_checkpoint(tmp_path, capsys):
 def test_model_path_hints(tmp_path, monkeypatch, capsys):
     """A run directory or a checkpoint given as model.path says where the model is, before loading."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("longrl.train.run.load_model", lambda *a, **k: pytest.fail("a model loaded"))
+    monkeypatch.setattr("longrl.infra.setup.load_model", lambda *a, **k: pytest.fail("a model loaded"))
     (tmp_path / "run" / "model").mkdir(parents=True)
     (tmp_path / "run" / "model" / "config.json").write_text("{}")
     (tmp_path / "ckpt_run" / "checkpoints").mkdir(parents=True)

@@ -303,7 +303,7 @@ def test_judge_failure_keys_are_checked():
 
 
 def test_console_line_shows_data_and_reward_problems_only_when_there_are_some():
-    from longrl.train.metrics import format_console_line
+    from longrl.infra.metrics import format_console_line
 
     healthy = format_console_line(3, 10, {"reward/mean": 0.5, "data/skipped_rows": 0, "reward/fallback_frac": 0.0,
                                           "reward/judge_failures": 0}, None)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from _checkpoint_tiny import flat_params, optimizer_and_scheduler, tiny, train_step
-from longrl.train.checkpoint import (
+from longrl.infra.checkpoint import (
     COMPLETE,
-    CheckpointError,
     Checkpointer,
+    CheckpointError,
     capture_rng_state,
     restore_rng_state,
 )

@@ -10,8 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from _checkpoint_tiny import optimizer_and_scheduler, tiny, train_step
-from longrl.train.checkpoint import Checkpointer
-from longrl.train.export import export_hf
+from longrl.infra.checkpoint import Checkpointer
+from longrl.infra.export import export_hf
 
 WORLD = 2
 
@@ -29,8 +29,8 @@ def _sharded_tiny():
 
 
 def _worker(rank: int, port: int, run_dir: str) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from _checkpoint_tiny import flat_params, optimizer_and_scheduler, tiny
-from longrl.train.checkpoint import Checkpointer
-from longrl.train.guard import NonFiniteError, NonFiniteGuard
+from longrl.infra.checkpoint import Checkpointer
+from longrl.infra.guard import NonFiniteError, NonFiniteGuard
 
 
 def test_nonfinite_updates_are_skipped_and_the_checkpoint_survives(tmp_path):

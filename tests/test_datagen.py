@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from datagen_fake import FakeEndpoint
 from longrl.config_utils import load
 from longrl.data.rows import load_rows
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.datagen.clips import split_video
 from longrl.datagen.config import DatagenConfig, SplitConfig
 from longrl.datagen.run import run_datagen
-from datagen_fake import FakeEndpoint
 from serve_helpers import split_rows
 
 SECRET = "sk-datagen-SECRET-42"

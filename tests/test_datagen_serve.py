@@ -10,7 +10,6 @@ import httpx
 import numpy as np
 
 from longrl.config_utils import load
-
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.datagen import prompts
 from longrl.datagen.config import CATEGORIES, DatagenConfig

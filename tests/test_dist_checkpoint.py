@@ -36,7 +36,7 @@ def _sharded(world_dp: int):
 def _save(rank: int, run_dir: str) -> None:
     from safetensors.torch import save_file
 
-    from longrl.train.checkpoint import Checkpointer
+    from longrl.infra.checkpoint import Checkpointer
 
     model = _sharded(2)
     optimizer, scheduler = optimizer_and_scheduler(model)
@@ -52,7 +52,7 @@ def _save(rank: int, run_dir: str) -> None:
 def _load(rank: int, run_dir: str) -> None:
     from safetensors.torch import load_file
 
-    from longrl.train.checkpoint import Checkpointer
+    from longrl.infra.checkpoint import Checkpointer
 
     model = _sharded(4)
     optimizer, scheduler = optimizer_and_scheduler(model)

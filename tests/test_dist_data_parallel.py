@@ -39,7 +39,7 @@ def _groups(model, tokenizer):
 
 
 def _update(model, groups, advantages, cfg) -> dict:
-    from longrl.train.guard import NonFiniteGuard
+    from longrl.infra.guard import NonFiniteGuard
     from longrl.train.rl import policy_update
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)

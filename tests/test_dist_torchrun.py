@@ -122,9 +122,9 @@ def test_torchrun_2_ranks_sigkill_resume_matches_uninterrupted_and_loads_in_1(da
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from longrl.config import load_config
-    from longrl.train.checkpoint import Checkpointer
+    from longrl.infra.checkpoint import Checkpointer
     from longrl.train.optim import build_optimizer
-    from longrl.train.run import _model, _rows as read_rows
+    from longrl.infra.setup import load_run_model as _model, read_split as read_rows
 
     cfg = load_config(None, _overrides(data, out))
     model, _ = _model(cfg, "cpu", read_rows(cfg.data.train_path, cfg, "train_path")[0])  # (rows, skipped)

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _checkpoint_tiny import optimizer_and_scheduler, tiny, train_step
-from longrl.train.checkpoint import CheckpointError, Checkpointer
-from longrl.train.export import ProcessorSpec, export_hf
+from longrl.infra.checkpoint import Checkpointer, CheckpointError
+from longrl.infra.export import export_hf
+from longrl.infra.hf_files import ProcessorSpec
 
 # Runs in a fresh interpreter where importing longrl fails, as on a machine without it.
 LOAD_WITHOUT_LONGRL = textwrap.dedent("""

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrl.data.vision_preprocess import VisionInputs
+from longrl.models.inputs import VisionInputs
 from longrl.models.config import ModelConfig
 from longrl.models.qwen2_5_vl import build_prompt, load_model
 from longrl.train.group_forward import (
@@ -115,7 +115,7 @@ def test_group_with_checkpointing_temperature_and_entropy(checkpointed, monkeypa
     separate = [sequence_logprobs(model, prompt, r, temperature=0.7, with_entropy=True) for r in responses]
     (weighted_loss([s[0] for s in separate]) + weighted_loss([s[1] for s in separate], seed=2)).backward()
     assert_same_grads(group_grads, grads(model))
-    for g, (s_lp, s_ent) in zip(group.entropy, separate):
+    for g, (_, s_ent) in zip(group.entropy, separate):
         assert (g - s_ent).abs().max().item() <= TOL and (g > 0).all()
 
 

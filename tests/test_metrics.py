@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from longrl.train import metrics as metrics_mod
-from longrl.train.guard import NonFiniteError, NonFiniteGuard
-from longrl.train.metrics import MetricsLogger, PhaseTimer, format_console_line, peak_memory_gb, read_metrics
+from longrl.infra import metrics as metrics_mod
+from longrl.infra.guard import NonFiniteError, NonFiniteGuard
+from longrl.infra.metrics import MetricsLogger, PhaseTimer, format_console_line, peak_memory_gb, read_metrics
 
 
 def _rows(run_dir):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from longrl.train.metrics import MetricsLogger
-from longrl.train.report import render_report
+from longrl.infra.metrics import MetricsLogger
+from longrl.infra.report import render_report
 
 
 def test_report_renders_plots_and_summary(tmp_path):

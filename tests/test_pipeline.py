@@ -8,7 +8,7 @@ import torch
 from longrl.config import load_config
 from longrl.data.dataset import ExampleSet
 from longrl.data.prompt import corpus_texts
-from longrl.data.rows import load_rows, save_rows
+from longrl.data.rows import load_rows
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.data.video import VideoError
 from longrl.models.qwen2_5_vl import load_model
@@ -121,8 +121,8 @@ def test_mini_batches_never_exceed_the_configured_count():
 def test_every_preset_updates_on_ragged_groups(synth, preset):
     """One update per preset over groups of different response lengths, split into mini-batches
     whose padded lengths differ from the step's (REINFORCE++'s token-level advantages once failed here)."""
-    from longrl.models.qwen2_5_vl import encode_prompts
-    from longrl.train.guard import NonFiniteGuard
+    from longrl.data.prompt import encode_prompts
+    from longrl.infra.guard import NonFiniteGuard
     from longrl.train.optim import build_optimizer, build_scheduler
     from longrl.train.rl import Group, group_logprobs, policy_update, reference_logprobs, step_advantages
 

@@ -20,8 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import _slow_checkpoint
 from longrl.data.synth import SynthConfig, generate_synth
-from longrl.train.checkpoint import COMPLETE, SLOW_WRITE_ENV, SLOW_WRITE_STEP_ENV
+from longrl.infra.checkpoint import COMPLETE
 
 STEPS = 6
 # Wall-clock metrics differ between runs by nature; everything else must match exactly.
@@ -43,15 +44,15 @@ def _overrides(data: Path, out: Path) -> list[str]:
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0",
                CUBLAS_WORKSPACE_CONFIG=":4096:8")
-    env.pop(SLOW_WRITE_ENV, None)
-    env.pop(SLOW_WRITE_STEP_ENV, None)
     env.update(extra)
     return env
 
 
-def _start(data: Path, out: Path, **env: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "longrl.cli", "train", "rl", *_overrides(data, out)]
-    return subprocess.Popen(cmd, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _start(data: Path, out: Path, slow_checkpoint: tuple[float, int] | None = None) -> subprocess.Popen:
+    """``slow_checkpoint=(seconds, step)``: checkpoint ``step`` waits that long before it is published."""
+    args = ["train", "rl", *_overrides(data, out)]
+    cmd = _slow_checkpoint.command(*slow_checkpoint, *args) if slow_checkpoint else [sys.executable, "-m", "longrl.cli", *args]
+    return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -119,7 +120,7 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted_run(data, reference,
     ckpts = out / "checkpoints"
 
     # 1. SIGKILL inside the write of checkpoint step_2: its files are in .tmp-step_2, not yet published.
-    proc = _start(data, out, **{SLOW_WRITE_ENV: "60", SLOW_WRITE_STEP_ENV: "2"})
+    proc = _start(data, out, slow_checkpoint=(60, 2))
     _wait_for(lambda: (ckpts / ".tmp-step_2" / "trainer_state.pt").exists(), proc, "the step_2 write")
     _kill(proc)
     assert (ckpts / "step_1" / COMPLETE).exists() and not (ckpts / "step_2").exists()

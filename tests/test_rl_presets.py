@@ -9,7 +9,7 @@ from longrl.rl import PRESETS, AlgorithmConfig, apply_preset, presets_markdown
 def test_presets_published_settings():
     dapo = apply_preset(AlgorithmConfig(), "dapo").resolve(max_response_len=20480)
     assert (dapo.clip_ratio_low, dapo.clip_ratio_high, dapo.loss_agg) == (0.2, 0.28, "token_mean")
-    assert dapo.dynamic_sampling and dapo.overlong_buffer == 4096 and dapo.kl_coef == 0 and not dapo.needs_reference
+    assert dapo.dynamic_sampling and dapo.overlong_buffer == 4096 and dapo.kl_coef == 0
     assert apply_preset(AlgorithmConfig(), "dapo").resolve(max_response_len=64).overlong_buffer == 13
     with pytest.raises(ValueError, match="overlong_buffer=64 must be below"):
         AlgorithmConfig(overlong_buffer=64).resolve(max_response_len=64)
@@ -20,7 +20,7 @@ def test_presets_published_settings():
     rfpp = apply_preset(AlgorithmConfig(), "reinforce_pp")
     assert rfpp.advantage == "reinforce_pp" and rfpp.kl_in_reward and rfpp.kl_estimator == "k1"
     grpo = apply_preset(AlgorithmConfig(), "grpo")
-    assert grpo.kl_coef == 0.04 and grpo.kl_estimator == "k3" and grpo.norm_adv_by_std and grpo.needs_reference
+    assert grpo.kl_coef == 0.04 and grpo.kl_estimator == "k3" and grpo.norm_adv_by_std
     assert apply_preset(AlgorithmConfig(), "rloo").advantage == "rloo"
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrl.data.vision_preprocess import VisionInputs
+from longrl.models.inputs import VisionInputs
 from longrl.models.config import ModelConfig
 from longrl.models.qwen2_5_vl import build_prompt, decoder_forward, load_model, prompt_embeds
 from longrl.rollout import RolloutConfig, SamplingParams, generate

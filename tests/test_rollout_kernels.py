@@ -65,7 +65,7 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
     fused attention and sampling kernels: same tokens, log-probs within 1e-5, as the eager path."""
     from longrl.models.config import ModelConfig
     from longrl.models.qwen2_5_vl import build_prompt, load_model
-    from longrl.data.vision_preprocess import VisionInputs
+    from longrl.models.inputs import VisionInputs
 
     model, tok = load_model(ModelConfig(dtype="float32"), DEVICE, tokenizer_texts=["a red square moves."] * 4, seed=0)
     g = torch.Generator().manual_seed(0)

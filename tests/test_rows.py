@@ -125,7 +125,7 @@ def test_free_text_rows_roundtrip(tmp_path, suffix):
             row_from_dict({**_good(1), "answer": "yellow"})]
     assert [(r.options, r.answer, r.answer_text) for r in rows[:2]] == [([], "6", "6"), ([], "a red cube", "a red cube")]
     with pytest.raises(ValueError, match="row f has no options"):
-        rows[0].answer_index
+        _ = rows[0].answer_index
     loaded = load_rows(save_rows(rows, tmp_path / f"d{suffix}"))
     assert [(r.options, r.answer) for r in loaded] == [([], "6"), ([], "a red cube"),
                                                        (["red", "blue", "green", "yellow"], "D")]

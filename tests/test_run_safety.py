@@ -24,11 +24,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import _slow_checkpoint
 from longrl.cli import main
 from longrl.data.synth import SynthConfig, generate_synth
-from longrl.train.checkpoint import COMPLETE, SLOW_WRITE_ENV, SLOW_WRITE_STEP_ENV, list_checkpoints, verify_checkpoint
-from longrl.train.metrics import read_metrics
-from longrl.train.run_dir import RUN_OUTPUTS, claim_run_dir
+from longrl.infra.checkpoint import COMPLETE, list_checkpoints, verify_checkpoint
+from longrl.infra.metrics import read_metrics
+from longrl.infra.run_dir import RUN_OUTPUTS, claim_run_dir
 
 BAD_INPUT = Path(__file__).parent / "bad_input"
 SFT_STEPS = 8  # 8 rows, batch 2, 2 epochs
@@ -50,8 +51,6 @@ def _overrides(data: Path, out: Path, deterministic: bool = True) -> list[str]:
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-    env.pop(SLOW_WRITE_ENV, None)
-    env.pop(SLOW_WRITE_STEP_ENV, None)
     env.update(extra)
     return env
 
@@ -117,7 +116,7 @@ def test_sft_with_a_huge_learning_rate_stops_with_one_line_and_saves_no_model(da
     checkpoints = list_checkpoints(out / "checkpoints")
     assert [step for step, _ in checkpoints] == [stop - 1, stop - 2]  # saved every step, trainer.keep_last=2
     assert [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")] == []
-    from longrl.train.export import export_hf
+    from longrl.infra.export import export_hf
 
     for _, path in checkpoints:
         assert verify_checkpoint(path) is None
@@ -192,8 +191,8 @@ def test_resume_never_accepts_a_directory_without_an_earlier_run(tmp_path):
 def test_sft_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_run(data, reference, tmp_path):
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
-    env = _env(**{SLOW_WRITE_ENV: "60", SLOW_WRITE_STEP_ENV: "4"})
-    proc = subprocess.Popen(_command("sft", data, out, ()), env=env, stdout=subprocess.DEVNULL,
+    cmd = _slow_checkpoint.command(60, 4, "train", "sft", *_overrides(data, out))  # step_4 waits 60 s
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (ckpts / ".tmp-step_4" / "trainer_state.pt").exists():
@@ -263,7 +262,7 @@ def test_rl_guard_stop_names_the_checkpoint_that_exists(data, tmp_path, monkeypa
 
 def test_weights_with_nan_are_never_saved():
     from _checkpoint_tiny import tiny
-    from longrl.train.guard import NonFiniteError, require_finite_weights
+    from longrl.infra.guard import NonFiniteError, require_finite_weights
 
     model, _ = tiny()
     require_finite_weights(model, "the final model")

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
-from longrl.data.vision_preprocess import VisionInputs
+from longrl.models.inputs import VisionInputs
 from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel, average_gradients
 from longrl.dist.ulysses import LOCAL, check_heads, sequence_parallel
 from longrl.dist.vision import split_frames

@@ -8,15 +8,15 @@ import pytest
 
 from longrl.data.rows import LETTERS, load_rows
 from longrl.data.synth import (
-    SYNTH_VERSION,
     CATEGORIES,
     FLOOR_SHADES,
-    lit,
     PALETTE,
     QUADRANTS,
+    SYNTH_VERSION,
     SceneState,
     SynthConfig,
     generate_synth,
+    lit,
     make_row,
     make_story,
     quadrant_center,

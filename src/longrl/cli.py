@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
@@ -148,9 +149,9 @@ def _user_errors() -> dict[type, int]:
     from longrl.config_utils import ConfigError
     from longrl.data.rows import RowError
     from longrl.data.video import VideoError
+    from longrl.infra.checkpoint import CheckpointError
+    from longrl.infra.guard import NonFiniteError
     from longrl.rewards.model import JudgeFailureError
-    from longrl.train.checkpoint import CheckpointError
-    from longrl.train.guard import NonFiniteError
 
     return {ConfigError: 2, RowError: 1, VideoError: 1, CheckpointError: 1, JudgeFailureError: 1, NonFiniteError: 1,
             OSError: 1, ValueError: 1}
@@ -202,15 +203,16 @@ def _dispatch(args) -> int:
     if args.command == "eval" and args.benchmark:
         from longrl.eval.benchmark import run_benchmark
 
-        run_benchmark(args.config, args.overrides, *args.benchmark, args.out)
+        kind, path = args.benchmark
+        run_benchmark(args.config, args.overrides, kind, path, args.out)
         return 0
     if args.command == "eval":
-        from longrl.train.run import run_eval
+        from longrl.eval.run import run_eval
 
         run_eval(args.config, args.overrides, args.out)
         return 0
     if args.command == "cache-embeds":
-        from longrl.train.run import run_cache_embeds
+        from longrl.cache_embeds import run_cache_embeds
 
         run_cache_embeds(args.config, args.overrides)
         return 0
@@ -221,12 +223,12 @@ def _dispatch(args) -> int:
         sys.stdout.write(render(load_config(args.config, args.overrides), Config()))
         return 0
     if args.command == "export":
-        from longrl.train.export import export_hf
+        from longrl.infra.export import export_hf
 
         print(f"exported to {export_hf(args.ckpt, args.out, overwrite=args.overwrite)}")
         return 0
     if args.command == "report":
-        from longrl.train.report import render_report
+        from longrl.infra.report import render_report
 
         print(f"report: {render_report(args.run_dir)}")
         return 0
@@ -238,6 +240,7 @@ def _dispatch(args) -> int:
 
             dist_bench(args.which, args.args)
             return 0
+        bench_main: Callable[[list[str] | None], object]
         if args.which == "rollout":
             from longrl.bench.rollout import main as bench_main
         elif args.which == "step":

@@ -1,6 +1,6 @@
 """The run configuration: one dataclass per concern, merged from YAML and ``key.sub=value`` overrides.
 
-    cfg = load_config("examples/grpo.yaml", ["rollout.n=8", "rl.steps=200"])
+    cfg = load_config("my.yaml", ["rollout.n=8", "rl.steps=200"])  # my.yaml: any keys of configs/reference.yaml
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ class DataConfig:
     max_pixels: int = 448 * 448  # per frame; larger frames are resized down to at most this many pixels
     bad_sample: Literal["skip", "error"] = "skip"  # a bad row (schema, JSON, UTF-8) or video: skip and count, or stop
     embed_cache_dir: str = ""  # precomputed video embeddings (`longrl cache-embeds`)
-    max_rows: int = 0  # 0 = all rows
 
     def __post_init__(self) -> None:
-        config_utils.at_least(self, 0, "num_frames", "fps", "max_rows")
+        config_utils.at_least(self, 0, "num_frames", "fps")
         config_utils.at_least(self, 1, "max_frames", "min_pixels")
         if self.num_frames == 0 and self.fps == 0:
             raise config_utils.FieldError("{p}num_frames=0 samples at {p}fps, which is 0 too: set one of them > 0")

@@ -41,7 +41,7 @@ def _module_comments(source_file: str) -> dict[tuple[str, str], str]:
             continue
         for stmt in node.body:
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                for line in range(stmt.lineno, stmt.end_lineno + 1):
+                for line in range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1):
                     if line in comments:
                         out[(node.name, stmt.target.id)] = comments[line]
                         break
@@ -62,7 +62,7 @@ def missing_comments(cls: type, prefix: str = "") -> list[str]:
         if not comments[f.name]:
             missing.append(prefix + f.name)
         tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             missing += missing_comments(tp, prefix + f.name + ".")
     return missing
 

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-
 from longrl import config_utils
 from longrl.config import load_config
 from longrl.data.dataset import ExampleSet
@@ -23,9 +22,10 @@ from longrl.data.synth import SynthConfig, generate_synth
 from longrl.eval.blind import majority_accuracy, swap_videos
 from longrl.eval.evaluate import evaluate, write_report
 from longrl.eval.trend import metric_trend
+from longrl.infra.setup import setup_run
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from longrl.train.rl import train_rl
-from longrl.train.run import setup_run, sft_stage
+from longrl.train.run import sft_stage
 
 log = logging.getLogger("longrl.quickstart")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "quickstart.yaml"
@@ -38,7 +38,7 @@ class QuickstartData:
     # Two-stage data as in LongVideo-Reason: CoT-SFT on a small set with reasoning chains, RL on a
     # larger pool (only the answers are used). The SFT rows are the pool's first `sft_rows`
     # (rows are seeded per index). RL on unseen videos generalizes; RL on the 600 SFT videos
-    # gained +0.03-0.05, on the 2400-video pool +0.08 (notes/quickstart.md).
+    # gained +0.03-0.05, on the 2400-video pool +0.08 (notes/log/quickstart.md).
     num_train: int = 2400
     sft_rows: int = 600
     num_test: int = 400  # 400 held-out rows: a standard error of ~0.025 on accuracies near 0.5
@@ -90,7 +90,7 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
 
     sft_report = held_out(test)
     write_report(sft_report, out / "eval_sft")
-    # Does the SFT model read the video? Compare with answering blind (notes/quickstart.md).
+    # Does the SFT model read the video? Compare with answering blind (notes/log/quickstart.md).
     blind = {"majority_accuracy": majority_accuracy(train_rows[: data.sft_rows], [e.row for e in test]),
              "other_video_accuracy": held_out(swap_videos(test))["accuracy"]}
     print(f"      SFT held-out accuracy {sft_report['accuracy']:.3f} (blind: majority answer "
@@ -144,7 +144,7 @@ def check_earlier_run(out: Path, settings: dict) -> None:
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict = {}
     for key, value in tree.items():
         if isinstance(value, dict):
             out |= _flat(value, f"{prefix}{key}.")

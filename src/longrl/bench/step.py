@@ -44,15 +44,15 @@ import torch
 from longrl.bench.common import device_name, qwen25vl_3b_config, random_model, tiny_bench_config
 from longrl.bench.rollout import hf_generate
 from longrl.config import Config
-from longrl.data.vision_preprocess import VisionInputs
+from longrl.models.inputs import VisionInputs
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt, encode_video, mrope_positions
 from longrl.rl.losses import policy_loss
 from longrl.rollout import SamplingParams, generate
 from longrl.train.group_forward import enable_gradient_checkpointing
-from longrl.train.guard import NonFiniteGuard
+from longrl.infra.guard import NonFiniteGuard
 from longrl.train.logprobs import sequence_logprobs
-from longrl.train.metrics import PhaseTimer
+from longrl.infra.metrics import PhaseTimer
 from longrl.train.microbatch import accumulation_normalizer
 from longrl.train.optim import build_optimizer, build_scheduler
 from longrl.train.rl import Group, policy_update, reference_logprobs, step_advantages

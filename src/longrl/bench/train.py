@@ -29,7 +29,7 @@ import time
 import torch
 
 from longrl.bench.common import qwen25vl_3b_config, random_model, tiny_bench_config
-from longrl.data.vision_preprocess import VisionInputs
+from longrl.models.inputs import VisionInputs
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt
 from longrl.train.group_forward import enable_gradient_checkpointing

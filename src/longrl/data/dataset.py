@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from longrl.data.rows import Row
 from longrl.data.video import VideoError, decode_video
-from longrl.data.vision_preprocess import VisionInputs, preprocess_video
+from longrl.data.vision_preprocess import preprocess_video
+from longrl.models.inputs import VisionInputs
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +31,7 @@ MAX_DRAWS = 10  # an RL step draws this many times for usable rows before the ru
 class Example:
     row: Row
     vision: VisionInputs | None  # preprocessed video (or None for text-only rows)
-    video_embeds: "torch.Tensor | None" = None  # from the embedding cache, when one is in use
+    video_embeds: torch.Tensor | None = None  # from the embedding cache, when one is in use
 
 
 def load_vision(row: Row, cfg) -> VisionInputs | None:
@@ -114,7 +115,7 @@ class ExampleSet:
         return part
 
 
-def draw_examples(data: ExampleSet, sampler: "PromptSampler", count: int,
+def draw_examples(data: ExampleSet, sampler: PromptSampler, count: int,
                   agree_max: Callable[[int], int] = int) -> list[Example]:
     """``count`` usable examples (this rank's share) from the sampler's next rows; rows with a bad
     video are replaced by further draws, up to MAX_DRAWS rounds (then as many as were found; none at
@@ -157,7 +158,7 @@ class PromptSampler:
 
     def next_indices(self, count: int) -> list[int]:
         """This rank's share of the next ``count`` draws (all of them in one process)."""
-        out = []
+        out: list[int] = []
         while len(out) < count:
             if self.cursor == self.size:
                 self.epoch += 1

@@ -231,8 +231,8 @@ class VideoEmbedder:
         """(VisionInputs, embeddings [V, hidden] or None when the tower trains) of ``row``'s video.
         Raises ``longrl.data.video.VideoError`` for a bad video, like ``load_vision``."""
         from longrl.data.dataset import load_vision
-        from longrl.data.vision_preprocess import VisionInputs
         from longrl.dist.ulysses import sequence_parallel
+        from longrl.models.inputs import VisionInputs
         from longrl.models.qwen2_5_vl import encode_video
 
         if self.train_vision or self.cache is None:
@@ -253,7 +253,9 @@ class VideoEmbedder:
             vision = VisionInputs(torch.empty(0, patch_dim), torch.tensor(entry.meta["grid_thw"]),
                                   entry.meta["second_per_grid"])
             return vision, entry.embeds
-        vision = load_vision(row, self.data_cfg)
+        loaded = load_vision(row, self.data_cfg)
+        assert loaded is not None  # the row has a video (looked up above)
+        vision = loaded
         with torch.no_grad():
             embeds = encode_video(self.model, vision)
         self.cache.put(key, embeds, {**ident, "grid_thw": vision.grid_thw.tolist(),

@@ -7,7 +7,13 @@ for the answer itself). SFT targets and rewards follow the same form.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from longrl.data.rows import Row, format_options
+
+if TYPE_CHECKING:
+    from longrl.data.dataset import Example
+    from longrl.models.inputs import Prompt
 
 SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the option letter inside <answer> </answer>."
 FREE_TEXT_SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
@@ -48,3 +54,12 @@ def corpus_texts(rows: list[Row]) -> list[str]:
         texts.append(question_text(row))
         texts.append(target_text(row))
     return texts
+
+
+def encode_prompts(model, tokenizer, examples: list[Example]) -> list[Prompt]:
+    """One Prompt per :class:`~longrl.data.dataset.Example` in this chat template: tokens, M-RoPE
+    positions, and one vision-tower pass (or the example's cached embeddings)."""
+    from longrl.models.qwen2_5_vl import build_prompt  # transformers loads only when prompts are built
+
+    return [build_prompt(model, tokenizer, messages_for(e.row), e.vision, video_embeds=e.video_embeds,
+                         meta={"id": e.row.id}) for e in examples]

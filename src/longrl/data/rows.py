@@ -20,9 +20,10 @@ import json
 import logging
 import re
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 LETTERS = string.ascii_uppercase
 MIN_OPTIONS, MAX_OPTIONS = 2, len(LETTERS)
@@ -151,8 +152,9 @@ def _check_options(options: Any, fail) -> list[str]:
     # Some datasets store ["A. red", "B. blue", ...]; keep the bare texts when every option has
     # exactly its own letter as prefix (a prompt template adds the letters back).
     prefixed = [re.match(rf"^\(?{LETTERS[i]}[.):]\s*(.+)$", o, re.S) for i, o in enumerate(options)]
-    if all(prefixed):
-        options = [m.group(1).strip() for m in prefixed]
+    matches = [m for m in prefixed if m]
+    if len(matches) == len(prefixed):
+        options = [m.group(1).strip() for m in matches]
     return options
 
 

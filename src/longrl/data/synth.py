@@ -31,10 +31,10 @@ import json
 import math
 import multiprocessing
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -69,7 +69,8 @@ ROOM_LIGHT = (1.0, 0.8, 0.62, 0.45)
 
 def lit(color: str, quadrant: int) -> tuple[int, int, int]:
     """The RGB an object of ``color`` shows in room ``quadrant`` (index into QUADRANTS)."""
-    return tuple(int(round(c * ROOM_LIGHT[quadrant])) for c in PALETTE[color])
+    r, g, b = (int(round(c * ROOM_LIGHT[quadrant])) for c in PALETTE[color])
+    return r, g, b
 MIN_FRAMES_PER_GAP = 2  # >= 2 frames per state, so frame-pair (temporal patch) sampling still sees it
 
 
@@ -234,7 +235,7 @@ def make_fixed_question(story: Story, category: str, rng: np.random.Generator) -
     """The easy form: ONE question template per category and options in canonical order
     (FIXED_PALETTE colors, or QUADRANTS), so the letter follows the answer.
 
-    Measured on the tiny model (notes/quickstart.md): a fixed question whose answer sits at one
+    Measured on the tiny model (notes/log/quickstart.md): a fixed question whose answer sits at one
     place in the video is learned in ~100 steps, while a question whose words say where to look
     ("which appeared third?", "where did the red one go?") was not learned in 750. So every template
     here asks the same thing of every video, and only the video changes the answer. ``rng`` is
@@ -437,6 +438,7 @@ def story_from_row(row: Row) -> Story:
 def _make_video(job: tuple[SynthConfig, str, int]) -> Row:
     cfg, split, index = job
     row = make_row(cfg, split, index)
+    assert row.video is not None
     encode_mp4(Path(cfg.out_dir) / row.video, render_story(story_from_row(row), cfg.size, cfg.object_fraction), cfg.fps)
     return row
 

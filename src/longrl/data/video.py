@@ -78,8 +78,8 @@ def sample_frame_indices(
         if video_fps <= 0:
             raise ValueError(f"sampling at fps={fps} needs the video's frame rate, got video_fps={video_fps}")
         cap = math.floor(min(max_frames, total_frames) / tp) * tp
-        count = min(max(total_frames / video_fps * fps, min_frames), cap, total_frames)
-        count = math.floor(count / tp) * tp
+        wanted = min(max(total_frames / video_fps * fps, min_frames), cap, total_frames)
+        count = math.floor(wanted / tp) * tp
     count = min(count, total_frames)
     if count <= 0:
         count = total_frames  # shorter than one temporal patch: keep all, padding fills the rest

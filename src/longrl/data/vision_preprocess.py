@@ -21,11 +21,12 @@ the CPU build of torch. Every step mirrors the official one so the outputs are b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from longrl.models.inputs import VisionInputs
 
 # OpenAI CLIP statistics, as transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -66,13 +67,6 @@ def smart_resize(
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
-
-
-@dataclass
-class VisionInputs:
-    pixel_values: torch.Tensor  # float32 [num_patches, 3*temporal_patch*patch*patch]
-    grid_thw: torch.Tensor  # long [1, 3]: temporal, height, width in patches
-    second_per_grid: float | None  # videos only: temporal_patch_size / sample_fps
 
 
 def resize_bicubic(images: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import threading
 import time
 import urllib.error
@@ -99,7 +98,7 @@ class ChatClient:
                 raise EndpointAuthError(f"{self.url} refused the API key (HTTP {error.code}); set the key in "
                                         f"${self.cfg.api_key_env} (endpoint.api_key_env)") from None
             raise EndpointError(f"{self.url} refused the request: {message}") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise _Transient(f"timed out after {self.cfg.timeout_s}s") from None
         except urllib.error.URLError as error:
             raise _Transient(f"connection failed: {self._redact(str(error.reason))}") from None

@@ -168,6 +168,7 @@ def text_only_messages(q: dict) -> list[dict]:
 
 def pilot_messages(q: dict, timeline: str | None, video: str | None, num_frames: int) -> list[dict]:
     text = f"{q['question']}\n{format_options(q['options'])}"
+    content: str | list[dict]
     if video is not None:
         content = [{"type": "video", "video": video, "num_frames": num_frames}, {"type": "text", "text": text}]
     else:

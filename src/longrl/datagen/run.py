@@ -21,15 +21,16 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 from longrl.data.rows import Row, load_rows, save_rows
 from longrl.data.video import VideoError, decode_video
 from longrl.datagen import prompts
-from longrl.datagen.clips import split_video
 from longrl.datagen.client import ChatClient, EndpointError
+from longrl.datagen.clips import split_video
 from longrl.datagen.config import DatagenConfig
 from longrl.datagen.store import StageStore, content_key, file_hash
 
@@ -92,7 +93,7 @@ class Pipeline:
 
     # -- the stage runner ------------------------------------------------------------------------
 
-    def stage(self, name: str, items: list[tuple[str, object]], work: Callable[[object], dict], *,
+    def stage(self, name: str, items: Sequence[tuple[str, Any]], work: Callable[[Any], dict], *,
               remote: bool, waiting: int = 0) -> StageStore:
         """Run ``work`` on every item not yet in the stage's store; record kept / dropped."""
         store = StageStore(self.out / f"{name}.jsonl")
@@ -154,7 +155,7 @@ class Pipeline:
 
         items = [(content_key("split", file_hash(v), split_cfg), v) for v in videos]
         split = self.stage("a_split", [(k, (k, v)) for k, v in items], lambda kv: self._split(*kv), remote=False)
-        videos_kept = [(k, split.kept(k)) for k, _ in items if split.kept(k)]
+        videos_kept = [(k, video) for k, _ in items if (video := split.kept(k))]
 
         cap_cfg = dataclasses.asdict(cfg.caption)
         clip_items = [(content_key("caption", vk, clip["index"], self.writer.model, cap_cfg, PROMPT_VERSION), clip)
@@ -168,8 +169,8 @@ class Pipeline:
             if not all(k in captions for k in keys):
                 waiting += 1
                 continue
-            clips = [{**c, "caption": captions.kept(k)["caption"]} for c, k in zip(video["clips"], keys)
-                     if captions.kept(k)]
+            clips = [{**c, "caption": caption["caption"]} for c, k in zip(video["clips"], keys)
+                     if (caption := captions.kept(k))]
             content = [(c["index"], c["start"], c["end"], c["caption"]) for c in clips]  # not the clip paths
             timeline_items.append((content_key("timeline", vk, content), {"video": video, "clips": clips}))
         timelines = self.stage("c_timeline", timeline_items, self._timeline, remote=False, waiting=waiting)
@@ -177,21 +178,21 @@ class Pipeline:
         q = cfg.questions
         q_cfg = dataclasses.asdict(q)
         question_items = [(content_key("question", tk, cat, j, self.writer.model, q_cfg, PROMPT_VERSION),
-                           {**timelines.kept(tk), "category": cat, "variant": j})
-                          for tk, _ in timeline_items if timelines.kept(tk)
+                           {**timeline, "category": cat, "variant": j})
+                          for tk, _ in timeline_items if (timeline := timelines.kept(tk))
                           for cat in q.categories for j in range(q.per_category)]
         questions = self.stage("d_questions", question_items, self._question, remote=True)
 
-        valid_items = [(content_key("validate", qk, questions.kept(qk)["raw"]), questions.kept(qk))
-                       for qk, _ in question_items if questions.kept(qk)]
+        valid_items = [(content_key("validate", qk, question["raw"]), question)
+                       for qk, _ in question_items if (question := questions.kept(qk))]
         valid = self.stage("e_validate", valid_items, self._validate, remote=False)
 
         f_cfg = dataclasses.asdict(cfg.filter)
         filter_items = [(content_key("filter", vk, f_cfg, self.writer.model, self.pilot.model),  # vk: content-derived
-                         valid.kept(vk)) for vk, _ in valid_items if valid.kept(vk)]
+                         checked) for vk, _ in valid_items if (checked := valid.kept(vk))]
         filtered = self.stage("f_filter", filter_items, self._filter, remote=True)
 
-        rows = [self._row(fk, filtered.kept(fk)) for fk, _ in filter_items if filtered.kept(fk)]
+        rows = [self._row(fk, kept) for fk, _ in filter_items if (kept := filtered.kept(fk))]
         return self._write(rows)
 
     def _split(self, key: str, video: Path) -> dict:

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from longrl.data.dataset import ExampleSet
+from longrl.data.prompt import encode_prompts
 from longrl.data.rows import load_rows
 from longrl.eval import longvideo_reason as lvr
-from longrl.models.qwen2_5_vl import encode_prompts
+from longrl.infra.setup import load_run_model, setup_run
 from longrl.rewards.multiple_choice import extract_choice, parse_response
 from longrl.rollout import SamplingParams, generate
 
@@ -131,8 +132,6 @@ def write_outputs(report: dict, items: list[dict], out_dir: str | Path) -> Path:
 
 
 def run_benchmark(config_path, overrides, benchmark: str, path: str, out_dir: str | None = None) -> dict:
-    from longrl.train.run import _model, setup_run
-
     cfg, out, device = setup_run(config_path, overrides)
     rows, unscorable = load_benchmark(benchmark, path)
     if cfg.eval.max_rows:
@@ -140,7 +139,7 @@ def run_benchmark(config_path, overrides, benchmark: str, path: str, out_dir: st
     if unscorable:
         log.warning("%d benchmark items cannot be scored and count as wrong (first: %s)", len(unscorable),
                     unscorable[0]["reason"])
-    model, tokenizer = _model(cfg, device, rows)
+    model, tokenizer = load_run_model(cfg, device, rows)
     data = ExampleSet(rows, cfg.data, preload=False)
     predictions = predict(model, tokenizer, data, max_new_tokens=cfg.eval.max_new_tokens,
                           batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from longrl.data.dataset import Example
+from longrl.data.prompt import encode_prompts
 from longrl.data.rows import Row
-from longrl.models.qwen2_5_vl import encode_prompts
 from longrl.rewards.math import extract_math_answer, math_equal
 from longrl.rewards.multiple_choice import extract_choice, parse_response
 from longrl.rollout import SamplingParams, generate

@@ -81,7 +81,7 @@ def split_problem(problem: str) -> tuple[str, list[str]]:
     """"Question?\\nA. x\\nB. y" -> ("Question?", ["x", "y"]); options are the lines lettered A, B, ... in order."""
     lines = [line for line in problem.splitlines() if line.strip()]
     first = next((i for i, line in enumerate(lines) if (m := _OPTION.match(line)) and m.group(1) == "A"), len(lines))
-    options = []
+    options: list[str] = []
     for line in lines[first:]:
         m = _OPTION.match(line)
         if m and m.group(1) == chr(ord("A") + len(options)):

@@ -26,7 +26,7 @@ def linear_trend(steps: list[float], values: list[float]) -> dict[str, float]:
 
 def metric_trend(metrics_path: str | Path, key: str) -> dict[str, float]:
     """The trend of ``key`` over the rows of a ``metrics.jsonl`` that log it (finite values only)."""
-    from longrl.train.metrics import METRICS_FILE, read_metrics
+    from longrl.infra.metrics import METRICS_FILE, read_metrics
 
     metrics_path = Path(metrics_path)
     if metrics_path.name != METRICS_FILE:

@@ -1,17 +1,18 @@
-"""Qwen2.5-VL adapter: loading, the tiny offline model, and the Prompt every phase shares.
+"""Qwen2.5-VL adapter: loading, the tiny offline model, and building the Prompt every phase shares
+(:class:`longrl.models.inputs.Prompt`).
 
-A :class:`Prompt` is built once per dataset row per step: token ids, the video embeddings from
-one pass of the vision tower, and 3-D M-RoPE positions. Rollout, old/reference log-probs and the
-update all read it, so nothing re-decodes a video or re-runs the tower within a step (unless the
-tower trains; then :func:`prompt_embeds` re-encodes once per group, with gradients).
+A Prompt is built once per dataset row per step: token ids, the video embeddings from one pass of
+the vision tower, and 3-D M-RoPE positions. Rollout, old/reference log-probs and the update all
+read it, so nothing re-decodes a video or re-runs the tower within a step (unless the tower trains;
+then :func:`prompt_embeds` re-encodes once per group, with gradients). Chat messages come from the
+caller (longrl's template: :func:`longrl.data.prompt.encode_prompts`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 from transformers import (
@@ -22,32 +23,11 @@ from transformers import (
 )
 
 from longrl.config_utils import ConfigError
-from longrl.data.prompt import messages_for
-from longrl.data.vision_preprocess import VisionInputs
 from longrl.models.attention import AttentionLayout, use_longrl_attention
 from longrl.models.config import ModelConfig, TinyModelConfig
+from longrl.models.inputs import Prompt, VisionInputs
 from longrl.models.rope import use_reference_rope_index
 from longrl.models.tokenizer import train_tokenizer
-
-
-@dataclass
-class Prompt:
-    """One prompt, built once and shared by rollout, log-probs and the update."""
-
-    input_ids: torch.Tensor  # long [L], video placeholders expanded to one token per embedding
-    position_ids: torch.Tensor  # long [3, L], M-RoPE (temporal, height, width)
-    video_embeds: torch.Tensor | None  # [V, hidden] from the vision tower, or None
-    vision: VisionInputs | None  # kept so a trainable tower can re-encode with gradients
-    next_position: int  # M-RoPE position of the first generated token
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.input_ids.numel())
-
-    def response_positions(self, length: int) -> torch.Tensor:
-        """Positions [3, length] of response tokens: text continues 1-D after the prompt."""
-        pos = torch.arange(self.next_position, self.next_position + length, device=self.position_ids.device)
-        return pos.view(1, -1).expand(3, -1)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -63,7 +43,9 @@ def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwe
     half = head_dim // 2
     h = w = (half * 3) // 8
     mrope_section = [half - h - w, h, w]
-    ids = tokenizer.convert_tokens_to_ids
+    def ids(token: str) -> int:
+        return cast(int, tokenizer.convert_tokens_to_ids(token))  # one token in, one id out
+
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer),
@@ -140,6 +122,7 @@ def load_model(
     """
     device = torch.device(device)
     dtype = resolve_dtype(cfg.dtype, device)
+    tokenizer: PreTrainedTokenizerBase
     if cfg.path == "tiny":
         if not tokenizer_texts:
             raise ValueError("the tiny model trains its tokenizer on the run's text: pass tokenizer_texts")
@@ -158,7 +141,7 @@ def load_model(
         )
     use_longrl_attention(model.config.text_config)
     use_reference_rope_index(model)
-    model.to(device=device, dtype=dtype)
+    model.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # transformers wraps .to(); mypy misreads it
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not cfg.train_vision:
@@ -206,7 +189,7 @@ def prompt_token_ids(model, tokenizer: PreTrainedTokenizerBase, messages: list[d
                      vision: VisionInputs | None) -> torch.Tensor:
     """Token ids [L] of chat ``messages`` with the video placeholder expanded to one token per
     video embedding, ending with the assistant turn's header (generation starts after it)."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = cast(str, tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
     pad = "<|video_pad|>"
     if vision is not None:
         if text.count(pad) != 1:
@@ -256,13 +239,6 @@ def build_prompt(
     )
 
 
-def encode_prompts(model, tokenizer: PreTrainedTokenizerBase, examples) -> list[Prompt]:
-    """One Prompt per ``longrl.data.dataset.Example`` in longrl's chat template: tokens, M-RoPE
-    positions, and one vision-tower pass (or the example's cached embeddings)."""
-    return [build_prompt(model, tokenizer, messages_for(e.row), e.vision, video_embeds=e.video_embeds,
-                         meta={"id": e.row.id}) for e in examples]
-
-
 def prompt_embeds(model, prompt: Prompt, *, grad_through_vision: bool = False) -> torch.Tensor:
     """Input embeddings [L, hidden] of ``prompt``: token embeddings with the video scattered in.
 
@@ -272,6 +248,7 @@ def prompt_embeds(model, prompt: Prompt, *, grad_through_vision: bool = False) -
     if prompt.vision is None:
         return embeds
     video = encode_video(model, prompt.vision) if grad_through_vision else prompt.video_embeds
+    assert video is not None, "a prompt with vision inputs carries their embeddings (build_prompt)"
     mask = (prompt.input_ids == model.config.video_token_id).unsqueeze(-1)
     return embeds.masked_scatter(mask, video.to(embeds.dtype))
 

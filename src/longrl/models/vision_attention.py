@@ -47,8 +47,9 @@ def _forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor, positi
     outs, start = [], 0
     for length, count in equal_runs((cu_seqlens[1:] - cu_seqlens[:-1]).tolist()):
         rows = slice(start, start + length * count)
-        piece = lambda x: x[rows].reshape(count, length, *x.shape[1:]).transpose(1, 2)  # noqa: E731 [count, H, L, D]
-        out = F.scaled_dot_product_attention(piece(q), piece(k), piece(v), dropout_p=0.0, scale=self.scaling,
+        # [count, H, L, D]: the run's windows side by side
+        q_run, k_run, v_run = (x[rows].reshape(count, length, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q_run, k_run, v_run, dropout_p=0.0, scale=self.scaling,
                                              is_causal=False)
         outs.append(out.transpose(1, 2).reshape(length * count, *q.shape[1:]))
         start += length * count

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -100,6 +99,7 @@ class JudgeClient:
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def _load_cache(self) -> None:
+        assert self.cache_path is not None
         for number, line in enumerate(self.cache_path.read_text(encoding="utf-8").splitlines(), 1):
             try:
                 entry = json.loads(line)
@@ -164,7 +164,7 @@ class JudgeClient:
             if error.code == 429 or error.code >= 500:
                 raise _Retryable(message) from None
             raise JudgeError(f"judge endpoint {self.url} refused the request: {message}") from None
-        except (TimeoutError, socket.timeout) as error:
+        except TimeoutError as error:
             raise _Retryable(f"timed out after {self.timeout_s}s ({error})") from None
         except urllib.error.URLError as error:
             raise _Retryable(f"connection failed: {self._redact(str(error.reason))}") from None

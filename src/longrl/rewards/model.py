@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -53,7 +54,7 @@ class RewardModel:
             concurrency = int(getattr(fn, "max_concurrency", 1) or 1)
             if concurrency > 1 and len(inputs) > 1:
                 with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"reward-{name}") as pool:
-                    scored = list(pool.map(lambda sample: self._score_one(name, fn, sample), inputs))
+                    scored = list(pool.map(functools.partial(self._score_one, name, fn), inputs))
             else:
                 scored = [self._score_one(name, fn, sample) for sample in inputs]
             for result, (score, components, error) in zip(results, scored):
@@ -80,7 +81,7 @@ class RewardModel:
             if error is not None:
                 self._counts["judge_failures"] += 1
                 self._last_judge_error = error
-        failed, window = sum(self._judge_failed), self._judge_failed.maxlen
+        failed, window = sum(self._judge_failed), self._judge_failed.maxlen or 0  # maxlen is always set
         # More failures than the fraction allows of a full window: the window cannot come back under it.
         if failed > self.judge_max_failure_frac * window:
             last = " ".join(self._last_judge_error.split())[:300]  # one line; judge errors hold no key
@@ -127,7 +128,7 @@ def _finite(value, what: str) -> float:
 
 def build_reward(cfg: RewardConfig) -> RewardModel:
     """Resolves every function of `cfg` (bad names, files or settings fail here, not mid-run)."""
-    functions = []
+    functions: list[tuple[str, RewardFn, float]] = []
     for spec, weight in zip(cfg.functions, cfg.function_weights()):
         fn = resolve_reward(spec, cfg)
         functions.append((_component_name(spec, [name for name, _, _ in functions]), fn, weight))

@@ -135,7 +135,7 @@ def extract_choice(text: str, options: list[str] | None = None) -> str | None:
     core = _clean(text[prefix.end():]) if prefix else text
 
     alone = _letter_alone(core, valid)
-    if alone is not False:
+    if not isinstance(alone, bool):
         return alone
     leading = _LEADING_LETTER.fullmatch(core)
     if leading and leading.group(1).upper() in valid:
@@ -152,7 +152,8 @@ def extract_choice(text: str, options: list[str] | None = None) -> str | None:
     # Free text: letters standing alone, plus an option text it mentions. "A" and "I" followed by a
     # lower-case word are probably English ("A red cube", "I think"), so they count only when
     # nothing stronger is there.
-    strong, weak = set(), set()
+    strong: set[str] = set()
+    weak: set[str] = set()
     for match in _CAPITAL_LETTER.finditer(text):
         letter = match.group(1)
         if letter not in valid:

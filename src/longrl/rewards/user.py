@@ -25,6 +25,7 @@ def load_user_function(spec: str) -> Callable:
         # A name unique to the file, so two files called rewards.py do not replace each other.
         module_name = f"longrl_user_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
+        assert module_spec is not None and module_spec.loader is not None  # a .py path always has a loader
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
         try:

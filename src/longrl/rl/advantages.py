@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -196,19 +197,22 @@ def compute_advantages(
 
     if cfg.advantage == "reinforce_pp":
         if mask is not None:
-            return reinforce_pp_advantages(groups, mask=mask, token_kl=token_kl if fold_kl else None,
-                                           kl_coef=cfg.kl_coef, norm_by_std=cfg.norm_adv_by_std, batch_sum=batch_sum)
-        return torch.cat(reinforce_pp_advantages(groups, norm_by_std=cfg.norm_adv_by_std, batch_sum=batch_sum))
+            return cast(Tensor, reinforce_pp_advantages(groups, mask=mask, token_kl=token_kl if fold_kl else None,
+                                                        kl_coef=cfg.kl_coef, norm_by_std=cfg.norm_adv_by_std,
+                                                        batch_sum=batch_sum))
+        return torch.cat(cast(list[Tensor], reinforce_pp_advantages(groups, norm_by_std=cfg.norm_adv_by_std,
+                                                                    batch_sum=batch_sum)))
 
     if fold_kl:
+        assert token_kl is not None and mask is not None  # checked above
         if token_kl.shape[0] != flat.numel():
             raise ValueError(f"token_kl has {token_kl.shape[0]} rows but there are {flat.numel()} rewards")
         seq_kl = torch.where(mask.bool(), token_kl.detach(), torch.zeros_like(token_kl)).sum(-1)
         groups = list((flat - cfg.kl_coef * seq_kl.to(flat.dtype)).split(sizes))
     if cfg.advantage == "grpo":
-        return torch.cat(grpo_advantages(groups, norm_by_std=cfg.norm_adv_by_std))
+        return torch.cat(cast(list[Tensor], grpo_advantages(groups, norm_by_std=cfg.norm_adv_by_std)))  # a list in, a list out
     if cfg.advantage == "drgrpo":
-        return torch.cat(drgrpo_advantages(groups))
+        return torch.cat(cast(list[Tensor], drgrpo_advantages(groups)))  # a list in, a list out
     if cfg.advantage == "rloo":
-        return torch.cat(rloo_advantages(groups))
+        return torch.cat(cast(list[Tensor], rloo_advantages(groups)))  # a list in, a list out
     raise ValueError(f"unknown advantage estimator {cfg.advantage!r}")

@@ -74,11 +74,6 @@ class AlgorithmConfig:
         if self.overlong_buffer < 0 and self.overlong_buffer != int(MAX_RESPONSE_LEN):
             raise ValueError(f"algorithm.overlong_buffer={self.overlong_buffer} must be >= 0 (0 = off)")
 
-    @property
-    def needs_reference(self) -> bool:
-        """Whether a reference model (ref log-probs) is needed at all."""
-        return self.kl_coef > 0
-
     def resolve(self, max_response_len: int) -> AlgorithmConfig:
         """Returns a copy with placeholders that depend on the rollout filled in."""
         if max_response_len < 1:

@@ -10,6 +10,8 @@ the micro-batch losses then sum to the mini-batch loss, values and gradients ali
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -165,7 +167,7 @@ def policy_loss(
     else:
         dual_active = torch.zeros_like(valid)
 
-    agg = dict(mode=cfg.loss_agg, normalizer=normalizer, token_sum_divisor=cfg.token_sum_divisor)
+    agg: dict[str, Any] = dict(mode=cfg.loss_agg, normalizer=normalizer, token_sum_divisor=cfg.token_sum_divisor)
     pg_loss = aggregate(token_loss, mask, **agg)
     loss = pg_loss
     terms: dict[str, Tensor] = {"pg_loss": pg_loss}

@@ -18,6 +18,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, cast
 
 try:
     from fastapi import FastAPI, Request
@@ -32,8 +33,14 @@ from longrl.serve.config import ServeConfig
 from longrl.serve.errors import APIError, bad_request
 from longrl.serve.media import template_messages
 from longrl.serve.policy import Completion, Job, Policy
-from longrl.serve.protocol import (chunk_body, completion_body, completion_id, logprobs_block, not_found_model,
-                                   parse_request)
+from longrl.serve.protocol import (
+    chunk_body,
+    completion_body,
+    completion_id,
+    logprobs_block,
+    not_found_model,
+    parse_request,
+)
 
 log = logging.getLogger("longrl.serve")
 
@@ -187,7 +194,8 @@ def load_policy(cfg: ServeConfig):
         raise FileNotFoundError(f"--model {cfg.model!r} is not a directory; point it at a model saved by longrl "
                                 "(runs/NAME/model, or `longrl export` output)")
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(ModelConfig(path=cfg.model, dtype=cfg.dtype), device=device)
+    # ModelConfig checks the dtype string itself
+    model, tokenizer = load_model(ModelConfig(path=cfg.model, dtype=cast(Any, cfg.dtype)), device=device)
     model.eval()
     return model, tokenizer
 

@@ -35,6 +35,7 @@ class Batcher:
         """The batching loop; runs until cancelled."""
         loop = asyncio.get_running_loop()
         while True:
+            assert self.queue is not None, "start() creates the queue before run()"
             batch = [await self.queue.get()]
             deadline = loop.time() + self.wait_s
             while len(batch) < self.max_prompts:

@@ -20,12 +20,14 @@ import binascii
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 
 from longrl.data.video import VideoError, decode_video
-from longrl.data.vision_preprocess import VisionInputs, preprocess_video
+from longrl.data.vision_preprocess import preprocess_video
+from longrl.models.inputs import VisionInputs
 from longrl.serve.config import ServeConfig
 from longrl.serve.errors import bad_request
 
@@ -124,10 +126,10 @@ def load_media(ref: MediaRef, cfg: ServeConfig) -> VisionInputs:
     """Decode and preprocess the image or video; raises APIError(400) for a file that is not one."""
     try:
         if ref.kind == "video":
-            video = decode_video(ref.path, num_frames=ref.num_frames)
+            video = decode_video(cast(Path, ref.path), num_frames=ref.num_frames)  # a video is always a file
             frames, sample_fps = video.frames, video.sample_fps
         else:
-            frames, sample_fps = _decode_image(ref.data if ref.data is not None else ref.path.read_bytes()), 1.0
+            frames, sample_fps = _decode_image(ref.data if ref.data is not None else cast(Path, ref.path).read_bytes()), 1.0
         return preprocess_video(frames, sample_fps=sample_fps, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     except VideoError as error:
         raise bad_request(f"{ref.param}: {error}", param=ref.param) from None

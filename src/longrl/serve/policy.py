@@ -11,6 +11,7 @@ samples are rows 0..n-1 of that seed, the same however many other requests were 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 
@@ -93,7 +94,7 @@ class Policy:
     def run(self, jobs: list[Job]) -> list[Completion | APIError]:
         """One result per job, in order: its completion, or the APIError that refuses it."""
         results: list[Completion | APIError | None] = [None] * len(jobs)
-        groups: dict[tuple, list[tuple[int, object, int]]] = {}
+        groups: dict[tuple, list[tuple[int, Any, int]]] = {}
         for i, job in enumerate(jobs):
             try:
                 prompt, max_tokens = self._prompt(job)
@@ -112,7 +113,7 @@ class Policy:
             for (i, prompt, max_tokens), samples in zip(members, self._generate([p for _, p, _ in members], params)):
                 results[i] = samples if isinstance(samples, APIError) else \
                     self._completion(jobs[i], len(prompt), samples, max_tokens)
-        return results
+        return cast(list[Completion | APIError], results)  # every job got one
 
     def _generate(self, prompts: list, params: SamplingParams) -> list:
         try:
@@ -121,7 +122,7 @@ class Policy:
             if len(prompts) == 1:
                 raise
         # One bad prompt fails the whole call: run them one by one so only it is refused.
-        out = []
+        out: list[list[Sample] | APIError] = []
         for prompt in prompts:
             try:
                 out.append(self._call([prompt], params)[0])

@@ -19,7 +19,8 @@ from torch.utils.checkpoint import checkpoint
 
 from longrl.dist.parallelize import root_forward
 from longrl.dist.ulysses import sequence_parallel
-from longrl.models.qwen2_5_vl import Prompt, decoder_forward, lm_head, prompt_embeds
+from longrl.models.inputs import Prompt
+from longrl.models.qwen2_5_vl import decoder_forward, lm_head, prompt_embeds
 from longrl.train.group_forward import Backend, LayerImpl, group_hidden
 
 
@@ -114,7 +115,7 @@ def sequence_logprobs(
     train_vision: bool = False,
     with_entropy: bool = False,
     chunk_tokens: int = 1024,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
     """Reference: log-probs [R] of one ``response`` from the plain causal sequence [prompt | response]
     (the prefix is recomputed for every response). Returns (logp, entropy) when ``with_entropy``."""
     device = prompt.input_ids.device

@@ -8,7 +8,8 @@ gradient of the unsplit mini-batch's token mean.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -9,7 +9,8 @@ import torch
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     """AdamW over trainable parameters; norms and biases get no weight decay."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue

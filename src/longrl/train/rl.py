@@ -20,21 +20,22 @@ from longrl.dist import data_parallel as dp
 from longrl.dist import current as dist_env, gathered, parallelize
 from longrl.dist.env import all_true, max_int, sum_floats
 from longrl.dist.gather import gather_to_main
-from longrl.models.qwen2_5_vl import Prompt, encode_prompts
+from longrl.data.prompt import encode_prompts
+from longrl.models.inputs import Prompt
 from longrl.rewards.model import build_reward
 from longrl.rewards.registry import RewardInput
 from longrl.rl.advantages import compute_advantages
 from longrl.rl.dynamic_sampling import BatchFiller, overlong_penalty
 from longrl.rl.losses import kl_penalty, policy_loss
 from longrl.rollout import SamplingParams, generate
-from longrl.train.checkpoint import Checkpointer
-from longrl.train.export import ProcessorSpec
-from longrl.train.guard import NonFiniteGuard
+from longrl.infra.checkpoint import Checkpointer
+from longrl.infra.hf_files import ProcessorSpec
+from longrl.infra.guard import NonFiniteGuard
 from longrl.train.logprobs import group_logprobs
-from longrl.train.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
+from longrl.infra.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
 from longrl.train.microbatch import accumulation_normalizer, pad_ragged, split_group
 from longrl.train.optim import build_optimizer, build_scheduler
-from longrl.train.run_dir import claim_run_dir
+from longrl.infra.run_dir import claim_run_dir
 
 log = logging.getLogger("longrl.rl")
 

@@ -1,9 +1,9 @@
 """Chain-of-thought SFT: next-token loss on the reasoning + answer tokens only.
 
 Run safety as in the RL loop: a NaN/inf loss or gradient skips the update and
-``trainer.max_nonfinite_steps`` of them in a row stop the run (:mod:`longrl.train.guard`);
-checkpoints every ``trainer.save_every`` steps and at the end (:mod:`longrl.train.checkpoint`);
-``trainer.resume`` (:mod:`longrl.train.run_dir`) continues exactly: model, optimizer, scheduler,
+``trainer.max_nonfinite_steps`` of them in a row stop the run (:mod:`longrl.infra.guard`);
+checkpoints every ``trainer.save_every`` steps and at the end (:mod:`longrl.infra.checkpoint`);
+``trainer.resume`` (:mod:`longrl.infra.run_dir`) continues exactly: model, optimizer, scheduler,
 RNGs and the position in the data order.
 """
 
@@ -19,13 +19,13 @@ import torch.nn.functional as F
 
 from longrl.data.dataset import Example
 from longrl.data.prompt import messages_for, target_text
+from longrl.infra.checkpoint import Checkpointer
+from longrl.infra.guard import NonFiniteGuard, require_finite_weights
+from longrl.infra.hf_files import ProcessorSpec
+from longrl.infra.metrics import MetricsLogger
+from longrl.infra.run_dir import claim_run_dir
 from longrl.models.qwen2_5_vl import prompt_token_ids
-from longrl.train.checkpoint import Checkpointer
-from longrl.train.export import ProcessorSpec
-from longrl.train.guard import NonFiniteGuard, require_finite_weights
-from longrl.train.metrics import MetricsLogger
 from longrl.train.optim import build_optimizer, build_scheduler
-from longrl.train.run_dir import claim_run_dir
 
 log = logging.getLogger("longrl.sft")
 

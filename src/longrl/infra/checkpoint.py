@@ -31,7 +31,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -48,6 +48,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from longrl.infra.hf_files import model_architecture, write_hf_files
+
 log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
@@ -55,11 +57,6 @@ TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 FORMAT_VERSION = 1
-# Test hook: seconds to sleep between writing the files and publishing the checkpoint (only when
-# saving step LONGRL_TEST_CHECKPOINT_SLEEP_STEP, if set), so a test can SIGKILL a run in the middle
-# of a checkpoint write. Never set it in real runs.
-SLOW_WRITE_ENV = "LONGRL_TEST_CHECKPOINT_SLEEP_S"
-SLOW_WRITE_STEP_ENV = "LONGRL_TEST_CHECKPOINT_SLEEP_STEP"
 
 
 class CheckpointError(RuntimeError):
@@ -75,7 +72,8 @@ def capture_rng_state() -> dict:
     The result holds only tensors, ints, floats and strings, so it round-trips through
     ``torch.load(weights_only=True)``."""
     py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = cast(tuple[str, np.ndarray, int, int, float],
+                                                            np.random.get_state())
     state: dict[str, Any] = {
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
         "numpy": {
@@ -242,8 +240,9 @@ class SafeFileSystemReader(FileSystemReader):
                 raise CheckpointError(
                     f"{self.path} stores '{fqn}' as pickled bytes; longrl checkpoints hold tensors only"
                 )
-        if getattr(metadata, "storage_meta", None) is not None:
-            metadata.storage_meta.load_id = self.load_id
+        storage_meta = getattr(metadata, "storage_meta", None)
+        if storage_meta is not None:
+            storage_meta.load_id = self.load_id
         return metadata
 
 
@@ -305,7 +304,7 @@ def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
     """(step, path) of every ``step_N`` directory under ``ckpt_root``, newest first (not verified)."""
     if not ckpt_root.is_dir():
         return []
-    found = [(step_of(p), p) for p in ckpt_root.iterdir() if p.is_dir() and step_of(p) is not None]
+    found = [(step, p) for p in ckpt_root.iterdir() if p.is_dir() and (step := step_of(p)) is not None]
     return sorted(found, key=lambda item: item[0], reverse=True)
 
 
@@ -331,8 +330,8 @@ class Checkpointer:
 
     Call :meth:`save` on every rank (it is collective when torch.distributed is initialized); the
     directory must be on a file system all ranks share. ``tokenizer`` and ``processor`` (an
-    :class:`longrl.train.export.ProcessorSpec`) are written into each checkpoint's ``hf/`` so
-    :func:`longrl.train.export.export_hf` can build a Hugging Face directory from it alone.
+    :class:`longrl.infra.export.ProcessorSpec`) are written into each checkpoint's ``hf/`` so
+    :func:`longrl.infra.export.export_hf` can build a Hugging Face directory from it alone.
     """
 
     def __init__(self, run_dir: str | Path, keep_last: int = 3, *, tokenizer=None, processor=None):
@@ -380,15 +379,12 @@ class Checkpointer:
             }
             _save_file(state, tmp / "trainer_state.pt")
             self._write_hf_files(model, tokenizer or self.tokenizer, tmp / "hf")
-            _test_delay(step)
             self._publish(tmp, final, step)
             self._prune(step)
         _barrier()
         return final
 
     def _write_hf_files(self, model, tokenizer, out_dir: Path) -> None:
-        from longrl.train.export import model_architecture, write_hf_files
-
         config = getattr(model, "config", None)
         if config is None:
             return  # not a transformers model: weights and optimizer are still saved
@@ -514,13 +510,6 @@ def _tensor_paths(skeleton: Any) -> list[str]:
     if isinstance(skeleton, (list, tuple)):
         return [p for value in skeleton for p in _tensor_paths(value)]
     return []
-
-
-def _test_delay(step: int) -> None:
-    delay = float(os.environ.get(SLOW_WRITE_ENV, "0") or 0)
-    only = os.environ.get(SLOW_WRITE_STEP_ENV)
-    if delay > 0 and (not only or int(only) == step):
-        time.sleep(delay)
 
 
 def _broadcast(obj: Any) -> Any:

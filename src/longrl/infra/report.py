@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from longrl.train.metrics import RUN_INFO_FILE, metric_aliases, read_metrics
+from longrl.infra.metrics import RUN_INFO_FILE, metric_aliases, read_metrics
 
 
 @dataclass

@@ -10,7 +10,7 @@
 A skipped update leaves the weights untouched, so the last checkpoint stays good; after
 ``max_consecutive`` skips in a row :class:`NonFiniteError` stops the run before anything else is
 written. Its message names what the run can go back to: the newest complete checkpoint under
-``checkpoints`` (a :class:`~longrl.train.checkpoint.Checkpointer`) and its step, or that none was
+``checkpoints`` (a :class:`~longrl.infra.checkpoint.Checkpointer`) and its step, or that none was
 written yet. :func:`require_finite_weights` is the last check before weights are saved.
 """
 
@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 if TYPE_CHECKING:
-    from longrl.train.checkpoint import Checkpointer
+    from longrl.infra.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class NonFiniteGuard:
         latest = self.checkpoints.latest()
         if latest is None:
             return f"no checkpoint was written yet (under {self.checkpoints.root})"
-        from longrl.train.checkpoint import step_of
+        from longrl.infra.checkpoint import step_of
 
         return f"the last checkpoint is {latest} (step {step_of(latest)})"
 

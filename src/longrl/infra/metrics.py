@@ -201,6 +201,7 @@ class MetricsLogger:
         per_step = elapsed / max(1, step - self._last_step)
         self._last_time, self._last_step = now, step
         values = {key: _to_float(value) for key, value in metrics.items()}
+        assert self._file is not None  # opened in __init__ whenever enabled
         self._file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
         if self._tb is not None:
             for key, value in values.items():
