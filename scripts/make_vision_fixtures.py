@@ -38,7 +38,9 @@ PIXEL_CASES = [
     ("image_max_pixels", "image", (150, 100), 28 * 28, 28 * 28 * 4, "max_pixels downscale -> 56x28"),
 ]
 # Full official path with frame sampling: 12 frames at 5 fps sampled at 2 fps.
-SAMPLED_CASE = dict(name="video_sampled", shape=(12, 40, 50), video_fps=5.0, fps=2.0, min_pixels=28 * 28, max_pixels=28 * 28 * 4)
+SAMPLED_CASE = dict(
+    name="video_sampled", shape=(12, 40, 50), video_fps=5.0, fps=2.0, min_pixels=28 * 28, max_pixels=28 * 28 * 4
+)
 # (total_frames, video_fps, num_frames, fps, max_frames, min_frames)
 SAMPLING_CASES = [
     *[(30, 10.0, n, None, 768, 4) for n in (2, 3, 4, 5, 6, 7, 8, 9, 16, 30)],
@@ -78,8 +80,12 @@ def official_sampling(total: int, video_fps: float, num_frames, fps, max_frames:
     metadata = VideoMetadata(total_num_frames=total, fps=video_fps)
     try:
         indices = Qwen2VLVideoProcessor().sample_frames(
-            metadata=metadata, temporal_patch_size=2, min_frames=min_frames, max_frames=max_frames,
-            num_frames=num_frames, fps=fps,
+            metadata=metadata,
+            temporal_patch_size=2,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            num_frames=num_frames,
+            fps=fps,
         )
     except Exception as e:  # the official function rejects some requests; longrl handles them itself
         return {"error": f"{type(e).__name__}: {e}"}
@@ -89,17 +95,25 @@ def official_sampling(total: int, video_fps: float, num_frames, fps, max_frames:
 
 def official_sampled_video(full: np.ndarray, case: dict) -> dict:
     out = Qwen2VLVideoProcessor()(
-        videos=full, do_sample_frames=True, fps=case["fps"], cap_pixels_per_frame=False,
-        video_metadata={"total_num_frames": len(full), "fps": case["video_fps"]}, return_metadata=True,
-        min_pixels=case["min_pixels"], max_pixels=case["max_pixels"], input_data_format="channels_last",
+        videos=full,
+        do_sample_frames=True,
+        fps=case["fps"],
+        cap_pixels_per_frame=False,
+        video_metadata={"total_num_frames": len(full), "fps": case["video_fps"]},
+        return_metadata=True,
+        min_pixels=case["min_pixels"],
+        max_pixels=case["max_pixels"],
+        input_data_format="channels_last",
         return_tensors="pt",
     )
     metadata = out["video_metadata"][0]
     # Qwen2_5_VLProcessor._process_videos: second_per_grid_ts = temporal_patch_size / sampled_fps
     second_per_grid = Qwen2VLVideoProcessor.temporal_patch_size / metadata.sampled_fps
     return {
-        "pixel_values": out["pixel_values_videos"], "grid_thw": out["video_grid_thw"],
-        "indices": [int(i) for i in metadata.frames_indices], "sampled_fps": metadata.sampled_fps,
+        "pixel_values": out["pixel_values_videos"],
+        "grid_thw": out["video_grid_thw"],
+        "indices": [int(i) for i in metadata.frames_indices],
+        "sampled_fps": metadata.sampled_fps,
         "second_per_grid": second_per_grid,
     }
 
@@ -133,8 +147,12 @@ def check_longrl(repo: Path, arrays: dict, meta: dict) -> bool:
     full = arrays[f"{c['name']}__input"]
     indices = video.sample_frame_indices(len(full), c["video_fps"], fps=c["fps"])
     sample_fps = len(set(indices)) / len(full) * c["video_fps"]
-    ours = vp.preprocess_video(full[indices], sample_fps=sample_fps, min_pixels=c["min_pixels"], max_pixels=c["max_pixels"])
-    ok = indices == c["indices"] and torch.equal(ours.pixel_values, torch.from_numpy(arrays[f"{c['name']}__pixel_values"]))
+    ours = vp.preprocess_video(
+        full[indices], sample_fps=sample_fps, min_pixels=c["min_pixels"], max_pixels=c["max_pixels"]
+    )
+    ok = indices == c["indices"] and torch.equal(
+        ours.pixel_values, torch.from_numpy(arrays[f"{c['name']}__pixel_values"])
+    )
     ok &= abs(ours.second_per_grid - c["second_per_grid"]) < 1e-12
     print(f"longrl vs official {c['name']} (sampling + pixels + second_per_grid): exact={ok}")
     all_ok &= ok
@@ -143,8 +161,12 @@ def check_longrl(repo: Path, arrays: dict, meta: dict) -> bool:
         if "indices" not in s:
             continue
         ours_idx = video.sample_frame_indices(
-            s["total"], s["video_fps"], num_frames=s["num_frames"] or 0, fps=s["fps"] or 0.0,
-            max_frames=s["max_frames"], min_frames=s["min_frames"],
+            s["total"],
+            s["video_fps"],
+            num_frames=s["num_frames"] or 0,
+            fps=s["fps"] or 0.0,
+            max_frames=s["max_frames"],
+            min_frames=s["min_frames"],
         )
         if ours_idx != s["indices"]:
             bad += 1
@@ -164,7 +186,11 @@ def main() -> None:
     arrays: dict[str, np.ndarray] = {}
     meta = {
         "made_by": "scripts/make_vision_fixtures.py",
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__},
+        "versions": {
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        },
         "pixel_cases": [],
         "sampling": [],
     }
@@ -175,7 +201,9 @@ def main() -> None:
         arrays[f"{name}__pixel_values"] = ref["pixel_values"].numpy().astype(np.float32)
         arrays[f"{name}__grid_thw"] = ref["grid_thw"].numpy().astype(np.int64)
         meta["pixel_cases"].append(dict(name=name, kind=kind, min_pixels=min_pixels, max_pixels=max_pixels, why=why))
-        print(f"official {name}: input {x.shape} -> pixel_values {tuple(ref['pixel_values'].shape)} grid {ref['grid_thw'].tolist()}")
+        print(
+            f"official {name}: input {x.shape} -> pixel_values {tuple(ref['pixel_values'].shape)} grid {ref['grid_thw'].tolist()}"
+        )
 
     c = SAMPLED_CASE
     full = rng.integers(0, 256, size=(*c["shape"], 3), dtype=np.uint8)
@@ -185,15 +213,26 @@ def main() -> None:
     arrays[f"{c['name']}__grid_thw"] = ref["grid_thw"].numpy().astype(np.int64)
     meta["sampled_case"] = {
         **{k: v for k, v in c.items() if k != "shape"},
-        "indices": ref["indices"], "sampled_fps": ref["sampled_fps"], "second_per_grid": ref["second_per_grid"],
+        "indices": ref["indices"],
+        "sampled_fps": ref["sampled_fps"],
+        "second_per_grid": ref["second_per_grid"],
     }
-    print(f"official {c['name']}: indices {ref['indices']} sampled_fps {ref['sampled_fps']} grid {ref['grid_thw'].tolist()}")
+    print(
+        f"official {c['name']}: indices {ref['indices']} sampled_fps {ref['sampled_fps']} grid {ref['grid_thw'].tolist()}"
+    )
 
     for total, video_fps, num_frames, fps, max_frames, min_frames in SAMPLING_CASES:
         result = official_sampling(total, video_fps, num_frames, fps, max_frames, min_frames)
         meta["sampling"].append(
-            dict(total=total, video_fps=video_fps, num_frames=num_frames, fps=fps, max_frames=max_frames,
-                 min_frames=min_frames, **result)
+            dict(
+                total=total,
+                video_fps=video_fps,
+                num_frames=num_frames,
+                fps=fps,
+                max_frames=max_frames,
+                min_frames=min_frames,
+                **result,
+            )
         )
 
     np.savez_compressed(args.out / "qwen_vision.npz", **arrays)

@@ -13,8 +13,17 @@ from longrl.models.qwen2_5_vl import load_model
 from longrl.train.optim import build_optimizer, build_scheduler
 
 TEXTS = ["red enters top-left at 0.5s. blue moves right, then green leaves. <think>a</think><answer>B</answer>"] * 8
-SMALL = TinyModelConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
-                        vision_hidden_size=32, vision_depth=1, vision_num_heads=2, vocab_size=300)
+SMALL = TinyModelConfig(
+    hidden_size=64,
+    intermediate_size=128,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    vision_hidden_size=32,
+    vision_depth=1,
+    vision_num_heads=2,
+    vocab_size=300,
+)
 
 
 def tiny(seed: int = 0):

@@ -57,9 +57,14 @@ def _text(body: dict) -> str:
 
 def _question(category: str, first: float) -> str:
     cite = 999.0 if category == "Plot & Narrative" else first
-    return json.dumps({"question": f"In the {category} sense, what happens around {first:.1f}s?",
-                       "options": ["the red object leaves", "the blue object enters", "nothing moves", "it rains"],
-                       "answer": "B", "reasoning": f"At [{cite:.1f}s] the blue object enters, so B."})
+    return json.dumps(
+        {
+            "question": f"In the {category} sense, what happens around {first:.1f}s?",
+            "options": ["the red object leaves", "the blue object enters", "nothing moves", "it rains"],
+            "answer": "B",
+            "reasoning": f"At [{cite:.1f}s] the blue object enters, so B.",
+        }
+    )
 
 
 def reply_texts(body: dict) -> list[str]:
@@ -74,8 +79,10 @@ def reply_texts(body: dict) -> list[str]:
     if "Answer with the letter of the best option only" in text:
         return ["B" if "Goal & Purpose" in text else "D"]
     if "Video timeline:" in text:
-        return ["<think>x</think><answer>B</answer>" if i % 2 == 0 else "<think>y</think><answer>C</answer>"
-                for i in range(n)]
+        return [
+            "<think>x</think><answer>B</answer>" if i % 2 == 0 else "<think>y</think><answer>C</answer>"
+            for i in range(n)
+        ]
     clip = re.search(r"from (\d+\.\d)s to (\d+\.\d)s", text)
     if clip:
         return [f"clip {clip.group(1)}-{clip.group(2)}: a blue square moves to the top left"]
@@ -107,10 +114,16 @@ class _Handler(BaseHTTPRequestHandler):
         if first and bucket == 2 and server.slow_s:
             time.sleep(server.slow_s)
         texts = reply_texts(body)
-        payload = {"id": "x", "object": "chat.completion", "model": body["model"],
-                   "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                               for i, t in enumerate(texts)],
-                   "usage": {"prompt_tokens": len(_text(body)) // 4, "completion_tokens": sum(len(t) // 4 for t in texts)}}
+        payload = {
+            "id": "x",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                for i, t in enumerate(texts)
+            ],
+            "usage": {"prompt_tokens": len(_text(body)) // 4, "completion_tokens": sum(len(t) // 4 for t in texts)},
+        }
         self._send(200, json.dumps(payload).encode())
 
     def _send(self, status: int, payload: bytes):

@@ -9,8 +9,12 @@ from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from longrl.serve.app import ServerThread, create_app, load_policy
 from longrl.serve.config import ServeConfig
 
-TEXTS = ["the red square enters first, then the blue circle moves to the top left corner.",
-         "Score: 7", "<think> the cube left </think><answer>B</answer>", "A. red B. blue C. green D. yellow"] * 4
+TEXTS = [
+    "the red square enters first, then the blue circle moves to the top left corner.",
+    "Score: 7",
+    "<think> the cube left </think><answer>B</answer>",
+    "A. red B. blue C. green D. yellow",
+] * 4
 
 
 def save_tiny(out_dir: Path) -> Path:

@@ -31,8 +31,15 @@ CONFIG_CASES = sorted(p for p in CORPUS.glob("*.yaml") if _expected(p))
 
 def test_corpus_holds_the_config_cases():
     names = {p.stem for p in CONFIG_CASES}
-    assert {"bad_yaml", "rollout_n_zero", "negative_temperature", "prompts_per_step_zero", "group_of_one",
-            "model_path_missing", "model_path_no_model"} <= names
+    assert {
+        "bad_yaml",
+        "rollout_n_zero",
+        "negative_temperature",
+        "prompts_per_step_zero",
+        "group_of_one",
+        "model_path_missing",
+        "model_path_no_model",
+    } <= names
 
 
 @pytest.fixture
@@ -73,14 +80,17 @@ def test_bad_override_after_config_names_the_key(no_model_loads, capsys):
     assert main(["train", "rl", "rollout.n=[1"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: override 'rollout.n=[1': the value is not valid YAML (expected ',' or ']', but got '<stream end>'); "
-        "quote it, e.g. key='a: b'")
+        "quote it, e.g. key='a: b'"
+    )
     assert main(["train", "rl", "rollout.n"]) == 2
     assert capsys.readouterr().err.strip() == "error: override 'rollout.n' must look like key.sub=value"
 
 
 def test_debug_adds_the_traceback_and_keeps_the_exit_code(no_model_loads, capsys):
-    for argv in (["--debug", "train", "rl", "rl.prompts_per_step=0"],
-                 ["train", "rl", "--debug", "rl.prompts_per_step=0"]):
+    for argv in (
+        ["--debug", "train", "rl", "rl.prompts_per_step=0"],
+        ["train", "rl", "--debug", "rl.prompts_per_step=0"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("Traceback (most recent call last):")
@@ -138,13 +148,13 @@ def test_model_path_hints(tmp_path, monkeypatch, capsys):
     (tmp_path / "afile").write_text("x")
     cases = {
         "run": "error: model.path='run' holds no model (no config.json in it); a run directory? its model is "
-               "model.path=run/model",
+        "model.path=run/model",
         "ckpt_run": "error: model.path='ckpt_run' holds no model (no config.json in it); a checkpoint? export it "
-                    "first: longrl export --ckpt ckpt_run --out DIR, then model.path=DIR",
+        "first: longrl export --ckpt ckpt_run --out DIR, then model.path=DIR",
         "afile": "error: model.path='afile' is a file; point it at a model directory (with config.json)",
         # one slash but its first part is a local folder: a mistyped path, not a hub id
         "run/modle": "error: model.path='run/modle' does not exist; point it at a model directory (a run's OUT/model "
-                     "or `longrl export --out`), a hub id (owner/name), or tiny",
+        "or `longrl export --out`), a hub id (owner/name), or tiny",
     }
     for path, message in cases.items():
         assert main(["eval", f"model.path={path}", "data.test_path=rows.jsonl"]) == 2

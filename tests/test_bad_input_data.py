@@ -22,8 +22,14 @@ from longrl.rewards import RewardConfig, RewardInput, build_reward
 from longrl.rewards.model import JudgeFailureError
 
 BAD = Path(__file__).parent / "bad_input"
-QUICK = ["trainer.progress=false", "trainer.tensorboard=false", "eval.max_new_tokens=4", "data.num_frames=4",
-         "data.min_pixels=3136", "data.max_pixels=3136"]
+QUICK = [
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+    "eval.max_new_tokens=4",
+    "data.num_frames=4",
+    "data.min_pixels=3136",
+    "data.max_pixels=3136",
+]
 
 
 def write_8s_faststart_mp4(path: Path) -> None:
@@ -38,7 +44,7 @@ def write_8s_faststart_mp4(path: Path) -> None:
         stream.options = {"crf": "30", "preset": "veryfast", "g": "4", "bf": "0"}
         for i in range(64):
             rgb = np.full((32, 32, 3), 8 * (i % 32), np.uint8)
-            rgb[(i % 4) * 8:(i % 4) * 8 + 8, :, 0] = 255
+            rgb[(i % 4) * 8 : (i % 4) * 8 + 8, :, 0] = 255
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode(None))
 
@@ -61,8 +67,9 @@ ROW_CASES = [  # file, bad line, its id, the problem the message states
 @pytest.mark.parametrize("name, line, row_id, problem", ROW_CASES)
 def test_bad_row_stops_the_run_under_error_with_file_line_and_id(tmp_path, capsys, name, line, row_id, problem):
     path = BAD / name
-    code, err = cli(["eval", f"data.test_path={path}", "data.bad_sample=error", f"trainer.out_dir={tmp_path}",
-                     *QUICK], capsys)
+    code, err = cli(
+        ["eval", f"data.test_path={path}", "data.bad_sample=error", f"trainer.out_dir={tmp_path}", *QUICK], capsys
+    )
     assert code == 1
     assert "Traceback" not in err
     message = err.strip().splitlines()[-1]
@@ -98,6 +105,7 @@ def test_read_rows_returns_the_skipped_problems_and_refuses_a_file_with_none_usa
 
 # --- a truncated video ----------------------------------------------------------------------------
 
+
 def test_truncated_mp4_is_reported_with_its_decoded_and_declared_length(tmp_path):
     path = BAD / "data_truncated.mp4"
     assert path.stat().st_size < 4096
@@ -116,11 +124,14 @@ def test_truncated_mp4_is_reported_with_its_decoded_and_declared_length(tmp_path
 
 def test_truncated_video_follows_bad_sample(tmp_path, capsys):
     rows_path = BAD / "data_truncated_video.jsonl"
-    code, err = cli(["eval", f"data.test_path={rows_path}", "data.bad_sample=error", f"trainer.out_dir={tmp_path}",
-                     *QUICK], capsys)
+    code, err = cli(
+        ["eval", f"data.test_path={rows_path}", "data.bad_sample=error", f"trainer.out_dir={tmp_path}", *QUICK], capsys
+    )
     assert code == 1
-    assert err.strip().splitlines()[-1] == (f"error: video {BAD / 'data_truncated.mp4'}: decoded 0.5 s of 8.0 s: "
-                                            "the file is truncated; re-encode or remove it")
+    assert err.strip().splitlines()[-1] == (
+        f"error: video {BAD / 'data_truncated.mp4'}: decoded 0.5 s of 8.0 s: "
+        "the file is truncated; re-encode or remove it"
+    )
     code, _ = cli(["eval", f"data.test_path={rows_path}", f"trainer.out_dir={tmp_path}", *QUICK], capsys)
     assert code == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
@@ -128,6 +139,7 @@ def test_truncated_video_follows_bad_sample(tmp_path, capsys):
 
 
 # --- rows without options -------------------------------------------------------------------------
+
 
 def math_rows():
     return {row.id: row for row in load_rows(BAD / "data_math_free_text.jsonl")}
@@ -175,9 +187,13 @@ def test_multiple_choice_reward_fails_clearly_on_free_text_rows(caplog):
     rows = math_rows()
     choice = build_reward(RewardConfig(functions=["multiple_choice"]))
     with caplog.at_level(logging.WARNING, logger="longrl.rewards"):
-        results = choice([reward_input(rows["f1"], "<think></think><answer>6</answer>"),
-                          reward_input(rows["f3"], "<think></think><answer>C</answer>"),
-                          reward_input(rows["f3"], "<think></think><answer>A</answer>")])
+        results = choice(
+            [
+                reward_input(rows["f1"], "<think></think><answer>6</answer>"),
+                reward_input(rows["f3"], "<think></think><answer>C</answer>"),
+                reward_input(rows["f3"], "<think></think><answer>A</answer>"),
+            ]
+        )
     assert [r.score for r in results] == [0.0, pytest.approx(1.0), pytest.approx(0.1)]
     assert "has no options" in results[0].error and "reward.functions=[math]" in results[0].error
     assert "sample f1" in caplog.text
@@ -193,8 +209,9 @@ def test_eval_scores_free_text_rows_by_math_equality(tmp_path, capsys):
     # A row with options: the multiple-choice reading (the letter, or the option's text).
     assert is_correct(rows["f3"], "<answer>C</answer>") and is_correct(rows["f3"], "<answer>4</answer>")
     assert not is_correct(rows["f3"], "<answer>3</answer>")
-    code, _ = cli(["eval", f"data.test_path={BAD / 'data_math_free_text.jsonl'}", f"trainer.out_dir={tmp_path}",
-                   *QUICK], capsys)
+    code, _ = cli(
+        ["eval", f"data.test_path={BAD / 'data_math_free_text.jsonl'}", f"trainer.out_dir={tmp_path}", *QUICK], capsys
+    )
     assert code == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["num_examples"] == 3 and report["per_category"]["Math"]["count"] == 3
@@ -203,6 +220,7 @@ def test_eval_scores_free_text_rows_by_math_equality(tmp_path, capsys):
 
 # --- the RL loop ----------------------------------------------------------------------------------
 
+
 class ListSampler:
     world = 1  # one process: every draw is this rank's
 
@@ -210,16 +228,25 @@ class ListSampler:
         self.order, self.drawn = list(order), 0
 
     def next_indices(self, count):
-        out = self.order[self.drawn:self.drawn + count]
+        out = self.order[self.drawn : self.drawn + count]
         self.drawn += count
         return out
 
 
 def rows_file(tmp_path: Path, videos: list[str | None], extra_lines: tuple[str, ...] = ()) -> Path:
     path = tmp_path / "rows.jsonl"
-    lines = [json.dumps({"id": f"v{i}", "video": video, "question": "Which colour came first?",
-                         "options": ["red", "blue", "green", "yellow"], "answer": "B"})
-             for i, video in enumerate(videos)]
+    lines = [
+        json.dumps(
+            {
+                "id": f"v{i}",
+                "video": video,
+                "question": "Which colour came first?",
+                "options": ["red", "blue", "green", "yellow"],
+                "answer": "B",
+            }
+        )
+        for i, video in enumerate(videos)
+    ]
     path.write_text("\n".join([*lines, *extra_lines]) + "\n")
     return path
 
@@ -234,12 +261,27 @@ def test_a_draw_of_only_bad_rows_draws_again(tmp_path):
 
 def test_rl_with_bad_rows_trains_and_counts_them(tmp_path, capsys):
     # One schema-bad row (skipped when read), two missing videos (skipped when drawn), two good rows.
-    path = rows_file(tmp_path, ["missing_0.mp4", "missing_1.mp4", None, None],
-                     extra_lines=('{"id": "v4", "video": null, "options": ["a", "b"], "answer": "A"}',))
+    path = rows_file(
+        tmp_path,
+        ["missing_0.mp4", "missing_1.mp4", None, None],
+        extra_lines=('{"id": "v4", "video": null, "options": ["a", "b"], "answer": "A"}',),
+    )
     run = tmp_path / "run"
-    code, _ = cli(["train", "rl", f"data.train_path={path}", f"trainer.out_dir={run}", "rl.steps=2",
-                   "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=4", "algorithm.kl_coef=0",
-                   *QUICK], capsys)
+    code, _ = cli(
+        [
+            "train",
+            "rl",
+            f"data.train_path={path}",
+            f"trainer.out_dir={run}",
+            "rl.steps=2",
+            "rl.prompts_per_step=2",
+            "rollout.n=2",
+            "rollout.max_new_tokens=4",
+            "algorithm.kl_coef=0",
+            *QUICK,
+        ],
+        capsys,
+    )
     assert code == 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2
@@ -251,18 +293,34 @@ def test_rl_with_bad_rows_trains_and_counts_them(tmp_path, capsys):
 
 def test_rl_stops_with_one_line_when_no_row_is_usable(tmp_path, capsys):
     path = rows_file(tmp_path, ["missing_0.mp4", "missing_1.mp4"])
-    code, err = cli(["train", "rl", f"data.train_path={path}", f"trainer.out_dir={tmp_path / 'run'}", "rl.steps=1",
-                     "rl.prompts_per_step=2", "rollout.n=2", *QUICK], capsys)
+    code, err = cli(
+        [
+            "train",
+            "rl",
+            f"data.train_path={path}",
+            f"trainer.out_dir={tmp_path / 'run'}",
+            "rl.steps=1",
+            "rl.prompts_per_step=2",
+            "rollout.n=2",
+            *QUICK,
+        ],
+        capsys,
+    )
     assert code == 1 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == (
         "error: 10 draws of rows found no usable one (2 of 2 rows have a bad video, see the warnings above). "
-        "Fix: repair or remove those videos, or check data.train_path and data.media_root")
+        "Fix: repair or remove those videos, or check data.train_path and data.media_root"
+    )
 
 
 # --- judge failures -------------------------------------------------------------------------------
 
-DEAD_JUDGE = ["reward.functions=[judge]", "reward.judge_base_url=http://127.0.0.1:9/v1", "reward.judge_model=m",
-              "reward.judge_max_retries=0"]
+DEAD_JUDGE = [
+    "reward.functions=[judge]",
+    "reward.judge_base_url=http://127.0.0.1:9/v1",
+    "reward.judge_model=m",
+    "reward.judge_max_retries=0",
+]
 
 
 def test_judge_failures_are_counted_and_stop_past_the_window_fraction(monkeypatch):
@@ -276,22 +334,42 @@ def test_judge_failures_are_counted_and_stop_past_the_window_fraction(monkeypatc
     with pytest.raises(JudgeFailureError) as info:
         judge(samples[2:])
     message = str(info.value)
-    assert message.startswith("reward 'judge': the judge failed on 3 of the last 3 samples (more than "
-                              "reward.judge_max_failure_frac=0.5 of a 4-sample window); last error: judge: ")
+    assert message.startswith(
+        "reward 'judge': the judge failed on 3 of the last 3 samples (more than "
+        "reward.judge_max_failure_frac=0.5 of a 4-sample window); last error: judge: "
+    )
     assert "\n" not in message and "sk-do-not-print-me" not in message
 
 
 def test_rl_with_a_dead_judge_stops_with_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-do-not-print-me")
     path = rows_file(tmp_path, [None, None])
-    code, err = cli(["train", "rl", f"data.train_path={path}", f"trainer.out_dir={tmp_path / 'run'}", "rl.steps=2",
-                     "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=4", "reward.judge_failure_window=4",
-                     *DEAD_JUDGE, *QUICK], capsys)
+    code, err = cli(
+        [
+            "train",
+            "rl",
+            f"data.train_path={path}",
+            f"trainer.out_dir={tmp_path / 'run'}",
+            "rl.steps=2",
+            "rl.prompts_per_step=2",
+            "rollout.n=2",
+            "rollout.max_new_tokens=4",
+            "reward.judge_failure_window=4",
+            *DEAD_JUDGE,
+            *QUICK,
+        ],
+        capsys,
+    )
     assert code == 1 and "sk-do-not-print-me" not in err
     # The first step's 4 judge calls all fail: more than half of the 4-sample window.
-    assert err.strip().splitlines()[-1].startswith(
-        "error: reward 'judge': the judge failed on 4 of the last 4 samples (more than "
-        "reward.judge_max_failure_frac=0.5 of a 4-sample window); last error: judge: JudgeError: ")
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: reward 'judge': the judge failed on 4 of the last 4 samples (more than "
+            "reward.judge_max_failure_frac=0.5 of a 4-sample window); last error: judge: JudgeError: "
+        )
+    )
     assert not (tmp_path / "run" / "metrics.jsonl").read_text().strip()  # stopped before logging a step
 
 
@@ -305,9 +383,17 @@ def test_judge_failure_keys_are_checked():
 def test_console_line_shows_data_and_reward_problems_only_when_there_are_some():
     from longrl.infra.metrics import format_console_line
 
-    healthy = format_console_line(3, 10, {"reward/mean": 0.5, "data/skipped_rows": 0, "reward/fallback_frac": 0.0,
-                                          "reward/judge_failures": 0}, None)
+    healthy = format_console_line(
+        3,
+        10,
+        {"reward/mean": 0.5, "data/skipped_rows": 0, "reward/fallback_frac": 0.0, "reward/judge_failures": 0},
+        None,
+    )
     assert healthy == "step 3/10 | reward 0.500"
-    degraded = format_console_line(3, 10, {"reward/mean": 0.5, "data/skipped_rows": 4, "reward/fallback_frac": 0.25,
-                                           "reward/judge_failures": 16}, None)
+    degraded = format_console_line(
+        3,
+        10,
+        {"reward/mean": 0.5, "data/skipped_rows": 4, "reward/fallback_frac": 0.25, "reward/judge_failures": 16},
+        None,
+    )
     assert degraded == "step 3/10 | reward 0.500 | skipped 4 | fallback 0.250 | judge fail 16"

@@ -10,8 +10,26 @@ import sys
 
 
 def _start(*args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "longrl",
-           "bench", *args, "--tiny", "--device", "cpu", "--samples", "2", "--repeats", "1", "--longest"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "longrl",
+        "bench",
+        *args,
+        "--tiny",
+        "--device",
+        "cpu",
+        "--samples",
+        "2",
+        "--repeats",
+        "1",
+        "--longest",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

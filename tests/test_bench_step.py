@@ -18,15 +18,41 @@ def test_frames_spec_and_grid():
 
 
 def test_bench_step_tiny_json(capsys):
-    args = ["bench", "step", "--tiny", "--device", "cpu", "--frames", "2@8", "--prompts", "2", "--n", "2",
-            "--new-tokens", "3"]
+    args = [
+        "bench",
+        "step",
+        "--tiny",
+        "--device",
+        "cpu",
+        "--frames",
+        "2@8",
+        "--prompts",
+        "2",
+        "--n",
+        "2",
+        "--new-tokens",
+        "3",
+    ]
     assert cli_main(args) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(rows) == 1
     row = rows[0]
-    for key in ("naive_s", "longrl_s", "longrl_cold_s", "speedup", "encode_s", "rollout_s", "ref_logprobs_s",
-                "update_s", "naive_rollout_s", "naive_encode_s", "naive_ref_logprobs_s", "naive_update_s",
-                "peak_mem_gb", "naive_peak_mem_gb"):
+    for key in (
+        "naive_s",
+        "longrl_s",
+        "longrl_cold_s",
+        "speedup",
+        "encode_s",
+        "rollout_s",
+        "ref_logprobs_s",
+        "update_s",
+        "naive_rollout_s",
+        "naive_encode_s",
+        "naive_ref_logprobs_s",
+        "naive_update_s",
+        "peak_mem_gb",
+        "naive_peak_mem_gb",
+    ):
         assert key in row, key
     assert row["longrl_s"] > 0 and row["naive_s"] > 0
     assert row["speedup"] == pytest.approx(row["naive_s"] / row["longrl_s"], rel=0.02)
@@ -50,8 +76,24 @@ def test_bench_step_longest_reports_largest_fit(capsys, monkeypatch):
         return real_step(model, ref_model, optimizer, scheduler, prompts, cfg, seed, timer)
 
     monkeypatch.setattr(step, "longrl_step", out_of_memory_above_100_tokens)
-    args = ["bench", "step", "--tiny", "--device", "cpu", "--frames", "2@8,6@8,4@8", "--prompts", "1", "--n", "2",
-            "--new-tokens", "2", "--longest", "--kl-coef", "0"]
+    args = [
+        "bench",
+        "step",
+        "--tiny",
+        "--device",
+        "cpu",
+        "--frames",
+        "2@8,6@8,4@8",
+        "--prompts",
+        "1",
+        "--n",
+        "2",
+        "--new-tokens",
+        "2",
+        "--longest",
+        "--kl-coef",
+        "0",
+    ]
     assert cli_main(args) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r.get("frames") for r in rows[:3]] == [2, 6, 4] and rows[0]["naive_s"] is rows[2]["naive_s"] is None

@@ -4,14 +4,20 @@ from longrl.eval.blind import majority_accuracy, swap_videos
 
 
 def _row(i: int, category: str, answer: str) -> Row:
-    return Row(id=str(i), video=f"v{i}.mp4", question="q", options=["a", "b", "c", "d"], answer=answer,
-               category=category)
+    return Row(
+        id=str(i), video=f"v{i}.mp4", question="q", options=["a", "b", "c", "d"], answer=answer, category=category
+    )
 
 
 def test_majority_accuracy_uses_each_category_s_most_common_answer():
     train = [_row(0, "T", "A"), _row(1, "T", "A"), _row(2, "T", "B"), _row(3, "S", "C")]
-    test = [_row(10, "T", "A"), _row(11, "T", "B"), _row(12, "S", "C"), _row(13, "S", "D"),
-            _row(14, "new", "A")]  # an unseen category falls back to the overall majority (A)
+    test = [
+        _row(10, "T", "A"),
+        _row(11, "T", "B"),
+        _row(12, "S", "C"),
+        _row(13, "S", "D"),
+        _row(14, "new", "A"),
+    ]  # an unseen category falls back to the overall majority (A)
     assert majority_accuracy(train, test) == 3 / 5
 
 

@@ -165,8 +165,9 @@ def test_extra_must_be_loadable_without_pickle(tmp_path):
     with pytest.raises(CheckpointError, match=r"extra\.sampler is a Random"):
         Checkpointer(tmp_path).save(1, model=model, optimizer=opt, scheduler=sched, extra={"sampler": random.Random()})
     # numpy values are converted, not rejected
-    Checkpointer(tmp_path).save(1, model=model, optimizer=opt, scheduler=sched,
-                                extra={"pos": np.int64(5), "perm": np.arange(3)})
+    Checkpointer(tmp_path).save(
+        1, model=model, optimizer=opt, scheduler=sched, extra={"pos": np.int64(5), "perm": np.arange(3)}
+    )
     extra = Checkpointer(tmp_path).load_latest(model=model, optimizer=opt, scheduler=sched)
     assert extra["pos"] == 5 and extra["perm"].tolist() == [0, 1, 2]
 
@@ -174,7 +175,9 @@ def test_extra_must_be_loadable_without_pickle(tmp_path):
 def test_checkpoint_carries_hf_files(tmp_path):
     _saved_run(tmp_path, steps=(1,))
     hf = tmp_path / "checkpoints" / "step_1" / "hf"
-    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= {p.name for p in hf.iterdir()}
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= {
+        p.name for p in hf.iterdir()
+    }
     assert "longrl" not in (hf / "config.json").read_text()
 
 

@@ -13,13 +13,24 @@ from longrl.train.group_forward import (
 
 GiB = 2**30
 # Qwen2.5-VL-3B's text decoder
-TEXT_3B = SimpleNamespace(hidden_size=2048, intermediate_size=11008, num_key_value_heads=2, num_attention_heads=16,
-                          vocab_size=151936)
+TEXT_3B = SimpleNamespace(
+    hidden_size=2048, intermediate_size=11008, num_key_value_heads=2, num_attention_heads=16, vocab_size=151936
+)
 
 
 def _budget(**over):
-    args = dict(driver_free=100 * GiB, total=140 * GiB, reserved=20 * GiB, allocated=12 * GiB, inactive_split=3 * GiB,
-                missing_grads=6 * GiB, tokens=66622, response_tokens=1024, hidden_size=2048, vocab=151936)
+    args = dict(
+        driver_free=100 * GiB,
+        total=140 * GiB,
+        reserved=20 * GiB,
+        allocated=12 * GiB,
+        inactive_split=3 * GiB,
+        missing_grads=6 * GiB,
+        tokens=66622,
+        response_tokens=1024,
+        hidden_size=2048,
+        vocab=151936,
+    )
     args.update(over)
     return activation_budget(**args)
 
@@ -81,4 +92,5 @@ def test_replan_checkpoints_more_when_a_kept_layer_keeps_more_than_estimated():
     assert replan_after_kept_layer(flags, flagged, 9, measured=99, estimate=10, checkpointed=1, room=0) == flags
     # no room at all: every later layer recomputes
     assert replan_after_kept_layer(flags, flagged, 5, measured=20, estimate=10, checkpointed=1, room=0) == (
-        flags[:6] + [True] * 4)
+        flags[:6] + [True] * 4
+    )

@@ -17,15 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_config_field_has_a_comment():
     missing = config_doc.missing_comments(Config)
-    assert not missing, (f"config fields without a trailing `# comment` on their line: {', '.join(missing)}; "
-                         "add one (it is the key's documentation in `longrl config` and configs/reference.yaml)")
+    assert not missing, (
+        f"config fields without a trailing `# comment` on their line: {', '.join(missing)}; "
+        "add one (it is the key's documentation in `longrl config` and configs/reference.yaml)"
+    )
 
 
 def test_reference_yaml_is_in_sync_with_the_dataclasses():
     committed = (ROOT / config_doc.REFERENCE_PATH).read_text()
     fresh = config_doc.render(load_config(), Config())
-    assert committed == fresh, (f"{config_doc.REFERENCE_PATH} is out of date with the config dataclasses: "
-                                f"run `{config_doc.REGENERATE}` from the repository root")
+    assert committed == fresh, (
+        f"{config_doc.REFERENCE_PATH} is out of date with the config dataclasses: "
+        f"run `{config_doc.REGENERATE}` from the repository root"
+    )
 
 
 def test_reference_yaml_loads_back_to_the_defaults():
@@ -41,8 +45,10 @@ def test_longrl_config_prints_values_defaults_and_comments(tmp_path, capsys):
     lines = out.splitlines()
     assert "  n: 6  # samples per prompt (the GRPO group size) [default: 8]" in lines  # the override won
     assert "    lr: 0.01  # peak learning rate (AdamW) [default: 0.003]" in lines  # nested default: sft's own
-    assert "  clip_ratio_high: 0.28  # ratio upper bound 1 + clip_ratio_high (\"clip-higher\" when > low) " \
-           "[default: 0.2]" in lines  # the preset's value
+    assert (
+        '  clip_ratio_high: 0.28  # ratio upper bound 1 + clip_ratio_high ("clip-higher" when > low) '
+        "[default: 0.2]" in lines
+    )  # the preset's value
     assert "  temperature: 1.0  # softmax temperature; 0 = greedy" in lines  # unchanged: no default note
     assert "  optim:  # SFT optimizer" in lines  # a section's comment (its field spans two lines)
     # every key is there, each with a comment
@@ -51,5 +57,7 @@ def test_longrl_config_prints_values_defaults_and_comments(tmp_path, capsys):
 
 
 def _count_keys(cfg) -> int:
-    return sum(1 + (_count_keys(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name)) else 0)
-               for f in dataclasses.fields(cfg))
+    return sum(
+        1 + (_count_keys(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name)) else 0)
+        for f in dataclasses.fields(cfg)
+    )

@@ -32,10 +32,23 @@ def videos(tmp_path_factory):
 
 
 def config(videos, out, url, *extra) -> DatagenConfig:
-    return load(DatagenConfig, None, [f"videos={videos}", f"out_dir={out}", f"endpoint.base_url={url}",
-                                      "endpoint.model=fake", "endpoint.api_key_env=LONGRL_DATAGEN_KEY",
-                                      "endpoint.backoff_s=0.01", "endpoint.timeout_s=0.5", "endpoint.concurrency=4",
-                                      "split.clip_seconds=2", "progress=false", *extra])
+    return load(
+        DatagenConfig,
+        None,
+        [
+            f"videos={videos}",
+            f"out_dir={out}",
+            f"endpoint.base_url={url}",
+            "endpoint.model=fake",
+            "endpoint.api_key_env=LONGRL_DATAGEN_KEY",
+            "endpoint.backoff_s=0.01",
+            "endpoint.timeout_s=0.5",
+            "endpoint.concurrency=4",
+            "split.clip_seconds=2",
+            "progress=false",
+            *extra,
+        ],
+    )
 
 
 def stage(report, name):
@@ -58,8 +71,11 @@ def test_split_fixed_and_scene(videos, tmp_path):
     assert [(c["start"], c["end"]) for c in clips] == [(0.0, 3.0), (3.0, 6.0), (6.0, 8.0)]
     assert all(Path(c["path"]).is_file() for c in clips)
     # the synthetic video changes only when an object enters or moves: scene cuts fall on those frames
-    scene = split_video(video, tmp_path / "scene", SplitConfig(mode="scene", clip_seconds=100, min_clip_seconds=0.25,
-                                                               scene_threshold=2.0))
+    scene = split_video(
+        video,
+        tmp_path / "scene",
+        SplitConfig(mode="scene", clip_seconds=100, min_clip_seconds=0.25, scene_threshold=2.0),
+    )
     assert 2 <= len(scene) <= 8 and scene[0]["start"] == 0.0 and scene[-1]["end"] == 8.0
 
 
@@ -97,8 +113,9 @@ def test_failed_calls_are_left_for_the_next_run(videos, tmp_path, monkeypatch):
     assert (caption["kept"], caption["failed"]) == (9, 3) and (timeline["waiting"], timeline["kept"]) == (3, 0)
     assert report["rows"] == {"sft": 0, "rl": 0}
     with FakeEndpoint() as fake:  # the video directory itself this time, tqdm bars on, parquet rows
-        again = run_datagen(config(videos.parent / "videos", tmp_path, fake.url, "progress=true",
-                                   "output.format=parquet"))
+        again = run_datagen(
+            config(videos.parent / "videos", tmp_path, fake.url, "progress=true", "output.format=parquet")
+        )
     caption = stage(again, "b_caption")
     assert (caption["done_before"], caption["kept"], caption["failed"]) == (9, 12, 0)
     assert again["rows"]["sft"] + again["rows"]["rl"] == 3
@@ -112,12 +129,24 @@ def test_a_run_killed_mid_stage_resumes_with_nothing_lost_or_duplicated(videos, 
         whole = run_datagen(config(videos, tmp_path / "whole", fake.url))
     out = tmp_path / "killed"
     with FakeEndpoint(delay_s=0.3) as fake:
-        args = [f"videos={videos}", f"out_dir={out}", f"endpoint.base_url={fake.url}", "endpoint.model=fake",
-                "endpoint.api_key_env=LONGRL_DATAGEN_KEY", "endpoint.backoff_s=0.01", "endpoint.concurrency=2",
-                "split.clip_seconds=2", "progress=false"]
+        args = [
+            f"videos={videos}",
+            f"out_dir={out}",
+            f"endpoint.base_url={fake.url}",
+            "endpoint.model=fake",
+            "endpoint.api_key_env=LONGRL_DATAGEN_KEY",
+            "endpoint.backoff_s=0.01",
+            "endpoint.concurrency=2",
+            "split.clip_seconds=2",
+            "progress=false",
+        ]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "longrl.cli", "datagen", *args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "longrl.cli", "datagen", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         captions = out / "b_caption.jsonl"
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -138,8 +167,9 @@ def test_a_run_killed_mid_stage_resumes_with_nothing_lost_or_duplicated(videos, 
         assert len(keys) == len(set(keys)), name  # nothing recorded twice
         assert set(keys) == set(store_keys(tmp_path / "whole" / f"{name}.jsonl")), name  # nothing lost
     for split in ("sft", "rl"):
-        assert [r.to_dict() for r in split_rows(out / f"{split}.jsonl")] == \
-            [r.to_dict() for r in split_rows(tmp_path / "whole" / f"{split}.jsonl")]
+        assert [r.to_dict() for r in split_rows(out / f"{split}.jsonl")] == [
+            r.to_dict() for r in split_rows(tmp_path / "whole" / f"{split}.jsonl")
+        ]
     assert resumed["rows"] == whole["rows"]
 
 
@@ -151,8 +181,11 @@ def test_a_refused_api_key_stops_the_run_with_the_variable_name(videos, tmp_path
     monkeypatch.setenv("LONGRL_SERVE_KEY", "sk-right")
     monkeypatch.setenv("LONGRL_DATAGEN_KEY", "sk-wrong-key-value")
     with ServerThread(create_app(None, _NoTokenizer(), ServeConfig(api_key_env="LONGRL_SERVE_KEY"))) as server:
-        with pytest.raises(EndpointAuthError, match=r"refused the API key \(HTTP 401\); set the key in "
-                                                    r"\$LONGRL_DATAGEN_KEY") as error:
+        with pytest.raises(
+            EndpointAuthError,
+            match=r"refused the API key \(HTTP 401\); set the key in "
+            r"\$LONGRL_DATAGEN_KEY",
+        ) as error:
             run_datagen(config(videos, tmp_path, server.url))
     assert "sk-wrong-key-value" not in str(error.value)
 

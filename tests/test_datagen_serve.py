@@ -18,8 +18,14 @@ from longrl.models.config import ModelConfig
 from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from serve_helpers import serve_tiny, split_rows, teach
 
-QUESTION = json.dumps({"question": "Which object enters first?", "options": ["red", "blue", "green", "yellow"],
-                       "answer": "B", "reasoning": "At [0.0s] the blue square is the first to enter."})
+QUESTION = json.dumps(
+    {
+        "question": "Which object enters first?",
+        "options": ["red", "blue", "green", "yellow"],
+        "answer": "B",
+        "reasoning": "At [0.0s] the blue square is the first to enter.",
+    }
+)
 
 
 def teach_question_writer(out_dir):
@@ -31,8 +37,12 @@ def teach_question_writer(out_dir):
 
     def noise_timeline() -> str:
         noise = [tokenizer.decode(rng.integers(0, len(tokenizer) - 16, 8).tolist()) for _ in range(4)]
-        return prompts.timeline_text([{"start": t, "end": t + 2.0, "caption": prompts.read_caption(c or "x")}
-                                      for t, c in zip((0.0, 2.0, 4.0, 6.0), noise)])
+        return prompts.timeline_text(
+            [
+                {"start": t, "end": t + 2.0, "caption": prompts.read_caption(c or "x")}
+                for t, c in zip((0.0, 2.0, 4.0, 6.0), noise)
+            ]
+        )
 
     asks = [prompts.question_messages(noise_timeline(), 8.0, c, 0, 4) for c in CATEGORIES * 3]
     asks += [prompts.text_only_messages(q), prompts.pilot_messages(q, noise_timeline(), None, 4)]
@@ -45,12 +55,28 @@ def test_datagen_against_longrl_serve(tmp_path):
     teach_question_writer(tmp_path / "writer")
     thread, *_ = serve_tiny(tmp_path / "writer", media_root=str(tmp_path))
     with thread:
-        cfg = load(DatagenConfig, None, [
-            f"videos={tmp_path / 'synth' / 'train.jsonl'}", f"out_dir={tmp_path / 'out'}", f"endpoint.base_url={thread.url}",
-            "endpoint.model=tiny", "endpoint.api_key_env=", "split.clip_seconds=2", "caption.frame_mode=mosaic",
-            "caption.temperature=0", "caption.max_tokens=8", "questions.temperature=0", "questions.max_tokens=96",
-            "filter.pilot_input=video", "filter.pilot_num_frames=8", "filter.pilot_samples=2", "filter.pass_rate_max=1.0",
-            "progress=false"])
+        cfg = load(
+            DatagenConfig,
+            None,
+            [
+                f"videos={tmp_path / 'synth' / 'train.jsonl'}",
+                f"out_dir={tmp_path / 'out'}",
+                f"endpoint.base_url={thread.url}",
+                "endpoint.model=tiny",
+                "endpoint.api_key_env=",
+                "split.clip_seconds=2",
+                "caption.frame_mode=mosaic",
+                "caption.temperature=0",
+                "caption.max_tokens=8",
+                "questions.temperature=0",
+                "questions.max_tokens=96",
+                "filter.pilot_input=video",
+                "filter.pilot_num_frames=8",
+                "filter.pilot_samples=2",
+                "filter.pass_rate_max=1.0",
+                "progress=false",
+            ],
+        )
         report = run_datagen(cfg)
         health = httpx.get(thread.url.removesuffix("/v1") + "/health").json()
     print("\n" + report_table(report))

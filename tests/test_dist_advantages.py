@@ -11,8 +11,10 @@ import torch
 
 from _dist import spawn
 
-CASES = {"kl_in_reward": ["algorithm.name=reinforce_pp"],
-         "no_kl": ["algorithm.name=reinforce_pp", "algorithm.kl_coef=0"]}
+CASES = {
+    "kl_in_reward": ["algorithm.name=reinforce_pp"],
+    "no_kl": ["algorithm.name=reinforce_pp", "algorithm.kl_coef=0"],
+}
 LENGTHS = [[3, 7], [5, 1, 4], [6, 2], [2, 8, 3]]  # responses per global group (ragged)
 
 
@@ -22,10 +24,17 @@ def _groups() -> list:
     g = torch.Generator().manual_seed(0)
     groups = []
     for lens in LENGTHS:
-        groups.append(Group(prompt=None, example=None, responses=[torch.zeros(n, dtype=torch.long) for n in lens],
-                            old_logp=[-1.0 - torch.rand(n, generator=g) for n in lens],
-                            finished=[True] * len(lens), rewards=torch.rand(len(lens), generator=g),
-                            ref_logp=[-1.0 - torch.rand(n, generator=g) for n in lens]))
+        groups.append(
+            Group(
+                prompt=None,
+                example=None,
+                responses=[torch.zeros(n, dtype=torch.long) for n in lens],
+                old_logp=[-1.0 - torch.rand(n, generator=g) for n in lens],
+                finished=[True] * len(lens),
+                rewards=torch.rand(len(lens), generator=g),
+                ref_logp=[-1.0 - torch.rand(n, generator=g) for n in lens],
+            )
+        )
     return groups
 
 
@@ -35,8 +44,9 @@ def _advantages(groups, overrides) -> tuple[list[list[float]], dict]:
     from longrl.train.rl import step_advantages
 
     advantages, metrics = step_advantages(groups, load_config(None, overrides))
-    return [a[i, :len(g.responses[i])].tolist() for g, a in zip(groups, advantages)
-            for i in range(len(g.responses))], metrics
+    return [
+        a[i, : len(g.responses[i])].tolist() for g, a in zip(groups, advantages) for i in range(len(g.responses))
+    ], metrics
 
 
 def _worker(rank: int, out_dir: str) -> None:

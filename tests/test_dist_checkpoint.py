@@ -43,7 +43,9 @@ def _save(rank: int, run_dir: str) -> None:
     torch.manual_seed(5)
     train_step(model, optimizer, scheduler)
     train_step(model, optimizer, scheduler)
-    Checkpointer(run_dir).save(2, model=model, optimizer=optimizer, scheduler=scheduler, extra={"sampler": {"cursor": 7}})
+    Checkpointer(run_dir).save(
+        2, model=model, optimizer=optimizer, scheduler=scheduler, extra={"sampler": {"cursor": 7}}
+    )
     full = _full_state(model, optimizer)
     if rank == 0:
         save_file({k: v.contiguous() for k, v in full.items()}, os.path.join(run_dir, "saved.safetensors"))

@@ -18,8 +18,14 @@ from _dist import spawn
 from test_dist_fsdp import video_prompt
 
 WORLD = 2
-OVERRIDES = ["algorithm.loss_agg=token_mean", "algorithm.mini_batches=2", "algorithm.kl_coef=0",
-             "rl.micro_batch_tokens=40", "rl.optim.grad_clip=1e9", "rl.prompts_per_step=4"]
+OVERRIDES = [
+    "algorithm.loss_agg=token_mean",
+    "algorithm.mini_batches=2",
+    "algorithm.kl_coef=0",
+    "rl.micro_batch_tokens=40",
+    "rl.optim.grad_clip=1e9",
+    "rl.prompts_per_step=4",
+]
 LENGTHS = [[3, 2], [6, 5, 4, 7], [2, 4], [5, 1, 3]]  # responses per global group
 
 
@@ -32,8 +38,9 @@ def _groups(model, tokenizer):
     for lens in LENGTHS:
         responses = [torch.randint(3, 200, (n,), generator=g) for n in lens]
         old = [-2.0 - torch.rand(n, generator=g) for n in lens]
-        groups.append(Group(prompt=prompt, example=None, responses=responses, old_logp=old,
-                            finished=[True] * len(lens)))
+        groups.append(
+            Group(prompt=prompt, example=None, responses=responses, old_logp=old, finished=[True] * len(lens))
+        )
         advantages.append(torch.randn(len(lens), generator=g))
     return groups, advantages
 
@@ -99,7 +106,11 @@ def test_dp2_update_equals_one_process_over_the_global_batch(tmp_path):
     assert got[0]["mixed_error"].startswith("data parallel training of the vision tower (model.train_vision=true)")
     for key in ("actor/loss", "actor/pg_loss", "actor/grad_norm"):
         for r in range(WORLD):
-            assert abs(got[r][key] - expected[key]) <= 1e-5 * max(1.0, abs(expected[key])), (key, got[r][key], expected[key])
+            assert abs(got[r][key] - expected[key]) <= 1e-5 * max(1.0, abs(expected[key])), (
+                key,
+                got[r][key],
+                expected[key],
+            )
     dp = load_file(str(tmp_path / "dp.safetensors"))
     after = model.state_dict()
     moved = [k for k in after if not torch.equal(after[k], before[k])]

@@ -61,8 +61,11 @@ def _worker(rank: int, out_dir: str) -> None:
     sharded_loss = _loss(sharded, prompt, RESPONSES[rank])
     sharded_loss.backward()
     sharded_params = dict(sharded.named_parameters())
-    diffs = {name: (full_grad(sharded_params[name]) - p.grad).abs().max().item()
-             for name, p in plain.named_parameters() if p.grad is not None}
+    diffs = {
+        name: (full_grad(sharded_params[name]) - p.grad).abs().max().item()
+        for name, p in plain.named_parameters()
+        if p.grad is not None
+    }
     missing = [name for name, p in plain.named_parameters() if p.grad is not None and sharded_params[name].grad is None]
 
     params = SamplingParams(n=2, temperature=0.0, max_new_tokens=8, seed=0)
@@ -74,9 +77,19 @@ def _worker(rank: int, out_dir: str) -> None:
             got = [s.token_ids for s in generate(sharded, [prompt], params)[0]]
     still_sharded = all(hasattr(p, "full_tensor") for p in sharded.parameters())
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({"plain_loss": plain_losses[rank], "sharded_loss": sharded_loss.item(), "grad_diffs": diffs,
-                   "missing": missing, "expected": expected, "got": got, "still_sharded": still_sharded,
-                   "param_types": sorted({type(p).__name__ for p in sharded.parameters()})}, f)
+        json.dump(
+            {
+                "plain_loss": plain_losses[rank],
+                "sharded_loss": sharded_loss.item(),
+                "grad_diffs": diffs,
+                "missing": missing,
+                "expected": expected,
+                "got": got,
+                "still_sharded": still_sharded,
+                "param_types": sorted({type(p).__name__ for p in sharded.parameters()}),
+            },
+            f,
+        )
 
 
 def test_fsdp_equals_plain_model_forward_backward_and_greedy_rollout(tmp_path):

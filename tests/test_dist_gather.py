@@ -69,5 +69,7 @@ def test_chunked_gather_bounds_rank0_peak_memory(tmp_path, monkeypatch):
     chunked_growth, whole_growth = r["chunked"][2], r["whole"][2]
     assert chunked_growth < 0.5 * payload_mib, r  # a few 4-item pieces in flight
     assert whole_growth > payload_mib, r  # the other rank's payload, received and unpickled at once
-    assert r["offload_error"] == ("dist.cpu_offload=true offloads GPU training state to host memory; on CPU it "
-                                  "already lives there: set dist.cpu_offload=false")
+    assert r["offload_error"] == (
+        "dist.cpu_offload=true offloads GPU training state to host memory; on CPU it "
+        "already lives there: set dist.cpu_offload=false"
+    )

@@ -19,17 +19,24 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from test_dist_torchrun import REWARD, STEPS, TIMING_PREFIXES, _overrides
-
 from longrl.data.synth import SynthConfig, generate_synth
+from test_dist_torchrun import REWARD, STEPS, TIMING_PREFIXES, _overrides
 
 TOL = 1e-5
 
 
 def _command(data: Path, out: Path, world: int, *extra: str) -> list[str]:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world)]
-    return [*(launcher if world > 1 else [sys.executable]), "-m", "longrl", "train", "rl", *_overrides(data, out),
-            f"trainer.keep_last={STEPS}", *extra]
+    return [
+        *(launcher if world > 1 else [sys.executable]),
+        "-m",
+        "longrl",
+        "train",
+        "rl",
+        *_overrides(data, out),
+        f"trainer.keep_last={STEPS}",
+        *extra,
+    ]
 
 
 def _start(cmd: list[str]) -> subprocess.Popen:
@@ -73,7 +80,10 @@ def test_torchrun_sp2_equals_one_process_and_resumes_in_one(data, tmp_path):
     assert len({r["actor/loss"] for r in ref_rows}) == STEPS and ref_rows[1]["actor/kl_loss"] > 0  # it learns
     for row, ref_row in zip(rows, ref_rows):
         _assert_close(row, ref_row)  # counts (tokens, groups) once, not once per sp rank
-    final, ref_final = load_file(str(sp / "model" / "model.safetensors")), load_file(str(one / "model" / "model.safetensors"))
+    final, ref_final = (
+        load_file(str(sp / "model" / "model.safetensors")),
+        load_file(str(one / "model" / "model.safetensors")),
+    )
     assert final.keys() == ref_final.keys()
     assert max((final[k] - ref_final[k]).abs().max().item() for k in final) <= TOL
 
@@ -113,8 +123,10 @@ def test_torchrun_dp2_sp2_equals_dp2(data, tmp_path):
     share its prompts; the run logs what the 2-process dp=2 run (no sp) logs, counts included. The
     rollout here decodes head-parallel (``dist.sp_decode=sharded``): the same tokens as one rank."""
     short = ["rl.steps=2", "trainer.save_every=0"]
-    procs = [_start(_command(data, tmp_path / "dp2sp2", 4, "dist.dp=2", "dist.sp=2", "dist.sp_decode=sharded", *short)),
-             _start(_command(data, tmp_path / "dp2", 2, *short))]
+    procs = [
+        _start(_command(data, tmp_path / "dp2sp2", 4, "dist.dp=2", "dist.sp=2", "dist.sp_decode=sharded", *short)),
+        _start(_command(data, tmp_path / "dp2", 2, *short)),
+    ]
     output, _ = (_finish(p) for p in procs)
     assert "sequence parallel over 2 ranks for the model" in output and "decode sharded" in output
     rows, ref_rows = _rows(tmp_path / "dp2sp2"), _rows(tmp_path / "dp2")

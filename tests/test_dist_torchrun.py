@@ -24,23 +24,53 @@ from longrl.data.synth import SynthConfig, generate_synth
 STEPS = 4
 TIMING_PREFIXES = ("time/", "perf/")
 REWARD = "def score(x):\n    return (sum(map(ord, x.response)) % 7) / 7.0\n"
-TINY = ["model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
-        "model.tiny.vision_hidden_size=32", "model.tiny.vision_depth=1", "model.tiny.vocab_size=400"]
+TINY = [
+    "model.tiny.hidden_size=64",
+    "model.tiny.intermediate_size=128",
+    "model.tiny.num_layers=2",
+    "model.tiny.vision_hidden_size=32",
+    "model.tiny.vision_depth=1",
+    "model.tiny.vocab_size=400",
+]
 
 
 def _overrides(data: Path, out: Path) -> list[str]:
     return [
-        f"data.train_path={data / 'train.jsonl'}", "data.num_frames=4", "data.min_pixels=3136", "data.max_pixels=3136",
-        *TINY, f"reward.functions=[{data / 'reward.py'}:score]", "rl.optim.lr=0.01",
-        f"rl.steps={STEPS}", "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=6",
-        "trainer.save_every=1", "trainer.keep_last=2", "trainer.deterministic=true", "trainer.progress=false",
-        "trainer.tensorboard=false", "trainer.log_every=1", f"trainer.out_dir={out}",
+        f"data.train_path={data / 'train.jsonl'}",
+        "data.num_frames=4",
+        "data.min_pixels=3136",
+        "data.max_pixels=3136",
+        *TINY,
+        f"reward.functions=[{data / 'reward.py'}:score]",
+        "rl.optim.lr=0.01",
+        f"rl.steps={STEPS}",
+        "rl.prompts_per_step=2",
+        "rollout.n=2",
+        "rollout.max_new_tokens=6",
+        "trainer.save_every=1",
+        "trainer.keep_last=2",
+        "trainer.deterministic=true",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+        "trainer.log_every=1",
+        f"trainer.out_dir={out}",
     ]
 
 
 def _start(data: Path, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "longrl", "train", "rl", *_overrides(data, out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "longrl",
+        "train",
+        "rl",
+        *_overrides(data, out),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -123,8 +153,8 @@ def test_torchrun_2_ranks_sigkill_resume_matches_uninterrupted_and_loads_in_1(da
 
     from longrl.config import load_config
     from longrl.infra.checkpoint import Checkpointer
-    from longrl.train.optim import build_optimizer
     from longrl.infra.setup import load_run_model as _model, read_split as read_rows
+    from longrl.train.optim import build_optimizer
 
     cfg = load_config(None, _overrides(data, out))
     model, _ = _model(cfg, "cpu", read_rows(cfg.data.train_path, cfg, "train_path")[0])  # (rows, skipped)

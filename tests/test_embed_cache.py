@@ -29,8 +29,17 @@ SPEC = {"num_frames": 8, "fps": 0.0, "max_frames": 768, "min_pixels": 3136, "max
 def test_key_depends_on_every_part():
     k = EmbedCache.key("abc", SPEC, "fp1")
     assert k == EmbedCache.key("abc", dict(reversed(SPEC.items())), "fp1")  # order-free spec
-    assert len({k, EmbedCache.key("abd", SPEC, "fp1"), EmbedCache.key("abc", {**SPEC, "num_frames": 16}, "fp1"),
-                EmbedCache.key("abc", SPEC, "fp2")}) == 4
+    assert (
+        len(
+            {
+                k,
+                EmbedCache.key("abd", SPEC, "fp1"),
+                EmbedCache.key("abc", {**SPEC, "num_frames": 16}, "fp1"),
+                EmbedCache.key("abc", SPEC, "fp2"),
+            }
+        )
+        == 4
+    )
 
 
 def test_put_get_round_trip_atomic(tmp_path):
@@ -113,8 +122,11 @@ def test_run_hits_without_decoding_and_recomputes_on_change(tiny_model, tmp_path
     video = tmp_path / "a.mp4"
     _write_video(video, 0)
     data_cfg = DataConfig(num_frames=4, min_pixels=56 * 56, max_pixels=56 * 56)
-    rows = [Row("r1", str(video), "q?", ["x", "y"], "A"), Row("r2", str(video), "q2?", ["x", "y"], "B"),
-            Row("r3", str(tmp_path / "missing.mp4"), "q?", ["x", "y"], "A")]
+    rows = [
+        Row("r1", str(video), "q?", ["x", "y"], "A"),
+        Row("r2", str(video), "q2?", ["x", "y"], "B"),
+        Row("r3", str(tmp_path / "missing.mp4"), "q?", ["x", "y"], "A"),
+    ]
     cache = EmbedCache(tmp_path / "cache")
 
     stats = precompute_embeds(model, rows, data_cfg, cache)
@@ -150,8 +162,10 @@ def test_run_hits_without_decoding_and_recomputes_on_change(tiny_model, tmp_path
             model.model.visual.merger.mlp[0].weight.div_(1.5)
 
     # another frame spec is another entry
-    assert precompute_embeds(model, rows[:1], DataConfig(num_frames=8, min_pixels=3136, max_pixels=3136),
-                             cache).computed == 1
+    assert (
+        precompute_embeds(model, rows[:1], DataConfig(num_frames=8, min_pixels=3136, max_pixels=3136), cache).computed
+        == 1
+    )
     assert frame_spec(data_cfg, model)["merge_size"] == 2
 
     # a trainable tower bypasses the cache, saying so once

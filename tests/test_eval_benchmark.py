@@ -27,11 +27,27 @@ def lvr_dir(tmp_path_factory):
     records = []
     for i, row in enumerate(load_rows(synth / "train.jsonl")):
         shutil.copy(row.video, root / "longvideo_eval_subset0" / f"vid{i}.mp4")
-        records.append({"problem_id": i, "data_type": "video", "problem_type": PROBLEM_TYPES[row.category],
-                        "problem": f"{row.question}\n{format_options(row.options)}", "reasoning": row.reasoning,
-                        "videos": f"longvila_videos/vid{i}.mp4", "answer": f"<answer>{row.answer}</answer>"})
-    records.append({"problem_id": 6, "problem_type": "plot", "problem": "What happens next?", "reasoning": "",
-                    "videos": "longvila_videos/vid0.mp4", "answer": "<answer>A</answer>"})  # no options
+        records.append(
+            {
+                "problem_id": i,
+                "data_type": "video",
+                "problem_type": PROBLEM_TYPES[row.category],
+                "problem": f"{row.question}\n{format_options(row.options)}",
+                "reasoning": row.reasoning,
+                "videos": f"longvila_videos/vid{i}.mp4",
+                "answer": f"<answer>{row.answer}</answer>",
+            }
+        )
+    records.append(
+        {
+            "problem_id": 6,
+            "problem_type": "plot",
+            "problem": "What happens next?",
+            "reasoning": "",
+            "videos": "longvila_videos/vid0.mp4",
+            "answer": "<answer>A</answer>",
+        }
+    )  # no options
     records.append({**records[0], "problem_id": 7, "videos": "longvila_videos/gone.webm"})  # missing video
     (root / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return root, load_rows(synth / "train.jsonl")
@@ -41,11 +57,14 @@ def test_converter_reads_the_published_layout(lvr_dir):
     root, originals = lvr_dir
     records = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()]
     rows, unscorable = convert(records, root, "test.jsonl")
-    assert [(r.question, r.options, r.answer, r.category) for r in rows] == \
-        [(o.question, o.options, o.answer, o.category) for o in originals]
+    assert [(r.question, r.options, r.answer, r.category) for r in rows] == [
+        (o.question, o.options, o.answer, o.category) for o in originals
+    ]
     assert all(r.video.endswith(f"longvideo_eval_subset0/vid{i}.mp4") for i, r in enumerate(rows))
-    assert [(u["id"], u["reason"]) for u in unscorable] == [("6", "no option lines in the problem"),
-                                                             ("7", "video not found")]
+    assert [(u["id"], u["reason"]) for u in unscorable] == [
+        ("6", "no option lines in the problem"),
+        ("7", "video not found"),
+    ]
     question, options = split_problem("Why?\nA. because it\n   rained hard\nB. no reason\nC) the dog")
     assert (question, options) == ("Why?", ["because it rained hard", "no reason", "the dog"])
     assert gold_letter("<answer> C </answer>") == "C" and gold_letter("B") == "B"
@@ -54,12 +73,16 @@ def test_converter_reads_the_published_layout(lvr_dir):
 def test_strict_and_lenient_scoring_side_by_side(lvr_dir):
     rows = lvr_dir[1][:4]
     wrong = LETTERS[(LETTERS.index(rows[3].answer) + 1) % len(rows[3].options)]
-    responses = [f"<think>a</think><answer>{rows[0].answer}</answer>",  # both right
-                 f"<think>a</think><answer>{rows[1].answer}.</answer>",  # "B." : strict wrong, lenient right
-                 f"The answer is {rows[2].answer}",  # no tags: strict compares the whole text
-                 f"<think>a</think><answer>{wrong}</answer>"]  # both wrong
-    report, items = score([(r, text, 5) for r, text in zip(rows, responses)],
-                          [{"id": "x", "category": "Spatial", "reason": "video not found"}])
+    responses = [
+        f"<think>a</think><answer>{rows[0].answer}</answer>",  # both right
+        f"<think>a</think><answer>{rows[1].answer}.</answer>",  # "B." : strict wrong, lenient right
+        f"The answer is {rows[2].answer}",  # no tags: strict compares the whole text
+        f"<think>a</think><answer>{wrong}</answer>",
+    ]  # both wrong
+    report, items = score(
+        [(r, text, 5) for r, text in zip(rows, responses)],
+        [{"id": "x", "category": "Spatial", "reason": "video not found"}],
+    )
     assert [i["strict_correct"] for i in items] == [True, False, False, False, False]
     assert [i["lenient_correct"] for i in items] == [True, True, True, False, False]
     assert items[1]["strict_choice"] == f"{rows[1].answer}." and items[2]["lenient_choice"] == rows[2].answer
@@ -77,9 +100,21 @@ def test_cli_benchmark_writes_predictions_and_batching_changes_nothing(lvr_dir, 
     outs = []
     for batch in (4, 1):
         out = tmp_path / f"batch{batch}"
-        code = main(["eval", "--benchmark", "longvideo-reason", str(root), "--out", str(out),
-                     f"trainer.out_dir={tmp_path / 'run'}", "trainer.progress=false", "data.num_frames=4",
-                     "eval.max_new_tokens=12", f"eval.batch_prompts={batch}"])
+        code = main(
+            [
+                "eval",
+                "--benchmark",
+                "longvideo-reason",
+                str(root),
+                "--out",
+                str(out),
+                f"trainer.out_dir={tmp_path / 'run'}",
+                "trainer.progress=false",
+                "data.num_frames=4",
+                "eval.max_new_tokens=12",
+                f"eval.batch_prompts={batch}",
+            ]
+        )
         assert code == 0
         outs.append([json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()])
         report = json.loads((out / "report.json").read_text())
@@ -96,9 +131,23 @@ def test_the_same_command_takes_longrl_rows(lvr_dir, tmp_path):
     from longrl.data.rows import save_rows
 
     save_rows(lvr_dir[1][:2], synth_rows)
-    assert main(["eval", "--benchmark", "rows", str(synth_rows), "--out", str(tmp_path / "o"),
-                 f"trainer.out_dir={tmp_path / 'run'}", "trainer.progress=false", "data.num_frames=4",
-                 "eval.max_new_tokens=8"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--benchmark",
+                "rows",
+                str(synth_rows),
+                "--out",
+                str(tmp_path / "o"),
+                f"trainer.out_dir={tmp_path / 'run'}",
+                "trainer.progress=false",
+                "data.num_frames=4",
+                "eval.max_new_tokens=8",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["num_items"] == 2 and report["unscorable"] == 0
     assert main(["eval", "--benchmark", "mmlu", str(synth_rows)]) == 1

@@ -63,14 +63,16 @@ def _inputs(model, tok) -> dict[str, torch.Tensor]:
     grid = torch.tensor([[2, 4, 4]])  # 2 temporal patches of 4x4 -> 8 merged video tokens
     video_tokens = int(grid.prod()) // cfg.vision_config.spatial_merge_size**2
     text = tok("what happens first?")["input_ids"]
-    video_ids = torch.tensor([[cfg.vision_start_token_id] + [cfg.video_token_id] * video_tokens
-                              + [cfg.vision_end_token_id] + text])
+    video_ids = torch.tensor(
+        [[cfg.vision_start_token_id] + [cfg.video_token_id] * video_tokens + [cfg.vision_end_token_id] + text]
+    )
     patch_dim = 3 * cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size**2
     types = (video_ids == cfg.video_token_id).long() * 2
     # longrl's M-RoPE rule (Qwen's reference, longrl.models.rope) places text after a video differently
     # from transformers 5.17's own; positions are inputs, so both sides get the same explicit ones.
-    positions, _ = model.model.get_rope_index(video_ids, mm_token_type_ids=types, video_grid_thw=grid,
-                                              second_per_grid_ts=torch.tensor([1.0]))
+    positions, _ = model.model.get_rope_index(
+        video_ids, mm_token_type_ids=types, video_grid_thw=grid, second_per_grid_ts=torch.tensor([1.0])
+    )
     return {
         "position_ids": positions,
         "text_ids": torch.tensor([text]),
@@ -92,15 +94,24 @@ def test_export_loads_without_longrl_with_equal_logits(trained, tmp_path):
 
     inputs = _inputs(model, tok)
     save_file(inputs, str(tmp_path / "inputs.safetensors"))
-    proc = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_LONGRL, str(out), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_LONGRL, str(out), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = load_file(str(tmp_path / "logits.safetensors"))
     with torch.no_grad():
         ref_text = model(input_ids=inputs["text_ids"]).logits
-        ref_video = model(input_ids=inputs["video_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-                          pixel_values_videos=inputs["pixel_values_videos"], video_grid_thw=inputs["video_grid_thw"],
-                          second_per_grid_ts=inputs["second_per_grid_ts"], position_ids=inputs["position_ids"]).logits
+        ref_video = model(
+            input_ids=inputs["video_ids"],
+            mm_token_type_ids=inputs["mm_token_type_ids"],
+            pixel_values_videos=inputs["pixel_values_videos"],
+            video_grid_thw=inputs["video_grid_thw"],
+            second_per_grid_ts=inputs["second_per_grid_ts"],
+            position_ids=inputs["position_ids"],
+        ).logits
     torch.testing.assert_close(got["text"], ref_text, rtol=0, atol=1e-5)
     torch.testing.assert_close(got["video"], ref_video, rtol=0, atol=1e-5)
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrl.models.inputs import VisionInputs
 from longrl.models.config import ModelConfig
+from longrl.models.inputs import VisionInputs
 from longrl.models.qwen2_5_vl import build_prompt, load_model
 from longrl.train.group_forward import (
     GroupAttention,
@@ -151,17 +151,19 @@ def test_packing_positions_and_predictors():
     # token 0 of each response is predicted by the last prefix position (3)
     assert packing.predictor_index().tolist() == [3, 4, 3, 6, 7]
     mask = packing.dense_mask().int()
-    expected = torch.tensor([
-        [1, 0, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 1, 1, 0, 0, 0, 0],  # r1 token 0: prefix + itself
-        [1, 1, 1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0, 1, 0, 0],  # r2 token 0: prefix + itself, not r1
-        [1, 1, 1, 1, 0, 0, 1, 1, 0],
-        [1, 1, 1, 1, 0, 0, 1, 1, 1],
-    ])
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0, 0, 0],  # r1 token 0: prefix + itself
+            [1, 1, 1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 1, 0, 0],  # r2 token 0: prefix + itself, not r1
+            [1, 1, 1, 1, 0, 0, 1, 1, 0],
+            [1, 1, 1, 1, 0, 0, 1, 1, 1],
+        ]
+    )
     assert torch.equal(mask, expected)
 
 
@@ -204,8 +206,9 @@ def test_flex_mask_mod_matches_dense():
     T = packing.total_len
     q_idx, kv_idx = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
     assert torch.equal(group_mask_mod(seg)(0, 0, q_idx, kv_idx), packing.dense_mask())
-    assert torch.equal(group_mask_mod(seg, q_start=40)(0, 0, q_idx[:T - 40], kv_idx[:T - 40]),
-                       packing.dense_mask()[40:])
+    assert torch.equal(
+        group_mask_mod(seg, q_start=40)(0, 0, q_idx[: T - 40], kv_idx[: T - 40]), packing.dense_mask()[40:]
+    )
 
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, 4, T, 16, generator=g)

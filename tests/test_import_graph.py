@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "longrl"
 # longer exists fails the test, so it is deleted with the code that needed it.
 KNOWN: dict[tuple[str, str], str] = {
     ("dist", "train"): "dist/parallelize.py installs train.group_forward.decoder_layer as the FSDP2 forward "
-                       "method; issue 11 item 1 (the decoder layer written once, in models/) removes it",
+    "method; issue 11 item 1 (the decoder layer written once, in models/) removes it",
 }
 
 
@@ -123,8 +123,8 @@ def test_no_import_cycle_between_subpackages():
     edges = {src: {dst for dst in dsts if (src, dst) not in KNOWN} for src, dsts in graph.items()}
     cycles = _cycles(edges)
     detail = [
-        f"{' <-> '.join(c)}: " + "; ".join(f"{a} -> {b} ({', '.join(graph[a][b])})"
-                                          for a in c for b in c if b in edges.get(a, ()))
+        f"{' <-> '.join(c)}: "
+        + "; ".join(f"{a} -> {b} ({', '.join(graph[a][b])})" for a in c for b in c if b in edges.get(a, ()))
         for c in cycles
     ]
     assert not cycles, "import cycle between longrl subpackages:\n" + "\n".join(detail)

@@ -21,8 +21,9 @@ def _rows(run_dir):
 def test_jsonl_console_and_tensorboard(tmp_path, capsys):
     logger = MetricsLogger(tmp_path, total_steps=4, log_every=2, config={"rl": {"steps": 4}}, progress=False)
     for step in range(1, 5):
-        logger.log(step, {"reward/mean": step / 10, "loss": torch.tensor(0.5 * step), "kl": float("nan"),
-                          "time/step": 2.0})
+        logger.log(
+            step, {"reward/mean": step / 10, "loss": torch.tensor(0.5 * step), "kl": float("nan"), "time/step": 2.0}
+        )
     logger.close()
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
@@ -31,8 +32,10 @@ def test_jsonl_console_and_tensorboard(tmp_path, capsys):
     assert '"kl": NaN' in (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
     assert all(math.isnan(r["kl"]) for r in read_metrics(tmp_path))
     out = capsys.readouterr().out.splitlines()
-    assert out == ["step 2/4 | loss 1.0000 | reward 0.200 | kl nan | 2.00 s/step",
-                   "step 4/4 | loss 2.0000 | reward 0.400 | kl nan | 2.00 s/step"]
+    assert out == [
+        "step 2/4 | loss 1.0000 | reward 0.200 | kl nan | 2.00 s/step",
+        "step 4/4 | loss 2.0000 | reward 0.400 | kl nan | 2.00 s/step",
+    ]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -58,12 +61,29 @@ def test_resume_drops_rows_after_the_checkpoint(tmp_path):
 
 
 def test_console_line_formats_known_metrics():
-    line = format_console_line(20, 40, {
-        "sft/loss": 0.12345, "reward/mean": 0.5, "accuracy": 0.25, "response_length/mean": 87.0,
-        "kl": 0.0012, "entropy": 1.5, "clip_frac": 0.01, "grad_norm": 0.8, "lr": 1e-4,
-        "tokens_per_s": 12345.0, "memory/peak_gb": 12.34, "unknown": 3.0}, 3.4)
-    assert line == ("step 20/40 | loss 0.1235 | reward 0.500 | acc 0.250 | len 87.0 | kl 1.20e-03 | ent 1.500 | "
-                    "clip 0.010 | gnorm 0.800 | lr 1.00e-04 | 12.3k tok/s | 3.40 s/step | mem 12.3 GB")
+    line = format_console_line(
+        20,
+        40,
+        {
+            "sft/loss": 0.12345,
+            "reward/mean": 0.5,
+            "accuracy": 0.25,
+            "response_length/mean": 87.0,
+            "kl": 0.0012,
+            "entropy": 1.5,
+            "clip_frac": 0.01,
+            "grad_norm": 0.8,
+            "lr": 1e-4,
+            "tokens_per_s": 12345.0,
+            "memory/peak_gb": 12.34,
+            "unknown": 3.0,
+        },
+        3.4,
+    )
+    assert line == (
+        "step 20/40 | loss 0.1235 | reward 0.500 | acc 0.250 | len 87.0 | kl 1.20e-03 | ent 1.500 | "
+        "clip 0.010 | gnorm 0.800 | lr 1.00e-04 | 12.3k tok/s | 3.40 s/step | mem 12.3 GB"
+    )
 
 
 def test_missing_tensorboard_is_a_one_time_notice(tmp_path, monkeypatch, capsys):
@@ -125,8 +145,18 @@ def test_guard_skips_then_stops(caplog):
 
 
 def test_console_line_reads_trainer_spellings():
-    line = format_console_line(3, 9, {"actor/loss": 0.5, "actor/kl_loss": 0.002, "response/length_mean": 12.0,
-                                      "perf/rollout_tok_s": 800.0, "perf/peak_mem_gb": 1.5}, None)
+    line = format_console_line(
+        3,
+        9,
+        {
+            "actor/loss": 0.5,
+            "actor/kl_loss": 0.002,
+            "response/length_mean": 12.0,
+            "perf/rollout_tok_s": 800.0,
+            "perf/peak_mem_gb": 1.5,
+        },
+        None,
+    )
     assert line == "step 3/9 | loss 0.5000 | len 12.0 | kl 2.00e-03 | 800 tok/s | mem 1.5 GB"
 
 

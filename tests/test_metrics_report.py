@@ -14,19 +14,42 @@ def test_report_renders_plots_and_summary(tmp_path):
     (tmp_path / "config.yaml").write_text("rl:\n  steps: 40\n")
     logger = MetricsLogger(tmp_path, total_steps=40, tensorboard=False, progress=False, desc="rl <grpo>")
     for step in range(1, 41):
-        logger.log(step, {
-            "reward/mean": step / 40, "reward/accuracy": step / 80, "reward/format": 1.0,
-            "accuracy": step / 80, "response_length/mean": 50 + step, "response_length/max": 96,
-            "response_length/clip_frac": 0.1, "kl": 1e-3 * step, "entropy": 2 - step / 40,
-            "grad_norm": 1 + math.sin(step), "lr": 1e-4, "tokens_per_s": 1000.0,
-            "time/rollout": 2.0, "time/update": 1.0, "memory/peak_gb": 0.0,  # a CPU run: no memory plot
-        })
+        logger.log(
+            step,
+            {
+                "reward/mean": step / 40,
+                "reward/accuracy": step / 80,
+                "reward/format": 1.0,
+                "accuracy": step / 80,
+                "response_length/mean": 50 + step,
+                "response_length/max": 96,
+                "response_length/clip_frac": 0.1,
+                "kl": 1e-3 * step,
+                "entropy": 2 - step / 40,
+                "grad_norm": 1 + math.sin(step),
+                "lr": 1e-4,
+                "tokens_per_s": 1000.0,
+                "time/rollout": 2.0,
+                "time/update": 1.0,
+                "memory/peak_gb": 0.0,  # a CPU run: no memory plot
+            },
+        )
     logger.close()
     index = render_report(tmp_path)
     assert index == tmp_path / "report" / "index.html"
     pngs = {p.name for p in index.parent.glob("*.png")}
-    assert pngs == {"reward.png", "accuracy.png", "response_length.png", "response_clipped.png", "kl.png",
-                    "entropy.png", "grad_norm.png", "lr.png", "tokens_per_s.png", "phase_times.png"}
+    assert pngs == {
+        "reward.png",
+        "accuracy.png",
+        "response_length.png",
+        "response_clipped.png",
+        "kl.png",
+        "entropy.png",
+        "grad_norm.png",
+        "lr.png",
+        "tokens_per_s.png",
+        "phase_times.png",
+    }
     for png in pngs:
         assert (index.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = index.read_text()
@@ -57,10 +80,12 @@ def test_report_marks_nonfinite_steps_instead_of_dropping_them(tmp_path):
     shutil.copy(Path(__file__).parent / "bad_input" / "runs_nan_metrics.jsonl", tmp_path / "metrics.jsonl")
     index = render_report(tmp_path)
     page = index.read_text()
-    assert ('<li><code>sft/grad_norm</code>: NaN/inf at 3 of 6 logged steps (3-4, 6)</li>' in page
-            and '<li><code>sft/loss</code>: NaN/inf at 3 of 6 logged steps (3-4, 6)</li>' in page)
+    assert (
+        "<li><code>sft/grad_norm</code>: NaN/inf at 3 of 6 logged steps (3-4, 6)</li>" in page
+        and "<li><code>sft/loss</code>: NaN/inf at 3 of 6 logged steps (3-4, 6)</li>" in page
+    )
     assert '<tr class="nonfinite"><td>sft/loss</td><td>nan</td>' in page  # the last value is NaN, shown as such
-    assert '<tr><td>sft/lr</td><td>0.006</td>' in page  # a finite metric is not marked
+    assert "<tr><td>sft/lr</td><td>0.006</td>" in page  # a finite metric is not marked
     # The plots carry red crosses where the values are NaN/inf; a finite run's plots have none.
     assert _red_pixels(index.parent / "loss.png") > 20 and _red_pixels(index.parent / "grad_norm.png") > 20
     assert _red_pixels(index.parent / "lr.png") == 0

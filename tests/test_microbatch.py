@@ -50,8 +50,10 @@ def test_accumulated_microbatches_equal_the_whole_minibatch(loss_agg):
     g = torch.Generator().manual_seed(0)
     advantages = [torch.randn(len(rs), generator=g) for _, rs in groups]
     with torch.no_grad():
-        old = [[lp + 0.3 * torch.randn(lp.shape, generator=g) for lp in group_logprobs(model, p, rs).logprobs]
-               for p, rs in groups]  # off-policy enough that some ratios clip
+        old = [
+            [lp + 0.3 * torch.randn(lp.shape, generator=g) for lp in group_logprobs(model, p, rs).logprobs]
+            for p, rs in groups
+        ]  # off-policy enough that some ratios clip
 
     def loss_of(items, normalizer=None):  # items: (group, response) index pairs
         logps = []

@@ -67,11 +67,22 @@ def test_rl_raises_a_learnable_reward(synth, tmp_path):
     """GRPO on a reward the policy can reach: a response that starts with a lower-case letter."""
     rows, _ = synth
     reward_file = tmp_path / "my_reward.py"
-    reward_file.write_text("def lower_first(sample):\n    text = sample.response.lstrip()\n"
-                           "    return 1.0 if text[:1].islower() else 0.0\n")
-    cfg, model, tokenizer = tiny(rows, [f"reward.functions=['{reward_file}:lower_first']", "rl.steps=8",
-                                        "rl.prompts_per_step=4", "rollout.n=8", "rollout.max_new_tokens=4",
-                                        "rl.optim.lr=0.02", "algorithm.kl_coef=0", "trainer.log_every=100"])
+    reward_file.write_text(
+        "def lower_first(sample):\n    text = sample.response.lstrip()\n    return 1.0 if text[:1].islower() else 0.0\n"
+    )
+    cfg, model, tokenizer = tiny(
+        rows,
+        [
+            f"reward.functions=['{reward_file}:lower_first']",
+            "rl.steps=8",
+            "rl.prompts_per_step=4",
+            "rollout.n=8",
+            "rollout.max_new_tokens=4",
+            "rl.optim.lr=0.02",
+            "algorithm.kl_coef=0",
+            "trainer.log_every=100",
+        ],
+    )
     model.model.visual.requires_grad_(False)
     data = ExampleSet(rows[:8], cfg.data)
     train_rl(model, tokenizer, data, cfg, tmp_path / "run", progress=False)
@@ -85,8 +96,15 @@ def test_rl_raises_a_learnable_reward(synth, tmp_path):
 def test_quickstart_writes_its_report(tmp_path):
     from longrl.quickstart import QuickstartData, quickstart
 
-    overrides = ["sft.epochs=1", "rl.steps=3", "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=8",
-                 "eval.max_new_tokens=8", "trainer.progress=false"]
+    overrides = [
+        "sft.epochs=1",
+        "rl.steps=3",
+        "rl.prompts_per_step=2",
+        "rollout.n=2",
+        "rollout.max_new_tokens=8",
+        "eval.max_new_tokens=8",
+        "trainer.progress=false",
+    ]
     data = QuickstartData(num_train=8, sft_rows=4, num_test=4, frames=16)
     report = quickstart(tmp_path / "qs", "grpo", overrides, data)
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
@@ -104,7 +122,9 @@ def test_quickstart_writes_its_report(tmp_path):
 
     # A rerun with other settings would resume this run's checkpoints as its own: refused, nothing touched.
     before = {p: p.read_bytes() for p in (tmp_path / "qs").rglob("*") if p.is_file()}
-    with pytest.raises(FileExistsError, match=r"qs holds a quickstart run with other settings \(trainer.seed: 0 -> 1\)"):
+    with pytest.raises(
+        FileExistsError, match=r"qs holds a quickstart run with other settings \(trainer.seed: 0 -> 1\)"
+    ):
         quickstart(tmp_path / "qs", "grpo", [*overrides, "trainer.seed=1"], data)
     assert {p: p.read_bytes() for p in (tmp_path / "qs").rglob("*") if p.is_file()} == before
 
@@ -136,14 +156,31 @@ def test_every_preset_updates_on_ragged_groups(synth, preset):
         responses = [torch.randint(0, 200, (n,), generator=gen) for n in lengths]
         with torch.no_grad():
             old = group_logprobs(model, prompt, responses).logprobs
-        groups.append(Group(prompt, example, responses, old, [True] * 4,
-                            rewards=torch.tensor([1.0, 0.0, 0.9, 0.1]), components=[{}] * 4))
+        groups.append(
+            Group(
+                prompt,
+                example,
+                responses,
+                old,
+                [True] * 4,
+                rewards=torch.tensor([1.0, 0.0, 0.9, 0.1]),
+                components=[{}] * 4,
+            )
+        )
     if cfg.algorithm.kl_coef > 0:
         reference_logprobs(model, groups, cfg)
     advantages, _ = step_advantages(groups, cfg)
     optimizer = build_optimizer(model, cfg.rl.optim)
     before = [p.detach().clone() for p in model.parameters()]
-    metrics = policy_update(model, optimizer, build_scheduler(optimizer, cfg.rl.optim, 4), groups, advantages, cfg,
-                            NonFiniteGuard(3), step=1)
+    metrics = policy_update(
+        model,
+        optimizer,
+        build_scheduler(optimizer, cfg.rl.optim, 4),
+        groups,
+        advantages,
+        cfg,
+        NonFiniteGuard(3),
+        step=1,
+    )
     assert all(v == v for v in metrics.values())  # no NaN
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -49,8 +49,19 @@ def readme_commands() -> list[list[str]]:
 def test_every_readme_command_parses():
     commands = readme_commands()
     # Guards the extraction: the README shows every subcommand.
-    assert {argv[0] for argv in commands} == {"quickstart", "data", "config", "train", "eval", "cache-embeds",
-                                              "export", "report", "bench", "datagen", "serve"}
+    assert {argv[0] for argv in commands} == {
+        "quickstart",
+        "data",
+        "config",
+        "train",
+        "eval",
+        "cache-embeds",
+        "export",
+        "report",
+        "bench",
+        "datagen",
+        "serve",
+    }
     for argv in commands:
         args = parse_args(argv)  # argparse exits (SystemExit) on anything it does not accept
         if args.command in ("train", "eval", "cache-embeds", "config"):
@@ -64,8 +75,11 @@ def test_every_readme_command_parses():
 
 def test_train_rl_overrides_after_config_are_taken_in_order():
     args = parse_args(["train", "rl", "rollout.n=4", "--config", "my.yaml", "model.path=m", "rollout.n=8"])
-    assert (args.stage, args.config, args.overrides) == ("rl", "my.yaml", ["rollout.n=4", "model.path=m",
-                                                                            "rollout.n=8"])
+    assert (args.stage, args.config, args.overrides) == (
+        "rl",
+        "my.yaml",
+        ["rollout.n=4", "model.path=m", "rollout.n=8"],
+    )
     with pytest.raises(SystemExit):
         parse_args(["train", "rl", "--config", "my.yaml", "--nope"])
     with pytest.raises(SystemExit):  # export takes no overrides

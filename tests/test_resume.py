@@ -31,19 +31,34 @@ TIMING_PREFIXES = ("time/", "perf/")
 
 def _overrides(data: Path, out: Path) -> list[str]:
     return [
-        f"data.train_path={data / 'train.jsonl'}", "data.num_frames=4", "data.min_pixels=3136",
+        f"data.train_path={data / 'train.jsonl'}",
+        "data.num_frames=4",
+        "data.min_pixels=3136",
         "data.max_pixels=3136",
-        "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
-        "model.tiny.vision_hidden_size=32", "model.tiny.vision_depth=1", "model.tiny.vocab_size=400",
-        f"rl.steps={STEPS}", "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=6",
-        "trainer.save_every=1", "trainer.keep_last=2", "trainer.deterministic=true", "trainer.progress=false",
-        "trainer.tensorboard=false", "trainer.log_every=1", f"trainer.out_dir={out}",
+        "model.tiny.hidden_size=64",
+        "model.tiny.intermediate_size=128",
+        "model.tiny.num_layers=2",
+        "model.tiny.vision_hidden_size=32",
+        "model.tiny.vision_depth=1",
+        "model.tiny.vocab_size=400",
+        f"rl.steps={STEPS}",
+        "rl.prompts_per_step=2",
+        "rollout.n=2",
+        "rollout.max_new_tokens=6",
+        "trainer.save_every=1",
+        "trainer.keep_last=2",
+        "trainer.deterministic=true",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+        "trainer.log_every=1",
+        f"trainer.out_dir={out}",
     ]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0",
-               CUBLAS_WORKSPACE_CONFIG=":4096:8")
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", CUBLAS_WORKSPACE_CONFIG=":4096:8"
+    )
     env.update(extra)
     return env
 
@@ -51,7 +66,11 @@ def _env(**extra: str) -> dict[str, str]:
 def _start(data: Path, out: Path, slow_checkpoint: tuple[float, int] | None = None) -> subprocess.Popen:
     """``slow_checkpoint=(seconds, step)``: checkpoint ``step`` waits that long before it is published."""
     args = ["train", "rl", *_overrides(data, out)]
-    cmd = _slow_checkpoint.command(*slow_checkpoint, *args) if slow_checkpoint else [sys.executable, "-m", "longrl.cli", *args]
+    cmd = (
+        _slow_checkpoint.command(*slow_checkpoint, *args)
+        if slow_checkpoint
+        else [sys.executable, "-m", "longrl.cli", *args]
+    )
     return subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

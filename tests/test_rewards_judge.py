@@ -57,9 +57,16 @@ class _Handler(BaseHTTPRequestHandler):
             if isinstance(content, bytes):
                 payload = content
             elif status == 200:
-                payload = json.dumps({"id": f"cmpl-{n}", "object": "chat.completion", "model": body["model"],
-                                      "choices": [{"index": 0, "finish_reason": "stop",
-                                                   "message": {"role": "assistant", "content": content}}]}).encode()
+                payload = json.dumps(
+                    {
+                        "id": f"cmpl-{n}",
+                        "object": "chat.completion",
+                        "model": body["model"],
+                        "choices": [
+                            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                        ],
+                    }
+                ).encode()
             else:
                 payload = json.dumps({"error": {"message": content}}).encode()
             self.send_response(status)
@@ -90,14 +97,26 @@ def judge_server(monkeypatch):
 
 
 def judge_model(server, **overrides):
-    cfg = dict(functions=["judge"], judge_base_url=server.base_url, judge_model="grader-1", judge_api_key_env=KEY_ENV,
-               judge_timeout_s=2.0, judge_max_retries=2, judge_retry_backoff_s=0.01, fallback_score=-1.0)
+    cfg = dict(
+        functions=["judge"],
+        judge_base_url=server.base_url,
+        judge_model="grader-1",
+        judge_api_key_env=KEY_ENV,
+        judge_timeout_s=2.0,
+        judge_max_retries=2,
+        judge_retry_backoff_s=0.01,
+        fallback_score=-1.0,
+    )
     return build_reward(RewardConfig(**{**cfg, **overrides}))
 
 
 def samples(count, prefix="q"):
-    return [RewardInput(f"{prefix}{i}", f"<think>t</think><answer>answer {i}</answer>", "the reference",
-                        question=f"question {i}?") for i in range(count)]
+    return [
+        RewardInput(
+            f"{prefix}{i}", f"<think>t</think><answer>answer {i}</answer>", "the reference", question=f"question {i}?"
+        )
+        for i in range(count)
+    ]
 
 
 def test_openai_compatible_request_and_score(judge_server):
@@ -146,11 +165,14 @@ def test_client_error_is_not_retried(judge_server):
     assert result.score == -1.0 and "HTTP 401" in result.error and len(judge_server.requests) == 1
 
 
-@pytest.mark.parametrize("reply, message", [
-    ("I think it is quite good", "no score"),
-    ("Score: 15", "outside 0..10"),
-    (b"<html>gateway</html>", "not a chat completion"),
-])
+@pytest.mark.parametrize(
+    "reply, message",
+    [
+        ("I think it is quite good", "no score"),
+        ("Score: 15", "outside 0..10"),
+        (b"<html>gateway</html>", "not a chat completion"),
+    ],
+)
 def test_malformed_judge_replies_fall_back(judge_server, caplog, reply, message):
     judge_server.reply = lambda n, body: (200, reply, 0.0)
     with caplog.at_level(logging.WARNING, logger="longrl.rewards"):
@@ -195,8 +217,16 @@ def test_unreachable_judge_falls_back(monkeypatch):
     server = FakeJudge()  # bind a free port, then close it: nothing listens there
     url = server.base_url
     server.server_close()
-    model = build_reward(RewardConfig(functions=["judge"], judge_base_url=url, judge_model="m",
-                                      judge_api_key_env=KEY_ENV, judge_max_retries=1, judge_retry_backoff_s=0.01))
+    model = build_reward(
+        RewardConfig(
+            functions=["judge"],
+            judge_base_url=url,
+            judge_model="m",
+            judge_api_key_env=KEY_ENV,
+            judge_max_retries=1,
+            judge_retry_backoff_s=0.01,
+        )
+    )
     [result] = model(samples(1))
     assert result.score == 0.0 and "connection failed" in result.error
 
@@ -206,11 +236,22 @@ def test_missing_judge_settings_fail_at_build():
         build_reward(RewardConfig(functions=["judge"]))
 
 
-@pytest.mark.parametrize("text, score", [
-    ("Score: 7", 0.7), ("score: 8/10", 0.8), ("**Score:** 9", 0.9), ("Reasoning...\nScore: 3", 0.3),
-    ("<think>Score: 1</think>Score: 10", 1.0), ("7", 0.7), ("6/10", 0.6), ("Score: 1/1", 1.0),
-    ("Correct.", 1.0), ("incorrect", 0.0), ("The score is 4.5", 0.45),
-])
+@pytest.mark.parametrize(
+    "text, score",
+    [
+        ("Score: 7", 0.7),
+        ("score: 8/10", 0.8),
+        ("**Score:** 9", 0.9),
+        ("Reasoning...\nScore: 3", 0.3),
+        ("<think>Score: 1</think>Score: 10", 1.0),
+        ("7", 0.7),
+        ("6/10", 0.6),
+        ("Score: 1/1", 1.0),
+        ("Correct.", 1.0),
+        ("incorrect", 0.0),
+        ("The score is 4.5", 0.45),
+    ],
+)
 def test_parse_judge_score(text, score):
     assert parse_judge_score(text) == pytest.approx(score)
 

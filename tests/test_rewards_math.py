@@ -13,24 +13,30 @@ def test_extract_boxed_nested_and_last():
 
 
 def test_extract_math_answer():
-    assert extract_math_answer(r"<think>\boxed{9} is wrong</think><answer>so \boxed{\frac{1}{2}}</answer>") == r"\frac{1}{2}"
+    assert (
+        extract_math_answer(r"<think>\boxed{9} is wrong</think><answer>so \boxed{\frac{1}{2}}</answer>")
+        == r"\frac{1}{2}"
+    )
     assert extract_math_answer("work... The final answer is $42$.") == "42"
     assert extract_math_answer("Final Answer: 3/4") == "3/4"
     assert extract_math_answer("<think>t</think><answer>17</answer>") == "17"
     assert extract_math_answer("no answer here") is None
 
 
-@pytest.mark.parametrize("prediction, reference, equal", [
-    (r"\frac{1}{2}", "0.5", True),
-    (r"\boxed{\frac{1}{2}}", "0.5", True),
-    ("1/2", r"\dfrac{1}{2}", True),
-    ("x = 3", "3", True),
-    (r"\sqrt{2}", r"2^{1/2}", True),
-    (r"50\%", "0.5", True),
-    ("3", "4", False),
-    ("Yes", "yes", True),
-    ("abc", "cab", False),  # words are compared as strings, not multiplied out
-])
+@pytest.mark.parametrize(
+    "prediction, reference, equal",
+    [
+        (r"\frac{1}{2}", "0.5", True),
+        (r"\boxed{\frac{1}{2}}", "0.5", True),
+        ("1/2", r"\dfrac{1}{2}", True),
+        ("x = 3", "3", True),
+        (r"\sqrt{2}", r"2^{1/2}", True),
+        (r"50\%", "0.5", True),
+        ("3", "4", False),
+        ("Yes", "yes", True),
+        ("abc", "cab", False),  # words are compared as strings, not multiplied out
+    ],
+)
 def test_math_equal(prediction, reference, equal):
     assert math_equal(prediction, reference) is equal
 

@@ -33,8 +33,11 @@ def test_registry_lists_builtins_and_rejects_a_clash():
 def test_default_reward_is_multiple_choice():
     [right, wrong] = build_reward(RewardConfig())([sample(), sample(response="<think>x</think><answer>C</answer>")])
     assert right.score == pytest.approx(1.0) and wrong.score == pytest.approx(0.1)
-    assert right.components == {"multiple_choice": pytest.approx(1.0), "multiple_choice/format": 1.0,
-                                "multiple_choice/accuracy": 1.0}
+    assert right.components == {
+        "multiple_choice": pytest.approx(1.0),
+        "multiple_choice/format": 1.0,
+        "multiple_choice/accuracy": 1.0,
+    }
     assert right.error is None
 
 
@@ -50,8 +53,9 @@ def test_weights_default_to_the_mean_and_can_be_given():
 
 
 def test_raising_reward_gets_fallback_and_logs_sample_id(caplog):
-    model = build_reward(RewardConfig(functions=["test_explodes_on_bad", "test_length_bonus"], weights=[1.0, 1.0],
-                                      fallback_score=-0.5))
+    model = build_reward(
+        RewardConfig(functions=["test_explodes_on_bad", "test_length_bonus"], weights=[1.0, 1.0], fallback_score=-0.5)
+    )
     with caplog.at_level(logging.WARNING, logger="longrl.rewards"):
         results = model([sample("ok-1"), sample("bad-7"), sample("bad-9")])
     assert [r.score for r in results] == [pytest.approx(2.0), pytest.approx(0.5), pytest.approx(0.5)]
@@ -68,10 +72,14 @@ def bad_outputs(s: RewardInput):
     return {"nan": float("nan"), "no_score": {"accuracy": 1.0}, "text": "high"}[s.sample_id]
 
 
-@pytest.mark.parametrize("sample_id, message", [
-    ("nan", "reward score is nan"), ("no_score", "must hold the total under 'score'"),
-    ("text", "must be a number"),
-])
+@pytest.mark.parametrize(
+    "sample_id, message",
+    [
+        ("nan", "reward score is nan"),
+        ("no_score", "must hold the total under 'score'"),
+        ("text", "must be a number"),
+    ],
+)
 def test_invalid_outputs_fall_back(sample_id, message):
     [result] = build_reward(RewardConfig(functions=["test_bad_outputs"], fallback_score=0.25))([sample(sample_id)])
     assert result.score == 0.25 and message in result.error
@@ -83,7 +91,8 @@ def test_user_function_from_a_file(tmp_path):
         "def shout(sample):\n"
         "    loud = sample.response.isupper()\n"
         "    return {'score': 1.0 if loud else 0.0, 'loud': float(loud), 'chars': float(len(sample.response))}\n"
-        "def helper():\n    pass\n")
+        "def helper():\n    pass\n"
+    )
     model = build_reward(RewardConfig(functions=[f"{path}:shout"]))
     assert model.names == ["shout"]
     [loud, quiet] = model([sample(response="HEY"), sample(response="hey there")])

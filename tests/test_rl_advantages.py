@@ -16,8 +16,9 @@ RAGGED = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([2.0, 4.0]), torch.tensor(
 
 
 def close(actual, expected, atol=1e-5):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32),
-                               torch.as_tensor(expected, dtype=torch.float32), atol=atol, rtol=0)
+    torch.testing.assert_close(
+        torch.as_tensor(actual, dtype=torch.float32), torch.as_tensor(expected, dtype=torch.float32), atol=atol, rtol=0
+    )
 
 
 def test_grpo_dense_group():
@@ -84,8 +85,10 @@ def test_compute_advantages_dispatch_is_flat():
     close(compute_advantages(AlgorithmConfig(), rewards), [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0, 0.0], atol=1e-4)
     close(compute_advantages(AlgorithmConfig(advantage="drgrpo"), rewards), [0.5, -0.5, 0.0, 0.0])
     close(compute_advantages(AlgorithmConfig(advantage="rloo"), RAGGED), [1.0, -0.5, -0.5, -2.0, 2.0, 0.0])
-    close(compute_advantages(AlgorithmConfig(advantage="grpo", norm_adv_by_std=False), RAGGED),
-          [2 / 3, -1 / 3, -1 / 3, -1.0, 1.0, 0.0])
+    close(
+        compute_advantages(AlgorithmConfig(advantage="grpo", norm_adv_by_std=False), RAGGED),
+        [2 / 3, -1 / 3, -1 / 3, -1.0, 1.0, 0.0],
+    )
     assert compute_advantages(AlgorithmConfig(), []).numel() == 0
 
 
@@ -108,8 +111,10 @@ def test_compute_advantages_reinforce_pp_token_level():
     assert adv.shape == (2, 3)
     close(adv, reinforce_pp_advantages([torch.tensor([1.0, 0.0])], token_kl=token_kl, mask=mask, kl_coef=0.5))
     # without a response mask every sample counts once (the token-level result for equal lengths)
-    close(compute_advantages(AlgorithmConfig(advantage="reinforce_pp"), torch.tensor([[1.0, 3.0], [5.0, 7.0]])),
-          [-3 / math.sqrt(5), -1 / math.sqrt(5), 1 / math.sqrt(5), 3 / math.sqrt(5)])
+    close(
+        compute_advantages(AlgorithmConfig(advantage="reinforce_pp"), torch.tensor([[1.0, 3.0], [5.0, 7.0]])),
+        [-3 / math.sqrt(5), -1 / math.sqrt(5), 1 / math.sqrt(5), 3 / math.sqrt(5)],
+    )
 
 
 def ragged_batch(seed=0):
@@ -162,8 +167,9 @@ def test_reinforce_pp_matches_verl(kl_coef):
 def test_reinforce_pp_is_continuous_as_kl_goes_to_zero():
     rewards, mask, token_kl = ragged_batch()
     config = dict(advantage="reinforce_pp", kl_estimator="k1")
-    tiny = compute_advantages(AlgorithmConfig(**config, kl_coef=1e-8, kl_in_reward=True), rewards,
-                              token_kl=token_kl, mask=mask)
+    tiny = compute_advantages(
+        AlgorithmConfig(**config, kl_coef=1e-8, kl_in_reward=True), rewards, token_kl=token_kl, mask=mask
+    )
     zero = compute_advantages(AlgorithmConfig(**config, kl_coef=0.0, kl_in_reward=True), rewards, mask=mask)
     kl_as_loss = compute_advantages(AlgorithmConfig(**config, kl_coef=0.01, kl_in_reward=False), rewards, mask=mask)
     # the same kind of whitening in all three: per token over the batch's response tokens
@@ -191,9 +197,15 @@ def test_trainer_reinforce_pp_advantages_are_continuous_as_kl_goes_to_zero():
     g = torch.Generator().manual_seed(1)
     old_logp = [-torch.rand(n, generator=g) for n in lengths]
     ref_logp = [lp - torch.rand(n, generator=g) for lp, n in zip(old_logp, lengths)]
-    groups = [SimpleNamespace(rewards=r, responses=[torch.zeros(n) for n in lengths[3 * i: 3 * i + 3]],
-                              old_logp=old_logp[3 * i: 3 * i + 3], ref_logp=ref_logp[3 * i: 3 * i + 3])
-              for i, r in enumerate(rewards)]
+    groups = [
+        SimpleNamespace(
+            rewards=r,
+            responses=[torch.zeros(n) for n in lengths[3 * i : 3 * i + 3]],
+            old_logp=old_logp[3 * i : 3 * i + 3],
+            ref_logp=ref_logp[3 * i : 3 * i + 3],
+        )
+        for i, r in enumerate(rewards)
+    ]
 
     def advantages(**algo):
         cfg = SimpleNamespace(algorithm=AlgorithmConfig(advantage="reinforce_pp", kl_estimator="k1", **algo))

@@ -47,10 +47,13 @@ def test_batch_filler_rejects_mismatched_rewards():
 
 def test_overlong_penalty():
     lengths = [50, 80, 90, 100, 120]
-    torch.testing.assert_close(overlong_penalty(lengths, max_len=100, buffer=20, penalty=1.0),
-                               torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
-    torch.testing.assert_close(overlong_penalty(torch.tensor(lengths), max_len=100, buffer=20, penalty=0.5),
-                               torch.tensor([0.0, 0.0, 0.25, 0.5, 0.5]))
+    torch.testing.assert_close(
+        overlong_penalty(lengths, max_len=100, buffer=20, penalty=1.0), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0])
+    )
+    torch.testing.assert_close(
+        overlong_penalty(torch.tensor(lengths), max_len=100, buffer=20, penalty=0.5),
+        torch.tensor([0.0, 0.0, 0.25, 0.5, 0.5]),
+    )
     torch.testing.assert_close(overlong_penalty(lengths, max_len=100, buffer=0), torch.zeros(5))
     with pytest.raises(ValueError, match="overlong_buffer=4096"):
         overlong_penalty(lengths, max_len=128, buffer=4096)
@@ -69,5 +72,7 @@ def test_filter_rule_as_documented(caplog):
     assert filler.done and filler.tries == 3
     with caplog.at_level(logging.WARNING, logger="longrl.rl"):
         assert filler.take() == []
-    assert "0/2 informative groups after 3 tries (6 generated, 6 dropped as all-equal); training on a smaller batch" \
+    assert (
+        "0/2 informative groups after 3 tries (6 generated, 6 dropped as all-equal); training on a smaller batch"
         in caplog.text
+    )

@@ -7,8 +7,9 @@ from longrl.rl import AlgorithmConfig, aggregate, entropy_from_logits, importanc
 
 
 def close(actual, expected, atol=1e-5):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float32),
-                               torch.as_tensor(expected, dtype=torch.float32), atol=atol, rtol=0)
+    torch.testing.assert_close(
+        torch.as_tensor(actual, dtype=torch.float32), torch.as_tensor(expected, dtype=torch.float32), atol=atol, rtol=0
+    )
 
 
 def inputs_with_ratios(ratios, mask, pad_logp=float("nan")):
@@ -26,11 +27,14 @@ ADV = torch.tensor([1.0, -2.0])
 # r=1.1, A=-2 -> 2.2 (inside the range)
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("token_mean", (-1.2 - 0.7 + 2.2) / 3),
-    ("seq_mean_token_mean", (-0.95 + 2.2) / 2),
-    ("seq_mean_token_sum", (-1.9 + 2.2) / 2),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("token_mean", (-1.2 - 0.7 + 2.2) / 3),
+        ("seq_mean_token_mean", (-0.95 + 2.2) / 2),
+        ("seq_mean_token_sum", (-1.9 + 2.2) / 2),
+    ],
+)
 def test_ppo_clip_aggregations_on_ragged_rows(mode, expected):
     logp, old = inputs_with_ratios(RATIOS, MASK)
     loss, metrics = policy_loss(logp, old, ADV, MASK, AlgorithmConfig(loss_agg=mode))
@@ -40,8 +44,11 @@ def test_ppo_clip_aggregations_on_ragged_rows(mode, expected):
     assert metrics["ratio_mean"] == pytest.approx((1.5 + 0.7 + 1.1) / 3, abs=1e-5)
     loss.backward()
     # d/dlogp of -A*r is -A*r where not clipped; 0 on the clipped token and on padding
-    weights = {"token_mean": (1 / 3, 1 / 3), "seq_mean_token_mean": (1 / 4, 1 / 2),
-               "seq_mean_token_sum": (1 / 2, 1 / 2)}[mode]
+    weights = {
+        "token_mean": (1 / 3, 1 / 3),
+        "seq_mean_token_mean": (1 / 4, 1 / 2),
+        "seq_mean_token_sum": (1 / 2, 1 / 2),
+    }[mode]
     close(logp.grad, [[0.0, -0.7 * weights[0], 0.0], [2.2 * weights[1], 0.0, 0.0]])
 
 
@@ -102,7 +109,9 @@ def test_gspo_sequence_ratio_value_and_gradient():
     logp = (old + diffs).requires_grad_()
     adv = torch.tensor([1.0, -1.0])
     s0, s1 = math.exp(0.2), math.exp(-0.1)  # exp(mean token log-ratio) per sequence
-    cfg = AlgorithmConfig(importance="sequence", loss_agg="seq_mean_token_mean", clip_ratio_low=0.5, clip_ratio_high=0.5)
+    cfg = AlgorithmConfig(
+        importance="sequence", loss_agg="seq_mean_token_mean", clip_ratio_low=0.5, clip_ratio_high=0.5
+    )
     loss, metrics = policy_loss(logp, old, adv, mask, cfg)
     close(loss, (-s0 + s1) / 2)
     assert metrics["ratio_mean"] == pytest.approx((2 * s0 + s1) / 3, abs=1e-5)
@@ -112,8 +121,9 @@ def test_gspo_sequence_ratio_value_and_gradient():
 
     # its own clip range (3e-4 / 4e-4) clips both sequences: constant loss, no gradient
     logp.grad = None
-    gspo = AlgorithmConfig(importance="sequence", loss_agg="seq_mean_token_mean",
-                           clip_ratio_low=3e-4, clip_ratio_high=4e-4)
+    gspo = AlgorithmConfig(
+        importance="sequence", loss_agg="seq_mean_token_mean", clip_ratio_low=3e-4, clip_ratio_high=4e-4
+    )
     loss, metrics = policy_loss(logp, old, adv, mask, gspo)
     loss.backward()
     close(loss, (-(1 + 4e-4) + (1 - 3e-4)) / 2)
@@ -150,9 +160,15 @@ def test_micro_batches_with_normalizer_sum_to_full_batch(mode, importance):
     ref = logp0 + 0.3 * torch.randn(B, T)
     entropy = torch.rand(B, T)
     adv = torch.randn(B)
-    cfg = AlgorithmConfig(loss_agg=mode, importance=importance, kl_coef=0.1, entropy_coef=0.01,
-                          dual_clip_c=3.0, clip_ratio_high=0.28,
-                          token_sum_divisor=8.0 if mode == "seq_mean_token_sum" else 0.0)
+    cfg = AlgorithmConfig(
+        loss_agg=mode,
+        importance=importance,
+        kl_coef=0.1,
+        entropy_coef=0.01,
+        dual_clip_c=3.0,
+        clip_ratio_high=0.28,
+        token_sum_divisor=8.0 if mode == "seq_mean_token_sum" else 0.0,
+    )
 
     full_logp = logp0.clone().requires_grad_()
     full_loss, _ = policy_loss(full_logp, old, adv, mask, cfg, ref_logp=ref, entropy=entropy)
@@ -162,8 +178,16 @@ def test_micro_batches_with_normalizer_sum_to_full_batch(mode, importance):
     micro_logp = logp0.clone().requires_grad_()
     total = 0.0
     for rows in (slice(0, 2), slice(2, 3), slice(3, 6)):
-        loss, _ = policy_loss(micro_logp[rows], old[rows], adv[rows], mask[rows], cfg,
-                              normalizer=normalizer, ref_logp=ref[rows], entropy=entropy[rows])
+        loss, _ = policy_loss(
+            micro_logp[rows],
+            old[rows],
+            adv[rows],
+            mask[rows],
+            cfg,
+            normalizer=normalizer,
+            ref_logp=ref[rows],
+            entropy=entropy[rows],
+        )
         loss.backward()  # gradients accumulate in micro_logp.grad
         total += loss.item()
     assert total == pytest.approx(full_loss.item(), abs=1e-6)

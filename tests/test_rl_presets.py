@@ -45,7 +45,7 @@ def test_presets_markdown_lists_every_preset_with_arxiv_id():
 
 def test_readme_shows_the_generated_preset_table_and_notes():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("## RL presets"):]
+    section = readme[readme.index("## RL presets") :]
     assert presets_markdown() in section, "README.md 'RL presets' is stale: paste presets_markdown() there"
     assert "dual_clip_c=0" in presets_markdown() and "algorithm.max_tries" in presets_markdown()
 

@@ -8,12 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longrl.models.inputs import VisionInputs
 from longrl.models.config import ModelConfig
+from longrl.models.inputs import VisionInputs
 from longrl.models.qwen2_5_vl import build_prompt, decoder_forward, load_model, prompt_embeds
 from longrl.rollout import RolloutConfig, SamplingParams, generate
-from longrl.rollout.attention import (cascade_attention, fold_queries, math_with_lse, prefill_attention,
-                                     prefix_attention, split_prefill_attention, unfold_rows)
+from longrl.rollout.attention import (
+    cascade_attention,
+    fold_queries,
+    math_with_lse,
+    prefill_attention,
+    prefix_attention,
+    split_prefill_attention,
+    unfold_rows,
+)
 from longrl.rollout.decoder import TextDecoder
 from longrl.rollout.prefill import prefill
 from longrl.rollout.prompts import PromptEmbedder
@@ -26,11 +33,15 @@ TEXTS = ["a red square enters at the top left, then the blue circle moves right.
 def tiny():
     model, tok = load_model(ModelConfig(dtype="float32"), tokenizer_texts=TEXTS, seed=0)
     g = torch.Generator().manual_seed(0)
-    videos = [VisionInputs(torch.randn(t * 4 * 4, 3 * 2 * 14 * 14, generator=g), torch.tensor([[t, 4, 4]]), 1.0)
-              for t in (4, 2)]
+    videos = [
+        VisionInputs(torch.randn(t * 4 * 4, 3 * 2 * 14 * 14, generator=g), torch.tensor([[t, 4, 4]]), 1.0)
+        for t in (4, 2)
+    ]
     questions = ["Which moved first?", "What color is the square that enters at the top left?"]
-    prompts = [build_prompt(model, tok, [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}], v)
-               for v, q in zip(videos, questions)]
+    prompts = [
+        build_prompt(model, tok, [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}], v)
+        for v, q in zip(videos, questions)
+    ]
     assert len(prompts[0]) != len(prompts[1])
     return model, prompts, videos
 
@@ -38,12 +49,17 @@ def tiny():
 def hf_greedy(model, prompt, vision, steps: int) -> list[int]:
     mm = (prompt.input_ids == model.config.video_token_id).int() * 2
     out = model.generate(
-        input_ids=prompt.input_ids[None], attention_mask=torch.ones_like(prompt.input_ids)[None],
-        pixel_values_videos=vision.pixel_values, video_grid_thw=vision.grid_thw,
-        second_per_grid_ts=torch.tensor([vision.second_per_grid]), mm_token_type_ids=mm[None],
-        do_sample=False, max_new_tokens=steps, min_new_tokens=steps,
+        input_ids=prompt.input_ids[None],
+        attention_mask=torch.ones_like(prompt.input_ids)[None],
+        pixel_values_videos=vision.pixel_values,
+        video_grid_thw=vision.grid_thw,
+        second_per_grid_ts=torch.tensor([vision.second_per_grid]),
+        mm_token_type_ids=mm[None],
+        do_sample=False,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
     )
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def teacher_forced_logprobs(model, prompt, tokens: list[int], temperature: float) -> torch.Tensor:
@@ -52,7 +68,7 @@ def teacher_forced_logprobs(model, prompt, tokens: list[int], temperature: float
     positions = torch.cat([prompt.position_ids, prompt.response_positions(len(tokens))], dim=1)
     with torch.no_grad():
         hidden = decoder_forward(model, embeds[None], positions[:, None])
-        logits = model.lm_head(hidden[0, len(prompt) - 1: len(prompt) - 1 + len(tokens)]).float()
+        logits = model.lm_head(hidden[0, len(prompt) - 1 : len(prompt) - 1 + len(tokens)]).float()
     return (logits / temperature).log_softmax(-1).gather(-1, response[:, None])[:, 0]
 
 
@@ -60,8 +76,12 @@ def test_greedy_matches_transformers_generate_with_video(tiny):
     model, prompts, videos = tiny
     expected = [hf_greedy(model, prompt, vision, steps=16) for prompt, vision in zip(prompts, videos)]
     # chunks of 7 tokens: the prefill crosses chunk boundaries inside the video
-    out = generate(model, prompts, SamplingParams(n=2, greedy=True, max_new_tokens=16),
-                   config=RolloutConfig(prefill_chunk_tokens=7))
+    out = generate(
+        model,
+        prompts,
+        SamplingParams(n=2, greedy=True, max_new_tokens=16),
+        config=RolloutConfig(prefill_chunk_tokens=7),
+    )
     for group, tokens in zip(out, expected):
         assert [s.token_ids for s in group] == [tokens, tokens]
         assert all(s.finish_reason == "length" for s in group)
@@ -111,8 +131,9 @@ def test_stop_tokens_end_samples_and_match_unstopped_run(tiny):
     seen = [t for g in free for s in g for t in s.token_ids[3:6]]
     stops = tuple(sorted(set(seen))[:6])
     # check every step, so whole prompts finish and the batch is compacted mid-run
-    stopped = generate(model, prompts, dataclasses.replace(base, stop_token_ids=stops),
-                       config=RolloutConfig(finish_check_interval=1))
+    stopped = generate(
+        model, prompts, dataclasses.replace(base, stop_token_ids=stops), config=RolloutConfig(finish_check_interval=1)
+    )
     reasons = set()
     for gf, gs in zip(free, stopped):
         for f, s in zip(gf, gs):
@@ -131,8 +152,9 @@ def test_greedy_stop_token_and_max_length(tiny):
     free = generate(model, [prompts[0]], SamplingParams(n=1, greedy=True, max_new_tokens=16))[0][0].token_ids
     # the first token new to the output from position 2 on (position 0 when greedy repeats one token)
     k = next((j for j in range(2, 16) if free[j] not in free[:j]), 0)
-    out = generate(model, [prompts[0]], SamplingParams(n=2, greedy=True, max_new_tokens=16,
-                                                       stop_token_ids=(free[k],)))[0]
+    out = generate(model, [prompts[0]], SamplingParams(n=2, greedy=True, max_new_tokens=16, stop_token_ids=(free[k],)))[
+        0
+    ]
     for s in out:
         assert s.token_ids == free[: k + 1] and s.finish_reason == "stop"
     one = generate(model, [prompts[0]], SamplingParams(n=1, greedy=True, max_new_tokens=1))[0][0]

@@ -29,9 +29,15 @@ def rotary(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
-@pytest.mark.parametrize("n,hq,hkv,dim,prefix_lens,step", [
-    (3, 8, 2, 32, [300], 5), (2, 16, 2, 64, [129, 40], 0), (8, 4, 2, 32, [100, 700, 65], 70), (2, 6, 2, 32, [90], 3),
-])
+@pytest.mark.parametrize(
+    "n,hq,hkv,dim,prefix_lens,step",
+    [
+        (3, 8, 2, 32, [300], 5),
+        (2, 16, 2, 64, [129, 40], 0),
+        (8, 4, 2, 32, [100, 700, 65], 70),
+        (2, 6, 2, 32, [90], 3),
+    ],
+)
 def test_fused_decode_attention_equals_cascade_reference(eight_sms, n, hq, hkv, dim, prefix_lens, step):
     g = torch.Generator().manual_seed(step)
     rnd = lambda *shape: torch.randn(*shape, generator=g).to(DEVICE)  # noqa: E731
@@ -64,8 +70,8 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
     """The GPU decode path end to end on the CPU interpreter: packed q/k/v and gate/up GEMMs, the
     fused attention and sampling kernels: same tokens, log-probs within 1e-5, as the eager path."""
     from longrl.models.config import ModelConfig
-    from longrl.models.qwen2_5_vl import build_prompt, load_model
     from longrl.models.inputs import VisionInputs
+    from longrl.models.qwen2_5_vl import build_prompt, load_model
 
     model, tok = load_model(ModelConfig(dtype="float32"), DEVICE, tokenizer_texts=["a red square moves."] * 4, seed=0)
     g = torch.Generator().manual_seed(0)
@@ -73,9 +79,11 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
     for frames in (4, 2):
         pixels = torch.randn(frames * 16, 3 * 2 * 14 * 14, generator=g)
         video = VisionInputs(pixels, torch.tensor([[frames, 4, 4]]), 1.0)
-        prompts.append(build_prompt(model, tok, [{"role": "user", "content": [{"type": "video"},
-                                                                              {"type": "text", "text": "What?"}]}],
-                                    video))
+        prompts.append(
+            build_prompt(
+                model, tok, [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What?"}]}], video
+            )
+        )
     calls = []
 
     def counted(*args, **kwargs):
@@ -83,12 +91,20 @@ def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
         return kernels.decode_attention(*args, **kwargs)
 
     fused_ops = DecodeOps(False, True, pack=True)
-    fused_ops.kernels = type("K", (), {"decode_attention": staticmethod(counted),
-                                       "sample": staticmethod(kernels.sample),
-                                       "attention_plan": staticmethod(kernels.attention_plan)})
-    for params in (SamplingParams(n=2, greedy=True, max_new_tokens=10),  # the sampling kernels
-                   SamplingParams(n=3, temperature=0.9, max_new_tokens=10, seed=4),
-                   SamplingParams(n=3, temperature=0.9, top_k=20, max_new_tokens=10, seed=4)):  # torch sampler
+    fused_ops.kernels = type(
+        "K",
+        (),
+        {
+            "decode_attention": staticmethod(counted),
+            "sample": staticmethod(kernels.sample),
+            "attention_plan": staticmethod(kernels.attention_plan),
+        },
+    )
+    for params in (
+        SamplingParams(n=2, greedy=True, max_new_tokens=10),  # the sampling kernels
+        SamplingParams(n=3, temperature=0.9, max_new_tokens=10, seed=4),
+        SamplingParams(n=3, temperature=0.9, top_k=20, max_new_tokens=10, seed=4),
+    ):  # torch sampler
         plain = generate(model, prompts, params)
         with monkeypatch.context() as m:
             fused_ops.layers = None

@@ -13,8 +13,13 @@ def _write_jsonl(path: Path, records: list) -> Path:
 
 
 def _good(i: int = 0, **changes) -> dict:
-    record = {"id": f"q{i}", "video": f"clips/{i}.mp4", "question": "What happens?",
-              "options": ["red", "blue", "green", "yellow"], "answer": "C"}
+    record = {
+        "id": f"q{i}",
+        "video": f"clips/{i}.mp4",
+        "question": "What happens?",
+        "options": ["red", "blue", "green", "yellow"],
+        "answer": "C",
+    }
     record.update(changes)
     return record
 
@@ -26,8 +31,16 @@ def test_letters_and_format_options():
 
 def test_jsonl_roundtrip_resolves_videos_against_file_folder(tmp_path):
     rows = [
-        Row(id="a", video="videos/a.mp4", question="Q1?", options=["x", "y"], answer="B",
-            reasoning="because", category="Temporal", extra={"events": [{"t": 1.5}]}),
+        Row(
+            id="a",
+            video="videos/a.mp4",
+            question="Q1?",
+            options=["x", "y"],
+            answer="B",
+            reasoning="because",
+            category="Temporal",
+            extra={"events": [{"t": 1.5}]},
+        ),
         Row(id="b", video=None, question="Q2?", options=["p", "q", "r"], answer="A", image="img/b.png"),
     ]
     path = save_rows(rows, tmp_path / "sub" / "data.jsonl")
@@ -36,14 +49,20 @@ def test_jsonl_roundtrip_resolves_videos_against_file_folder(tmp_path):
     assert loaded[0].video == str(tmp_path / "sub" / "videos" / "a.mp4")
     assert loaded[1].video is None and loaded[1].image == str(tmp_path / "sub" / "img" / "b.png")
     assert loaded[0].answer_text == "y" and loaded[0].answer_index == 1
-    assert (loaded[0].reasoning, loaded[0].category, loaded[0].extra) == ("because", "Temporal", {"events": [{"t": 1.5}]})
+    assert (loaded[0].reasoning, loaded[0].category, loaded[0].extra) == (
+        "because",
+        "Temporal",
+        {"events": [{"t": 1.5}]},
+    )
     assert loaded[1].options == ["p", "q", "r"] and loaded[1].extra == {}
 
 
 def test_parquet_roundtrip_with_media_root(tmp_path):
     pytest.importorskip("pyarrow")
-    rows = [Row(id="a", video="a.mp4", question="Q?", options=["x", "y"], answer="A", extra={"k": [1, 2]}),
-            Row(id="b", video="/abs/b.mp4", question="Q?", options=["x", "y", "z"], answer="C")]
+    rows = [
+        Row(id="a", video="a.mp4", question="Q?", options=["x", "y"], answer="A", extra={"k": [1, 2]}),
+        Row(id="b", video="/abs/b.mp4", question="Q?", options=["x", "y", "z"], answer="C"),
+    ]
     path = save_rows(rows, tmp_path / "data.parquet")
     loaded = load_rows(path, media_root=tmp_path / "media")
     assert loaded[0].video == str(tmp_path / "media" / "a.mp4")
@@ -64,17 +83,20 @@ def test_normalisation_of_answers_options_ids_and_unknown_keys():
     assert row_from_dict(_good(video="https://host/v.mp4"), media_root="/data").video == "https://host/v.mp4"
 
 
-@pytest.mark.parametrize("bad, problem", [
-    ({"question": None}, "missing field(s) question"),
-    ({"options": "red, blue"}, "options must be a list of 2 to 26 strings, got str"),
-    ({"options": ["only"]}, "got 1 item(s)"),
-    ({"options": [f"o{i}" for i in range(27)]}, "got 27 item(s)"),
-    ({"options": ["red", 3]}, "option B is 3"),
-    ({"answer": "E"}, "answer 'E' is out of range for 4 options (A-D)"),
-    ({"answer": "purple"}, "answer 'purple' is neither a letter A-D nor the text of exactly one option"),
-    ({"answer": 2}, "answer 2 is neither"),
-    ({"video": 5}, "video must be a path string or null"),
-])
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        ({"question": None}, "missing field(s) question"),
+        ({"options": "red, blue"}, "options must be a list of 2 to 26 strings, got str"),
+        ({"options": ["only"]}, "got 1 item(s)"),
+        ({"options": [f"o{i}" for i in range(27)]}, "got 27 item(s)"),
+        ({"options": ["red", 3]}, "option B is 3"),
+        ({"answer": "E"}, "answer 'E' is out of range for 4 options (A-D)"),
+        ({"answer": "purple"}, "answer 'purple' is neither a letter A-D nor the text of exactly one option"),
+        ({"answer": 2}, "answer 2 is neither"),
+        ({"video": 5}, "video must be a path string or null"),
+    ],
+)
 def test_row_errors_name_file_line_and_id(tmp_path, bad, problem):
     path = _write_jsonl(tmp_path / "d.jsonl", [_good(0), "", _good(1, **bad)])  # blank line 2 is skipped
     with pytest.raises(RowError) as info:
@@ -120,12 +142,20 @@ def test_missing_file_unknown_suffix_and_pyarrow_hint(tmp_path, monkeypatch):
 def test_free_text_rows_roundtrip(tmp_path, suffix):
     if suffix == ".parquet":
         pytest.importorskip("pyarrow")
-    rows = [row_from_dict({"id": "f", "question": "2 + 4?", "answer": 6}),
-            row_from_dict({"id": "g", "question": "Name it.", "options": None, "answer": " a red cube "}),
-            row_from_dict({**_good(1), "answer": "yellow"})]
-    assert [(r.options, r.answer, r.answer_text) for r in rows[:2]] == [([], "6", "6"), ([], "a red cube", "a red cube")]
+    rows = [
+        row_from_dict({"id": "f", "question": "2 + 4?", "answer": 6}),
+        row_from_dict({"id": "g", "question": "Name it.", "options": None, "answer": " a red cube "}),
+        row_from_dict({**_good(1), "answer": "yellow"}),
+    ]
+    assert [(r.options, r.answer, r.answer_text) for r in rows[:2]] == [
+        ([], "6", "6"),
+        ([], "a red cube", "a red cube"),
+    ]
     with pytest.raises(ValueError, match="row f has no options"):
         _ = rows[0].answer_index
     loaded = load_rows(save_rows(rows, tmp_path / f"d{suffix}"))
-    assert [(r.options, r.answer) for r in loaded] == [([], "6"), ([], "a red cube"),
-                                                       (["red", "blue", "green", "yellow"], "D")]
+    assert [(r.options, r.answer) for r in loaded] == [
+        ([], "6"),
+        ([], "a red cube"),
+        (["red", "blue", "green", "yellow"], "D"),
+    ]

@@ -38,14 +38,29 @@ SFT_STEPS = 8  # 8 rows, batch 2, 2 epochs
 def _overrides(data: Path, out: Path, deterministic: bool = True) -> list[str]:
     """``deterministic=False`` for runs inside the pytest process (the switch is process-global)."""
     return [
-        f"data.train_path={data / 'train.jsonl'}", "data.num_frames=4", "data.min_pixels=3136",
+        f"data.train_path={data / 'train.jsonl'}",
+        "data.num_frames=4",
+        "data.min_pixels=3136",
         "data.max_pixels=3136",
-        "model.tiny.hidden_size=64", "model.tiny.intermediate_size=128", "model.tiny.num_layers=2",
-        "model.tiny.vision_hidden_size=32", "model.tiny.vision_depth=1", "model.tiny.vocab_size=400",
-        "sft.batch_size=2", "sft.epochs=2", "trainer.save_every=2", "trainer.keep_last=2",
-        "rl.steps=4", "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=6",
-        f"trainer.deterministic={str(deterministic).lower()}", "trainer.progress=false", "trainer.tensorboard=false",
-        "trainer.log_every=1", f"trainer.out_dir={out}",
+        "model.tiny.hidden_size=64",
+        "model.tiny.intermediate_size=128",
+        "model.tiny.num_layers=2",
+        "model.tiny.vision_hidden_size=32",
+        "model.tiny.vision_depth=1",
+        "model.tiny.vocab_size=400",
+        "sft.batch_size=2",
+        "sft.epochs=2",
+        "trainer.save_every=2",
+        "trainer.keep_last=2",
+        "rl.steps=4",
+        "rl.prompts_per_step=2",
+        "rollout.n=2",
+        "rollout.max_new_tokens=6",
+        f"trainer.deterministic={str(deterministic).lower()}",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+        "trainer.log_every=1",
+        f"trainer.out_dir={out}",
     ]
 
 
@@ -103,8 +118,10 @@ def test_sft_with_a_huge_learning_rate_stops_with_one_line_and_saves_no_model(da
     assert first_nan >= 2 and math.isfinite(rows[0]["sft/loss"])
     # The NaN steps are logged as NaN; the stopping step raises before its row is written.
     assert [r["step"] for r in rows] == list(range(1, stop))
-    assert all(math.isnan(r["sft/loss"]) and r["sft/skipped_updates"] == r["step"] - first_nan + 1
-               for r in rows[first_nan - 1:])
+    assert all(
+        math.isnan(r["sft/loss"]) and r["sft/skipped_updates"] == r["step"] - first_nan + 1
+        for r in rows[first_nan - 1 :]
+    )
     last = out / "checkpoints" / f"step_{stop - 1}"
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: step {stop}: loss or gradient was NaN/inf for 3 updates in a row; stopping without saving the "
@@ -192,8 +209,7 @@ def test_sft_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_run(d
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
     cmd = _slow_checkpoint.command(60, 4, "train", "sft", *_overrides(data, out))  # step_4 waits 60 s
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (ckpts / ".tmp-step_4" / "trainer_state.pt").exists():
         assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before writing step_4"
@@ -219,8 +235,9 @@ def test_sft_killed_inside_a_checkpoint_write_resumes_to_the_uninterrupted_run(d
 
 
 @pytest.mark.parametrize("poison_from, last_checkpoint", [(1, None), (3, 2)])
-def test_rl_guard_stop_names_the_checkpoint_that_exists(data, tmp_path, monkeypatch, capsys, poison_from,
-                                                        last_checkpoint):
+def test_rl_guard_stop_names_the_checkpoint_that_exists(
+    data, tmp_path, monkeypatch, capsys, poison_from, last_checkpoint
+):
     """From RL step ``poison_from`` on every policy loss is NaN; two in a row stop the run
     (checkpoints every 2 steps)."""
     from longrl.train import rl
@@ -248,9 +265,13 @@ def test_rl_guard_stop_names_the_checkpoint_that_exists(data, tmp_path, monkeypa
         note = f"the last checkpoint is {out / 'checkpoints' / f'step_{last_checkpoint}'} (step {last_checkpoint})"
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith(
-        f"error: step {stop}: loss or gradient was NaN/inf for 2 updates in a row; stopping without saving the "
-        f"model. Those updates were skipped; {note}. Usual causes:"
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: step {stop}: loss or gradient was NaN/inf for 2 updates in a row; stopping without saving the "
+            f"model. Those updates were skipped; {note}. Usual causes:"
+        )
     )
     assert not (out / "model").exists()
     assert [step for step, _ in list_checkpoints(out / "checkpoints")] == ([last_checkpoint] if last_checkpoint else [])

@@ -19,11 +19,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.distributed.device_mesh import init_device_mesh
 
-from longrl.models.inputs import VisionInputs
 from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel, average_gradients
 from longrl.dist.ulysses import LOCAL, check_heads, sequence_parallel
 from longrl.dist.vision import split_frames
 from longrl.models.config import ModelConfig, TinyModelConfig
+from longrl.models.inputs import VisionInputs
 from longrl.models.qwen2_5_vl import build_prompt, load_model
 from longrl.rollout import RolloutConfig, SamplingParams, generate
 from longrl.rollout.decoder import TextDecoder
@@ -106,14 +106,21 @@ def _group_check(model, tok, responses_lens, train_vision: bool, seed: int) -> d
         split = group_logprobs(model, prompt, responses, backend="split")  # another layout, per head shard
         local_rows = group_hidden(model, prompt, responses)[0].shape[0]
         copied = group_logprobs(copy.deepcopy(model), prompt, responses)  # the RL loop's reference model
-    return dict(total_len=len(prompt) + sum(lens), local_rows=local_rows, logp=_max_diff(ref.logprobs, out.logprobs),
-                entropy=_max_diff(ref.entropy, out.entropy), loss=abs(ref_loss.item() - loss.item()),
-                grads=_grad_diff(ref_grads, sp_grads), grad_count=len(sp_grads),
-                recomputed_grads=_grad_diff(ref_grads, recomputed_grads),
-                recomputed_layers=recomputed.info["checkpointed_layers"],
-                vision_grads=sum(k.startswith("model.visual") for k in sp_grads),
-                hf_logp=_max_diff(ref.logprobs, hf.logprobs), copied_logp=_max_diff(ref.logprobs, copied.logprobs),
-                split_logp=_max_diff(ref.logprobs, split.logprobs))
+    return dict(
+        total_len=len(prompt) + sum(lens),
+        local_rows=local_rows,
+        logp=_max_diff(ref.logprobs, out.logprobs),
+        entropy=_max_diff(ref.entropy, out.entropy),
+        loss=abs(ref_loss.item() - loss.item()),
+        grads=_grad_diff(ref_grads, sp_grads),
+        grad_count=len(sp_grads),
+        recomputed_grads=_grad_diff(ref_grads, recomputed_grads),
+        recomputed_layers=recomputed.info["checkpointed_layers"],
+        vision_grads=sum(k.startswith("model.visual") for k in sp_grads),
+        hf_logp=_max_diff(ref.logprobs, hf.logprobs),
+        copied_logp=_max_diff(ref.logprobs, copied.logprobs),
+        split_logp=_max_diff(ref.logprobs, split.logprobs),
+    )
 
 
 def _vision_check(visual, rank: int) -> dict:
@@ -138,8 +145,12 @@ def _vision_check(visual, rank: int) -> dict:
         dist.all_reduce(p.grad)  # the full loss is the sum of the ranks' losses
     sp_grads = {n: p.grad.clone() for n, p in visual.named_parameters()}
     visual.zero_grad(set_to_none=True)
-    return dict(forward=(out - full).abs().max().item(), grads=_grad_diff(ref_grads, sp_grads),
-                grad_count=len(sp_grads), encoded_patches=encoded)
+    return dict(
+        forward=(out - full).abs().max().item(),
+        grads=_grad_diff(ref_grads, sp_grads),
+        grad_count=len(sp_grads),
+        encoded_patches=encoded,
+    )
 
 
 def _rollout_check(model, reference, tok, seed: int) -> dict:
@@ -150,8 +161,9 @@ def _rollout_check(model, reference, tok, seed: int) -> dict:
     prompt = build_prompt(model, tok, MESSAGES, vision)  # frame-sharded vision tower
     embeds = (ref_prompt.video_embeds - prompt.video_embeds).abs().max().item()
     with torch.no_grad():
-        ref_kv, ref_last = prefill(TextDecoder(reference), PromptEmbedder(TextDecoder(reference), ref_prompt),
-                                   ref_prompt.position_ids, chunk=7)
+        ref_kv, ref_last = prefill(
+            TextDecoder(reference), PromptEmbedder(TextDecoder(reference), ref_prompt), ref_prompt.position_ids, chunk=7
+        )
         dec = TextDecoder(model)
         kv, last = prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk=7)
         # the sharded decode keeps the prefill's KV heads: this rank's one (of 2), or a copy of the only one
@@ -166,12 +178,19 @@ def _rollout_check(model, reference, tok, seed: int) -> dict:
     ref_tokens = [s.token_ids for s in generate(reference, [ref_prompt], params, config=config)[0]]
     tokens = [s.token_ids for s in generate(model, [prompt], params, config=config)[0]]
     sharded_tokens = [s.token_ids for s in generate(sharded, [prompt], params, config=config)[0]]
-    return dict(embeds=embeds, prompt_len=len(prompt), kv=max((ref_kv.k - kv.k).abs().max().item(),
-                                                              (ref_kv.v - kv.v).abs().max().item()),
-                kv_shape=list(kv.k.shape), ref_kv_shape=list(ref_kv.k.shape),
-                own_kv_shape=list(own_kv.k.shape), own_kv=(own_kv.k - own).abs().max().item(),
-                last=(ref_last - last).abs().max().item(), tokens=tokens, ref_tokens=ref_tokens,
-                sharded_tokens=sharded_tokens)
+    return dict(
+        embeds=embeds,
+        prompt_len=len(prompt),
+        kv=max((ref_kv.k - kv.k).abs().max().item(), (ref_kv.v - kv.v).abs().max().item()),
+        kv_shape=list(kv.k.shape),
+        ref_kv_shape=list(ref_kv.k.shape),
+        own_kv_shape=list(own_kv.k.shape),
+        own_kv=(own_kv.k - own).abs().max().item(),
+        last=(ref_last - last).abs().max().item(),
+        tokens=tokens,
+        ref_tokens=ref_tokens,
+        sharded_tokens=sharded_tokens,
+    )
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -265,5 +284,7 @@ def test_sp_degree_must_fit_the_heads():
     check_heads(2, 16, 2)
     with pytest.raises(ValueError, match=r"dist.sp=3 does not divide the model's 16 attention heads"):
         check_heads(3, 16, 2)
-    with pytest.raises(ValueError, match=r"dist.sp=4 and the model's 6 KV heads: one must divide the other.*\[1, 2, 3, 6"):
+    with pytest.raises(
+        ValueError, match=r"dist.sp=4 and the model's 6 KV heads: one must divide the other.*\[1, 2, 3, 6"
+    ):
         check_heads(4, 12, 6)

@@ -23,13 +23,13 @@ from serve_helpers import save_tiny, serve_tiny
 def server(tmp_path_factory, monkeypatch_module):
     root = tmp_path_factory.mktemp("serve")
     monkeypatch_module.setenv("LONGRL_TEST_KEY", "sk-test-secret-123")
-    thread, model, tokenizer, cfg = serve_tiny(save_tiny(root / "model"), media_root=str(root),
-                                               api_key_env="LONGRL_TEST_KEY", max_context_tokens=400, max_n=8)
+    thread, model, tokenizer, cfg = serve_tiny(
+        save_tiny(root / "model"), media_root=str(root), api_key_env="LONGRL_TEST_KEY", max_context_tokens=400, max_n=8
+    )
     frames = np.random.default_rng(0).integers(0, 255, (8, 56, 56, 3), dtype=np.uint8)
     write_video(root / "clip.mp4", frames, fps=4.0)
     with thread:
-        client = httpx.Client(base_url=thread.url, timeout=60,
-                              headers={"Authorization": "Bearer sk-test-secret-123"})
+        client = httpx.Client(base_url=thread.url, timeout=60, headers={"Authorization": "Bearer sk-test-secret-123"})
         yield client, model, tokenizer, root
         client.close()
 
@@ -60,13 +60,21 @@ def test_greedy_reply_and_logprobs_equal_the_engine(server):
     reply = chat(client, "where is the red square?", temperature=0, max_tokens=12, logprobs=True)
     assert reply.status_code == 200, reply.text
     body = reply.json()
-    prompt, (sample,) = direct(model, tokenizer, "where is the red square?", SamplingParams(greedy=True, max_new_tokens=12))
+    prompt, (sample,) = direct(
+        model, tokenizer, "where is the red square?", SamplingParams(greedy=True, max_new_tokens=12)
+    )
     (choice,) = body["choices"]
-    assert choice["message"] == {"role": "assistant", "content": tokenizer.decode(sample.token_ids, skip_special_tokens=True)}
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": tokenizer.decode(sample.token_ids, skip_special_tokens=True),
+    }
     assert choice["finish_reason"] == sample.finish_reason
     assert [e["logprob"] for e in choice["logprobs"]["content"]] == pytest.approx(sample.logprobs, abs=1e-5)
-    assert body["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": len(sample.token_ids),
-                             "total_tokens": len(prompt) + len(sample.token_ids)}
+    assert body["usage"] == {
+        "prompt_tokens": len(prompt),
+        "completion_tokens": len(sample.token_ids),
+        "total_tokens": len(prompt) + len(sample.token_ids),
+    }
     assert body["object"] == "chat.completion" and body["model"] == "tiny"
 
 
@@ -76,8 +84,12 @@ def test_seeded_n_samples_share_a_prefix_and_reproduce(server):
     first, again = chat(client, "which moved first?", **kw).json(), chat(client, "which moved first?", **kw).json()
     texts = [c["message"]["content"] for c in first["choices"]]
     assert texts == [c["message"]["content"] for c in again["choices"]]
-    _, samples = direct(model, tokenizer, "which moved first?",
-                        SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=1234))
+    _, samples = direct(
+        model,
+        tokenizer,
+        "which moved first?",
+        SamplingParams(n=3, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=1234),
+    )
     assert texts == [tokenizer.decode(s.token_ids, skip_special_tokens=True) for s in samples]
     assert len(set(texts)) == 3  # independent samples over the one prefix
     other = chat(client, "which moved first?", **{**kw, "seed": 99}).json()
@@ -90,14 +102,15 @@ def test_max_tokens_stop_strings_and_streaming(server):
     short = chat(client, "the blue circle", temperature=0, max_tokens=5).json()
     assert short["usage"]["completion_tokens"] == 5 and short["choices"][0]["finish_reason"] == "length"
     assert full.startswith(short["choices"][0]["message"]["content"])
-    stop = full[len(full) // 2: len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     cut = chat(client, "the blue circle", temperature=0, max_tokens=16, stop=[stop]).json()["choices"][0]
     assert cut["message"]["content"] == full[: full.find(stop)] and cut["finish_reason"] == "stop"
 
-    streamed = chat(client, "the blue circle", temperature=0, max_tokens=16, stream=True,
-                    stream_options={"include_usage": True})
+    streamed = chat(
+        client, "the blue circle", temperature=0, max_tokens=16, stream=True, stream_options={"include_usage": True}
+    )
     assert streamed.headers["content-type"].startswith("text/event-stream")
-    events = [line[len("data: "):] for line in streamed.text.split("\n\n") if line]
+    events = [line[len("data: ") :] for line in streamed.text.split("\n\n") if line]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
@@ -109,14 +122,25 @@ def test_max_tokens_stop_strings_and_streaming(server):
 def test_video_and_image_parts(server):
     client, model, tokenizer, root = server
     text = chat(client, [{"type": "text", "text": "what happens?"}], temperature=0, max_tokens=4).json()
-    video = chat(client, [{"type": "video", "video": "clip.mp4", "num_frames": 4},
-                          {"type": "text", "text": "what happens?"}], temperature=0, max_tokens=4)
+    video = chat(
+        client,
+        [{"type": "video", "video": "clip.mp4", "num_frames": 4}, {"type": "text", "text": "what happens?"}],
+        temperature=0,
+        max_tokens=4,
+    )
     assert video.status_code == 200, video.text
     # 4 frames of 56 px: 2 temporal patches x (4 x 4 patches / 2 x 2 merge) = 8 video tokens + 2 vision tags
     assert video.json()["usage"]["prompt_tokens"] == text["usage"]["prompt_tokens"] + 8 + 2
     png = _png_bytes()
-    image = chat(client, [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
-                          {"type": "text", "text": "what color?"}], temperature=0, max_tokens=4)
+    image = chat(
+        client,
+        [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png).decode()}},
+            {"type": "text", "text": "what color?"},
+        ],
+        temperature=0,
+        max_tokens=4,
+    )
     assert image.status_code == 200, image.text
     assert _decode_image(png).shape == (1, 56, 56, 3)
 
@@ -143,15 +167,69 @@ BAD = [
     ({"tools": [{"type": "function"}]}, 400, "tools", "not supported"),
     ({"top_logprobs": 3}, 400, "top_logprobs", "not supported"),
     ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", "Input should be"),
-    ({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}, 400, "messages[0].content[0]", "unknown content part type 'audio'"),
-    ({"messages": [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"},
-                                                {"type": "video", "video": "clip.mp4"}]}]}, 400, "messages[0].content[1]", "at most one image or video"),
-    ({"messages": [{"role": "user", "content": [{"type": "video", "video": "/etc/passwd"}]}]}, 400, "messages[0].content[0]", "outside the server's media root"),
-    ({"messages": [{"role": "user", "content": [{"type": "video", "video": "missing.mp4"}]}]}, 400, "messages[0].content[0]", "does not exist"),
-    ({"messages": [{"role": "user", "content": [{"type": "video", "video": "model/config.json"}]}]}, 400, "messages[0].content[0]", "cannot be opened as a video"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]}, 400, "messages[0].content[0]", "not valid base64"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://example.com/x.png"}}]}]}, 400, "messages[0].content[0]", "not fetched"),
-    ({"messages": [{"role": "user", "content": "word " * 300}]}, 400, "messages", "more than this server's context of 400 tokens"),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "audio"}]}]},
+        400,
+        "messages[0].content[0]",
+        "unknown content part type 'audio'",
+    ),
+    (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "video", "video": "clip.mp4"}, {"type": "video", "video": "clip.mp4"}],
+                }
+            ]
+        },
+        400,
+        "messages[0].content[1]",
+        "at most one image or video",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "video", "video": "/etc/passwd"}]}]},
+        400,
+        "messages[0].content[0]",
+        "outside the server's media root",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "video", "video": "missing.mp4"}]}]},
+        400,
+        "messages[0].content[0]",
+        "does not exist",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "video", "video": "model/config.json"}]}]},
+        400,
+        "messages[0].content[0]",
+        "cannot be opened as a video",
+    ),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}
+            ]
+        },
+        400,
+        "messages[0].content[0]",
+        "not valid base64",
+    ),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://example.com/x.png"}}]}
+            ]
+        },
+        400,
+        "messages[0].content[0]",
+        "not fetched",
+    ),
+    (
+        {"messages": [{"role": "user", "content": "word " * 300}]},
+        400,
+        "messages",
+        "more than this server's context of 400 tokens",
+    ),
     ({"max_tokens": 390}, 400, "messages", "max_tokens=390"),
 ]
 
@@ -172,10 +250,15 @@ def test_context_error_names_the_size_auth_and_non_json(server):
     client = server[0]
     error = chat(client, "word " * 300).json()["error"]
     assert error["code"] == "context_length_exceeded"
-    size = re.match(r"this request is (\d+) prompt tokens, more than this server's context of 400 tokens", error["message"])
+    size = re.match(
+        r"this request is (\d+) prompt tokens, more than this server's context of 400 tokens", error["message"]
+    )
     assert size and int(size.group(1)) > 400, error["message"]
-    assert client.post("/chat/completions", content=b"{not json").json()["error"]["message"].startswith(
-        "the request body is not valid JSON")
+    assert (
+        client.post("/chat/completions", content=b"{not json")
+        .json()["error"]["message"]
+        .startswith("the request body is not valid JSON")
+    )
     assert client.post("/chat/completions", content=b"[1, 2]").status_code == 400
     base = str(client.base_url).rstrip("/")
     anonymous = httpx.post(base + "/chat/completions", json={"model": "tiny", "messages": []})
@@ -200,11 +283,32 @@ def test_longrl_serve_command_starts_answers_and_stops(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1",
-           "SERVE_TEST_KEY": "sk-cli-secret"}
-    proc = subprocess.Popen([sys.executable, "-m", "longrl.cli", "serve", "--model", str(model_dir), "--port", str(port),
-                             "--api-key-env", "SERVE_TEST_KEY", "--served-model-name", "cli-tiny"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parents[1] / "src"),
+        "OMP_NUM_THREADS": "1",
+        "SERVE_TEST_KEY": "sk-cli-secret",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "longrl.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--api-key-env",
+            "SERVE_TEST_KEY",
+            "--served-model-name",
+            "cli-tiny",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -216,10 +320,16 @@ def test_longrl_serve_command_starts_answers_and_stops(tmp_path):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "server did not come up"
             time.sleep(0.2)
-        reply = httpx.post(base + "/v1/chat/completions", headers={"Authorization": "Bearer sk-cli-secret"}, timeout=60,
-                           json={"model": "cli-tiny", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+        reply = httpx.post(
+            base + "/v1/chat/completions",
+            headers={"Authorization": "Bearer sk-cli-secret"},
+            timeout=60,
+            json={"model": "cli-tiny", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]},
+        )
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] <= 3
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=60)
-    assert "sk-cli-secret" not in output and "SERVE_TEST_KEY" in output  # the variable's name is logged, never its value
+    assert (
+        "sk-cli-secret" not in output and "SERVE_TEST_KEY" in output
+    )  # the variable's name is logged, never its value

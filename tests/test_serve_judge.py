@@ -18,8 +18,10 @@ CASES = [  # (question, reference, answer, the grade the judge is taught)
 
 
 def samples() -> list[RewardInput]:
-    return [RewardInput(f"s{i}", answer, reference, question=question)
-            for i, (question, reference, answer, _) in enumerate(CASES)]
+    return [
+        RewardInput(f"s{i}", answer, reference, question=question)
+        for i, (question, reference, answer, _) in enumerate(CASES)
+    ]
 
 
 def teach_grading(out_dir) -> float:
@@ -36,8 +38,15 @@ def test_judge_reward_scores_answers_with_a_served_model(tmp_path, monkeypatch):
     monkeypatch.setenv("LONGRL_TEST_SERVE_KEY", "sk-judge-key")
     thread, *_ = serve_tiny(tmp_path / "judge", api_key_env="LONGRL_TEST_SERVE_KEY")
     with thread:
-        reward = build_reward(RewardConfig(functions=["judge"], judge_base_url=thread.url, judge_model="tiny",
-                                           judge_api_key_env="LONGRL_TEST_SERVE_KEY", judge_max_concurrency=4))
+        reward = build_reward(
+            RewardConfig(
+                functions=["judge"],
+                judge_base_url=thread.url,
+                judge_model="tiny",
+                judge_api_key_env="LONGRL_TEST_SERVE_KEY",
+                judge_max_concurrency=4,
+            )
+        )
         results = reward(samples())
     assert [r.error for r in results] == [None] * len(CASES)
     assert [r.score for r in results] == [grade / 10 for *_, grade in CASES]

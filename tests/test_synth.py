@@ -108,6 +108,7 @@ def test_decoded_frames_show_each_event(tiny):
         story = story_from_row(row)
         video = decode_video(row.video, num_frames=TINY["frames"])
         assert video.frames.shape == (16, 56, 56, 3) and video.duration == 4.0
+
         def floor(quadrant: str) -> tuple[int, int, int]:
             return (story.background + FLOOR_SHADES[QUADRANTS.index(quadrant)],) * 3
 
@@ -156,10 +157,17 @@ def test_generate_is_reproducible_across_workers_and_seeds(tiny, tmp_path):
 def test_files_config_and_reuse(tiny, tmp_path):
     out, train, test = tiny
     assert sorted(p.name for p in (out / "videos").iterdir()) == (
-        [f"test-{i:05d}.mp4" for i in range(4)] + [f"train-{i:05d}.mp4" for i in range(8)])
+        [f"test-{i:05d}.mp4" for i in range(4)] + [f"train-{i:05d}.mp4" for i in range(8)]
+    )
     config = json.loads((out / "synth_config.json").read_text())
-    assert config == {"version": SYNTH_VERSION, **TINY, "min_gap": 0.125, "options": "shuffled", "object_fraction": 0.6,
-                      "reasoning": "evidence"}
+    assert config == {
+        "version": SYNTH_VERSION,
+        **TINY,
+        "min_gap": 0.125,
+        "options": "shuffled",
+        "object_fraction": 0.6,
+        "reasoning": "evidence",
+    }
     train_rows, test_rows = load_rows(train), load_rows(test)
     assert [r.id for r in test_rows] == [f"synth-test-{i:05d}" for i in range(4)]
     assert all(r.video == str(out / "videos" / f"train-{i:05d}.mp4") for i, r in enumerate(train_rows))
@@ -233,8 +241,10 @@ def test_question_text_alone_does_not_give_the_answer():
         return letter_counts.get(r.question, Counter("A")).most_common(1)[0][0]
 
     def by_option(r) -> str:
-        rate = [(option_stats.get((r.question, o), [0, 0])[0] + 1) / (option_stats.get((r.question, o), [0, 0])[1] + 2)
-                for o in r.options]
+        rate = [
+            (option_stats.get((r.question, o), [0, 0])[0] + 1) / (option_stats.get((r.question, o), [0, 0])[1] + 2)
+            for o in r.options
+        ]
         return LETTERS[int(np.argmax(rate))]
 
     for category in CATEGORIES:
@@ -249,15 +259,16 @@ def test_question_text_alone_does_not_give_the_answer():
             wrong = Counter(o for r in group for o in r.options if o != r.answer_text)
             common = [text for text, n in correct.items() if n >= 10]
             assert common and all(wrong[text] >= correct[text] for text in common), category
+
     # Plot & Narrative: the truth is not the "central" ordering of the four options.
     def distance(a: str, b: str) -> int:
         pa, pb = a.split(", then "), b.split(", then ")
-        return sum((pa.index(x) < pa.index(y)) != (pb.index(x) < pb.index(y))
-                   for x, y in itertools.combinations(pa, 2))
+        return sum((pa.index(x) < pa.index(y)) != (pb.index(x) < pb.index(y)) for x, y in itertools.combinations(pa, 2))
 
     plots = [r for r in held_out if r.category == "Plot & Narrative"]
-    central = sum(min(range(4), key=lambda i: sum(distance(r.options[i], o) for o in r.options)) == r.answer_index
-                  for r in plots)
+    central = sum(
+        min(range(4), key=lambda i: sum(distance(r.options[i], o) for o in r.options)) == r.answer_index for r in plots
+    )
     assert central / len(plots) < 0.4
 
 
@@ -274,8 +285,10 @@ def test_reasoning_chains_are_short_and_timestamped():
     assert spatial.reasoning == f"{e['color']} enters {e['quadrant']} at {stamp(e['time'])}."
     cause = next(r for r in _rows(8) if r.category == "Goal & Purpose")
     leave, move = cause.extra["events"][4:]
-    assert cause.reasoning == (f"{leave['color']} leaves {leave['quadrant']} at {stamp(leave['time'])}. "
-                               f"{move['color']} moves to {move['quadrant']} at {stamp(move['time'])}.")
+    assert cause.reasoning == (
+        f"{leave['color']} leaves {leave['quadrant']} at {stamp(leave['time'])}. "
+        f"{move['color']} moves to {move['quadrant']} at {stamp(move['time'])}."
+    )
 
 
 def test_fixed_form_one_template_per_category_answered_by_the_video():
@@ -325,9 +338,15 @@ def test_timeline_reasoning_narrates_every_event_then_concludes():
         conclusion = sentences[-1]
         first, left, moved = story.arrivals[0], story.departure, story.move
         source = next(e for e in story.arrivals if e.color == moved.color)
-        assert conclusion == {"Temporal": f"{first.color} came first.", "Spatial": f"{source.quadrant} stays empty.",
-                              "Plot & Narrative": f"{moved.color} changed rooms.",
-                              "Goal & Purpose": f"{left.color} left {moved.quadrant}."}[row.category]
+        assert (
+            conclusion
+            == {
+                "Temporal": f"{first.color} came first.",
+                "Spatial": f"{source.quadrant} stays empty.",
+                "Plot & Narrative": f"{moved.color} changed rooms.",
+                "Goal & Purpose": f"{left.color} left {moved.quadrant}.",
+            }[row.category]
+        )
         assert row.category == CATEGORIES[index % 4]
     with pytest.raises(ValueError, match="reasoning='timeline' is written for options='fixed'"):
         SynthConfig(out_dir="unused", reasoning="timeline").validate()

@@ -161,8 +161,9 @@ def test_truncated_video_is_an_error_naming_the_path(tmp_path):
     assert 16 <= real < 22
     with pytest.raises(VideoError) as info:
         decode_video(truncated, num_frames=4)
-    assert str(info.value) == (f"video {truncated}: decoded {real / 10:.1f} s of 3.0 s: the file is truncated; "
-                               "re-encode or remove it")
+    assert str(info.value) == (
+        f"video {truncated}: decoded {real / 10:.1f} s of 3.0 s: the file is truncated; re-encode or remove it"
+    )
     assert info.value.path == str(truncated)
     # num_frames=2 wants frames 0 and 15, both there: the packets past frame 15 are counted
     # (not decoded), so the cut is seen all the same.
@@ -202,11 +203,17 @@ def test_decode_keeps_only_sampled_frames_in_memory(tmp_path):
     y, x = np.mgrid[0:height, 0:width]
     frames = np.empty((num, height, width, 3), dtype=np.uint8)
     for i in range(num):  # moving gradients: cheap to encode, every frame different
-        frames[i, ..., 0], frames[i, ..., 1], frames[i, ..., 2] = (x + 3 * i) % 256, (y + 2 * i) % 256, (x + y + i) % 256
+        frames[i, ..., 0], frames[i, ..., 1], frames[i, ..., 2] = (
+            (x + 3 * i) % 256,
+            (y + 2 * i) % 256,
+            (x + y + i) % 256,
+        )
     path = tmp_path / "long.mp4"
     write_video(path, frames, fps=25)
     # A fresh process, so the peak resident memory of decoding alone can be sampled.
-    result = subprocess.run([sys.executable, "-c", RSS_PEAK_SCRIPT, str(path)], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", RSS_PEAK_SCRIPT, str(path)], capture_output=True, text=True, check=True
+    )
     growth = int(result.stdout.strip().splitlines()[-1])
     all_rgb = frames.nbytes  # 46 MB: what keeping every decoded frame would cost (measured ~53 MB)
     # Measured ~14 MB: the decoder's own buffers plus the 4 kept frames.
@@ -256,8 +263,12 @@ def test_sampling_matches_official_fixtures():
         if "indices" not in case:
             continue  # the official function raised; see test_sampling_where_official_fails
         ours = sample_frame_indices(
-            case["total"], case["video_fps"], num_frames=case["num_frames"] or 0, fps=case["fps"] or 0.0,
-            max_frames=case["max_frames"], min_frames=case["min_frames"],
+            case["total"],
+            case["video_fps"],
+            num_frames=case["num_frames"] or 0,
+            fps=case["fps"] or 0.0,
+            max_frames=case["max_frames"],
+            min_frames=case["min_frames"],
         )
         assert ours == case["indices"], case
         checked += 1
@@ -292,8 +303,11 @@ def test_sampling_matches_official_live():
         else:
             kwargs = dict(fps=float(rng.choice([0.1, 0.5, 1.0, 2.0, 4.0])))
         official = processor.sample_frames(
-            metadata=VideoMetadata(total_num_frames=total, fps=video_fps), temporal_patch_size=2,
-            min_frames=min_frames, max_frames=max_frames, **kwargs,
+            metadata=VideoMetadata(total_num_frames=total, fps=video_fps),
+            temporal_patch_size=2,
+            min_frames=min_frames,
+            max_frames=max_frames,
+            **kwargs,
         )
         # The official list can end with index == total (float rounding); its PyAV reader never
         # reaches that frame, so the frames it returns are the ones before.

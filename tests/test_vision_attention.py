@@ -22,7 +22,7 @@ def test_batched_tower_matches_transformers(grid):
     torch.manual_seed(0)
     model = random_model(tiny_bench_config())
     vc = model.config.vision_config
-    patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+    patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
     thw = torch.tensor([grid])
     pixels = torch.randn(int(thw.prod()), patch)
     vision = VisionInputs(pixels, thw, 1.0)
@@ -53,7 +53,7 @@ def test_batched_tower_under_activation_checkpointing():
     model.model.visual.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     vc = model.config.vision_config
-    patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+    patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
     thw = torch.tensor([(2, 12, 20)])
     vision = VisionInputs(torch.randn(int(thw.prod()), patch), thw, 1.0)
     model.model.visual.requires_grad_(True)

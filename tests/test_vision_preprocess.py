@@ -39,7 +39,11 @@ needs_torchvision = pytest.mark.skipif(
         ((28, 56), {"min_pixels": 28 * 28}, (28, 56)),  # already fits
         ((28, 56), {}, (56, 84)),  # 1568 < 3136: beta=sqrt(2), ceil(1.41)=2, ceil(2.83)=3
         ((20, 30), {"min_pixels": 1568}, (56, 56)),  # beta=1.617: ceil(1.15)=2, ceil(1.73)=2
-        ((70, 90), {"min_pixels": VIDEO_MIN_PIXELS, "max_pixels": VIDEO_MAX_PIXELS}, (280, 364)),  # ceil(9.98), ceil(12.83)
+        (
+            (70, 90),
+            {"min_pixels": VIDEO_MIN_PIXELS, "max_pixels": VIDEO_MAX_PIXELS},
+            (280, 364),
+        ),  # ceil(9.98), ceil(12.83)
         ((10, 900), {}, (28, 532)),  # beta=0.590: ceil(0.21)=1, ceil(18.97)=19
         ((120, 90), {"min_pixels": 784, "max_pixels": 3136}, (56, 28)),  # beta=1.856: floor(2.31), floor(1.73)
         ((4000, 3000), {"max_pixels": IMAGE_MAX_PIXELS}, (1148, 840)),  # beta=3.458: floor(41.3), floor(30.98)
@@ -120,7 +124,9 @@ def test_image_is_single_frame_video_repeated_in_time():
 def test_accepts_torch_and_channels_first():
     frames = np.random.default_rng(0).integers(0, 256, (2, 28, 56, 3), dtype=np.uint8)
     a = preprocess_video(frames, sample_fps=2.0, min_pixels=784, max_pixels=VIDEO_MAX_PIXELS)
-    b = preprocess_video(torch.from_numpy(frames).permute(0, 3, 1, 2), sample_fps=2.0, min_pixels=784, max_pixels=VIDEO_MAX_PIXELS)
+    b = preprocess_video(
+        torch.from_numpy(frames).permute(0, 3, 1, 2), sample_fps=2.0, min_pixels=784, max_pixels=VIDEO_MAX_PIXELS
+    )
     assert torch.equal(a.pixel_values, b.pixel_values)
     assert a.second_per_grid == 1.0 and a.grid_thw.dtype == torch.long
 
@@ -135,6 +141,7 @@ def test_bad_inputs_are_named():
 
 
 # --- equality with the official processors, through stored fixtures -------------------------
+
 
 def load_fixtures():
     meta = json.loads((FIXTURES / "qwen_vision.json").read_text())
@@ -153,7 +160,9 @@ def test_matches_official_fixture(case):
     else:
         ours = preprocess_image(x, min_pixels=case["min_pixels"], max_pixels=case["max_pixels"])
     assert ours.grid_thw.tolist() == FIXTURE_ARRAYS[f"{name}__grid_thw"].tolist()
-    torch.testing.assert_close(ours.pixel_values, torch.from_numpy(FIXTURE_ARRAYS[f"{name}__pixel_values"]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        ours.pixel_values, torch.from_numpy(FIXTURE_ARRAYS[f"{name}__pixel_values"]), atol=1e-5, rtol=0
+    )
 
 
 def test_matches_official_sampled_video_fixture():
@@ -164,7 +173,9 @@ def test_matches_official_sampled_video_fixture():
     assert indices == case["indices"]
     sample_fps = len(indices) / len(full) * case["video_fps"]
     assert sample_fps == pytest.approx(case["sampled_fps"])
-    ours = preprocess_video(full[indices], sample_fps=sample_fps, min_pixels=case["min_pixels"], max_pixels=case["max_pixels"])
+    ours = preprocess_video(
+        full[indices], sample_fps=sample_fps, min_pixels=case["min_pixels"], max_pixels=case["max_pixels"]
+    )
     assert ours.grid_thw.tolist() == FIXTURE_ARRAYS[f"{case['name']}__grid_thw"].tolist()
     assert ours.second_per_grid == pytest.approx(case["second_per_grid"])
     torch.testing.assert_close(
@@ -174,6 +185,7 @@ def test_matches_official_sampled_video_fixture():
 
 # --- equality with the official processors, live (only where torchvision imports) ------------
 
+
 @needs_torchvision
 @pytest.mark.parametrize("shape", [(4, 70, 90), (5, 33, 47), (2, 300, 200)])
 def test_matches_official_video_processor_live(shape):
@@ -182,7 +194,10 @@ def test_matches_official_video_processor_live(shape):
     frames = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
     # Official defaults for size: this also checks VIDEO_MIN_PIXELS / VIDEO_MAX_PIXELS.
     official = Qwen2VLVideoProcessor()(
-        videos=frames, do_sample_frames=False, cap_pixels_per_frame=False, input_data_format="channels_last",
+        videos=frames,
+        do_sample_frames=False,
+        cap_pixels_per_frame=False,
+        input_data_format="channels_last",
         return_tensors="pt",
     )
     ours = preprocess_video(frames, sample_fps=2.0, min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS)

@@ -28,44 +28,68 @@ from collections.abc import Callable
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides in dotted form, e.g. rollout.n=8 rl.steps=100; any position")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides in dotted form, e.g. rollout.n=8 rl.steps=100; any position",
+    )
 
 
 def _config_file(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, metavar="YAML",
-                        help="settings file (keys of configs/reference.yaml); key=value overrides win over it")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="settings file (keys of configs/reference.yaml); key=value overrides win over it",
+    )
 
 
 def _debug_flag(default) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--debug", action="store_true", default=default,
-                        help="show the traceback of an error, not just its one-line message")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the traceback of an error, not just its one-line message",
+    )
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="longrl", description="RL for vision-language models on long videos",
-                                     parents=[_debug_flag(False)])
+    parser = argparse.ArgumentParser(
+        prog="longrl", description="RL for vision-language models on long videos", parents=[_debug_flag(False)]
+    )
     # Every subcommand takes --debug too; SUPPRESS keeps it from resetting `longrl --debug train ...`.
     common = [_debug_flag(argparse.SUPPRESS)]
     sub = parser.add_subparsers(dest="command", required=True)
 
-    qs = sub.add_parser("quickstart", parents=common,
-                        help="offline end-to-end run: synthetic videos -> SFT -> RL -> eval")
+    qs = sub.add_parser(
+        "quickstart", parents=common, help="offline end-to-end run: synthetic videos -> SFT -> RL -> eval"
+    )
     qs.add_argument("--out", default="runs/quickstart")
     qs.add_argument("--algorithm", default="grpo", help="grpo | dapo | reinforce_pp | rloo | drgrpo | gspo")
     qs.add_argument("--train-rows", type=int, default=2400, help="RL pool of synthetic videos")
     qs.add_argument("--sft-rows", type=int, default=600, help="the pool's first rows, with reasoning, for SFT")
     qs.add_argument("--test-rows", type=int, default=400)
     qs.add_argument("--frames", type=int, default=32, help="frames per synthetic video file")
-    qs.add_argument("--sft-model", default=None,
-                    help="start RL from this SFT model (an earlier run's OUT/sft_model) instead of training one")
-    qs.add_argument("--reasoning", default="evidence", choices=["evidence", "timeline"],
-                    help="SFT reasoning chains: the events the answer rests on, or every event first")
+    qs.add_argument(
+        "--sft-model",
+        default=None,
+        help="start RL from this SFT model (an earlier run's OUT/sft_model) instead of training one",
+    )
+    qs.add_argument(
+        "--reasoning",
+        default="evidence",
+        choices=["evidence", "timeline"],
+        help="SFT reasoning chains: the events the answer rests on, or every event first",
+    )
     qs.add_argument("--seed", type=int, default=None, help="drives data, initialization and sampling (trainer.seed)")
-    qs.add_argument("--seeds", default=None,
-                    help="run once per seed (e.g. 0-4) into OUT/seed_S and print a table with mean and spread")
+    qs.add_argument(
+        "--seeds",
+        default=None,
+        help="run once per seed (e.g. 0-4) into OUT/seed_S and print a table with mean and spread",
+    )
     _overrides(qs)
 
     data = sub.add_parser("data", parents=common, help="dataset tools")
@@ -87,18 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=common, help="accuracy per category on data.test_path")
     _config_file(ev)
     ev.add_argument("--out", default=None, help="where report.json goes (default: trainer.out_dir/eval)")
-    ev.add_argument("--benchmark", nargs=2, metavar=("NAME", "PATH"), default=None,
-                    help="longvideo-reason DIR (LongVideo-Reason-eval files) or rows FILE: strict and lenient "
-                         "accuracy per category, per-item predictions")
+    ev.add_argument(
+        "--benchmark",
+        nargs=2,
+        metavar=("NAME", "PATH"),
+        default=None,
+        help="longvideo-reason DIR (LongVideo-Reason-eval files) or rows FILE: strict and lenient "
+        "accuracy per category, per-item predictions",
+    )
     _overrides(ev)
 
-    cache = sub.add_parser("cache-embeds", parents=common,
-                           help="precompute video embeddings into data.embed_cache_dir")
+    cache = sub.add_parser("cache-embeds", parents=common, help="precompute video embeddings into data.embed_cache_dir")
     _config_file(cache)
     _overrides(cache)
 
-    show = sub.add_parser("config", parents=common,
-                          help="print the resolved config as commented YAML (no arguments: the defaults)")
+    show = sub.add_parser(
+        "config", parents=common, help="print the resolved config as commented YAML (no arguments: the defaults)"
+    )
     _config_file(show)
     _overrides(show)
 
@@ -114,19 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("which", choices=["rollout", "train", "step"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
 
-    datagen = sub.add_parser("datagen", parents=common, help="LongVideo-Reason-style questions from clip captions (resumable)")
+    datagen = sub.add_parser(
+        "datagen", parents=common, help="LongVideo-Reason-style questions from clip captions (resumable)"
+    )
     datagen.add_argument("--videos", default=None, help="a directory of videos or a .jsonl/.parquet of rows")
     datagen.add_argument("--out", default=None, help="output directory (datagen.out_dir)")
     _config_file(datagen)
     _overrides(datagen)
 
-    serve = sub.add_parser("serve", parents=common, help="an OpenAI-compatible HTTP server of a model (POST /v1/chat/completions)")
+    serve = sub.add_parser(
+        "serve", parents=common, help="an OpenAI-compatible HTTP server of a model (POST /v1/chat/completions)"
+    )
     from longrl.serve.config import ServeConfig, field_help
 
     helps = field_help()
     for f in dataclasses.fields(ServeConfig):
-        serve.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
-                           required=f.name == "model", help=helps.get(f.name))
+        serve.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(f.default),
+            default=f.default,
+            required=f.name == "model",
+            help=helps.get(f.name),
+        )
     return parser
 
 
@@ -153,8 +191,16 @@ def _user_errors() -> dict[type, int]:
     from longrl.infra.guard import NonFiniteError
     from longrl.rewards.model import JudgeFailureError
 
-    return {ConfigError: 2, RowError: 1, VideoError: 1, CheckpointError: 1, JudgeFailureError: 1, NonFiniteError: 1,
-            OSError: 1, ValueError: 1}
+    return {
+        ConfigError: 2,
+        RowError: 1,
+        VideoError: 1,
+        CheckpointError: 1,
+        JudgeFailureError: 1,
+        NonFiniteError: 1,
+        OSError: 1,
+        ValueError: 1,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +222,13 @@ def _dispatch(args) -> int:
     if args.command == "quickstart":
         from longrl.quickstart import QuickstartData, parse_seeds, quickstart, sweep
 
-        data = QuickstartData(num_train=args.train_rows, sft_rows=args.sft_rows, num_test=args.test_rows,
-                              frames=args.frames, reasoning=args.reasoning)
+        data = QuickstartData(
+            num_train=args.train_rows,
+            sft_rows=args.sft_rows,
+            num_test=args.test_rows,
+            frames=args.frames,
+            reasoning=args.reasoning,
+        )
         if args.seeds is not None:
             if args.seed is not None or args.sft_model:
                 raise ValueError("--seeds runs whole quickstarts: drop --seed and --sft-model")
@@ -191,8 +242,17 @@ def _dispatch(args) -> int:
     if args.command == "data":
         from longrl.data.synth import SynthConfig, generate_synth
 
-        train, test = generate_synth(SynthConfig(out_dir=args.out, num_train=args.train, num_test=args.test,
-                                                 frames=args.frames, fps=args.fps, size=args.size, seed=args.seed))
+        train, test = generate_synth(
+            SynthConfig(
+                out_dir=args.out,
+                num_train=args.train,
+                num_test=args.test,
+                frames=args.frames,
+                fps=args.fps,
+                size=args.size,
+                seed=args.seed,
+            )
+        )
         print(f"wrote {train} and {test}")
         return 0
     if args.command == "train":

@@ -1,6 +1,6 @@
 """The run configuration: one dataclass per concern, merged from YAML and ``key.sub=value`` overrides.
 
-    cfg = load_config("my.yaml", ["rollout.n=8", "rl.steps=200"])  # my.yaml: any keys of configs/reference.yaml
+cfg = load_config("my.yaml", ["rollout.n=8", "rl.steps=200"])  # my.yaml: any keys of configs/reference.yaml
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class DataConfig:
         if self.num_frames == 0 and self.fps == 0:
             raise config_utils.FieldError("{p}num_frames=0 samples at {p}fps, which is 0 too: set one of them > 0")
         if self.max_pixels < self.min_pixels:
-            raise config_utils.FieldError(f"{{p}}max_pixels={self.max_pixels} must be >= "
-                                          f"{{p}}min_pixels={self.min_pixels}")
+            raise config_utils.FieldError(
+                f"{{p}}max_pixels={self.max_pixels} must be >= {{p}}min_pixels={self.min_pixels}"
+            )
 
 
 @dataclass
@@ -63,7 +64,8 @@ class SFTConfig:
     epochs: float = 3.0  # passes over the SFT rows (fractions allowed)
     batch_size: int = 16  # rows per optimizer step
     optim: OptimConfig = field(  # SFT optimizer
-        default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=10))
+        default_factory=lambda: OptimConfig(lr=3e-3, weight_decay=0.01, warmup_steps=10)
+    )
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:  # sft_steps rounds up: 0 epochs would still train one step
@@ -77,7 +79,8 @@ class RLConfig:
     prompts_per_step: int = 8  # prompts (videos) drawn per step; each gets rollout.n samples
     micro_batch_tokens: int = 16384  # dynamic micro-batching budget for log-prob/update passes
     optim: OptimConfig = field(  # RL optimizer
-        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=2, min_lr_ratio=1.0))
+        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=2, min_lr_ratio=1.0)
+    )
 
     def __post_init__(self) -> None:
         config_utils.at_least(self, 0, "steps")
@@ -139,9 +142,11 @@ class Config:
     def validate(self) -> None:
         """Checks that span sections (each section checks its own fields when it is built)."""
         if self.rollout.n < 2 and self.algorithm.advantage in GROUP_RELATIVE_ADVANTAGES:
-            raise ConfigError(f"rollout.n={self.rollout.n} with algorithm.advantage={self.algorithm.advantage!r} "
-                              "gives every sample a zero advantage (no learning signal): set rollout.n >= 2, "
-                              "or algorithm.advantage=reinforce_pp")
+            raise ConfigError(
+                f"rollout.n={self.rollout.n} with algorithm.advantage={self.algorithm.advantage!r} "
+                "gives every sample a zero advantage (no learning signal): set rollout.n >= 2, "
+                "or algorithm.advantage=reinforce_pp"
+            )
 
 
 def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -169,8 +174,10 @@ def _check_dist(cfg: Config) -> None:
 
     dp = cfg.dist.resolved(world_size_from_env()).dp
     if cfg.rl.prompts_per_step % dp:
-        raise ConfigError(f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of dist.dp={dp} "
-                          "(each data-parallel rank draws an equal share of the step's prompts)")
+        raise ConfigError(
+            f"rl.prompts_per_step={cfg.rl.prompts_per_step} must be a multiple of dist.dp={dp} "
+            "(each data-parallel rank draws an equal share of the step's prompts)"
+        )
 
 
 def _explicit_keys(yaml_path, overrides, section: str) -> set[str]:

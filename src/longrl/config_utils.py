@@ -159,8 +159,9 @@ def parse_override(text: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML ({_first_line(err)}); "
-                          "quote it, e.g. key='a: b'") from None
+        raise ConfigError(
+            f"override '{text}': the value is not valid YAML ({_first_line(err)}); quote it, e.g. key='a: b'"
+        ) from None
     nested: dict[str, Any] = {}
     node = nested
     parts = key.strip().split(".")
@@ -185,8 +186,10 @@ def load(cls: type, yaml_path: str | Path | None = None, overrides: list[str] | 
     if yaml_path:
         loaded = read_yaml(yaml_path)
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {yaml_path} must hold a mapping at the top level "
-                              "(`section:` lines with indented `key: value` pairs)")
+            raise ConfigError(
+                f"config file {yaml_path} must hold a mapping at the top level "
+                "(`section:` lines with indented `key: value` pairs)"
+            )
         _deep_update(updates, loaded)
     for text in overrides or []:
         _deep_update(updates, parse_override(text))
@@ -197,19 +200,25 @@ def read_yaml(yaml_path: str | Path) -> Any:
     """The parsed file; a missing file or a syntax error is a one-line ConfigError with file and line."""
     path = Path(yaml_path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist" if not path.exists() else
-                          f"config file {path} is a directory; pass a .yaml file")
+        raise ConfigError(
+            f"config file {path} does not exist"
+            if not path.exists()
+            else f"config file {path} is a directory; pass a .yaml file"
+        )
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise ConfigError(f"config file {path} line {line}: not UTF-8 text (byte {err.object[err.start]:#04x}); "
-                          "save it as UTF-8") from None
+        raise ConfigError(
+            f"config file {path} line {line}: not UTF-8 text (byte {err.object[err.start]:#04x}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f"{path} line {mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"config file {where}: invalid YAML ({_first_line(err)}); "
-                          "write `key: value` pairs, nested by indenting with spaces") from None
+        raise ConfigError(
+            f"config file {where}: invalid YAML ({_first_line(err)}); "
+            "write `key: value` pairs, nested by indenting with spaces"
+        ) from None
 
 
 def _first_line(err: yaml.YAMLError) -> str:

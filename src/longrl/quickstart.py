@@ -48,24 +48,40 @@ class QuickstartData:
     reasoning: str = "evidence"  # "timeline": SFT chains narrate every event first (a dense caption)
 
 
-def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str] | None = None,
-               data: QuickstartData | None = None, sft_model: str | Path | None = None) -> dict:
+def quickstart(
+    out_dir: str | Path,
+    algorithm: str = "grpo",
+    overrides: list[str] | None = None,
+    data: QuickstartData | None = None,
+    sft_model: str | Path | None = None,
+) -> dict:
     """The whole pipeline; with ``sft_model`` (an earlier run's ``OUT/sft_model``) RL starts from
     that model instead of a fresh SFT, so several algorithms can be compared from one SFT."""
     started = time.time()
     data = data or QuickstartData()
     overrides = [f"algorithm.name={algorithm}", f"trainer.out_dir={out_dir}", *(overrides or [])]
-    settings = {"config": config_utils.to_dict(load_config(DEFAULT_CONFIG, overrides)),
-                "data": dataclasses.asdict(data), "sft_model": str(sft_model) if sft_model else None}
+    settings = {
+        "config": config_utils.to_dict(load_config(DEFAULT_CONFIG, overrides)),
+        "data": dataclasses.asdict(data),
+        "sft_model": str(sft_model) if sft_model else None,
+    }
     check_earlier_run(Path(out_dir), settings)
     cfg, out, device = setup_run(DEFAULT_CONFIG, overrides)
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
     print(f"[1/5] synthetic long-video task -> {out / 'data'}")
-    train_path, test_path = generate_synth(SynthConfig(
-        out_dir=str(out / "data"), num_train=data.num_train, num_test=data.num_test, frames=data.frames,
-        options=data.options, object_fraction=data.object_fraction, reasoning=data.reasoning,
-        seed=cfg.trainer.seed))
+    train_path, test_path = generate_synth(
+        SynthConfig(
+            out_dir=str(out / "data"),
+            num_train=data.num_train,
+            num_test=data.num_test,
+            frames=data.frames,
+            options=data.options,
+            object_fraction=data.object_fraction,
+            reasoning=data.reasoning,
+            seed=cfg.trainer.seed,
+        )
+    )
     train_rows, test_rows = load_rows(train_path), load_rows(test_path)
     if not 0 < data.sft_rows <= len(train_rows):
         raise ValueError(f"sft_rows={data.sft_rows}: choose 1..{len(train_rows)} (the RL pool's size)")
@@ -75,8 +91,9 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
 
     if sft_model is None:
         print(f"[2/5] tiny Qwen2.5-VL and tokenizer ({device})")
-        model, tokenizer = load_model(cfg.model, device, tokenizer_texts=corpus_texts(train_rows[: data.sft_rows]),
-                                      seed=cfg.trainer.seed)
+        model, tokenizer = load_model(
+            cfg.model, device, tokenizer_texts=corpus_texts(train_rows[: data.sft_rows]), seed=cfg.trainer.seed
+        )
         print("[3/5] chain-of-thought SFT")
         sft_stage(model, tokenizer, sft_set, cfg, out / "sft")
         save_pretrained(model, tokenizer, out / "sft_model")
@@ -84,17 +101,28 @@ def quickstart(out_dir: str | Path, algorithm: str = "grpo", overrides: list[str
         print(f"[2/5] SFT model from {sft_model} ({device})")
         model, tokenizer = load_model(replace(cfg.model, path=str(sft_model)), device)
         print("[3/5] chain-of-thought SFT: skipped (--sft-model)")
+
     def held_out(examples):
-        return evaluate(model, tokenizer, examples, max_new_tokens=cfg.eval.max_new_tokens,
-                        batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)
+        return evaluate(
+            model,
+            tokenizer,
+            examples,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_prompts=cfg.eval.batch_prompts,
+            progress=cfg.trainer.progress,
+        )
 
     sft_report = held_out(test)
     write_report(sft_report, out / "eval_sft")
     # Does the SFT model read the video? Compare with answering blind (notes/log/quickstart.md).
-    blind = {"majority_accuracy": majority_accuracy(train_rows[: data.sft_rows], [e.row for e in test]),
-             "other_video_accuracy": held_out(swap_videos(test))["accuracy"]}
-    print(f"      SFT held-out accuracy {sft_report['accuracy']:.3f} (blind: majority answer "
-          f"{blind['majority_accuracy']:.3f}, another row's video {blind['other_video_accuracy']:.3f})")
+    blind = {
+        "majority_accuracy": majority_accuracy(train_rows[: data.sft_rows], [e.row for e in test]),
+        "other_video_accuracy": held_out(swap_videos(test))["accuracy"],
+    }
+    print(
+        f"      SFT held-out accuracy {sft_report['accuracy']:.3f} (blind: majority answer "
+        f"{blind['majority_accuracy']:.3f}, another row's video {blind['other_video_accuracy']:.3f})"
+    )
 
     print(f"[4/5] RL ({cfg.algorithm.name}), {cfg.rl.steps} steps")
     train_rl(model, tokenizer, rl_set, cfg, out / "rl")
@@ -133,14 +161,20 @@ def check_earlier_run(out: Path, settings: dict) -> None:
         return
     before = json.loads(saved.read_text())
     ignored = {"config.trainer.progress", "config.trainer.log_every"}  # output only
-    changed = sorted(k for k in _flat(before).keys() | _flat(settings).keys()
-                     if k not in ignored and _flat(before).get(k) != _flat(settings).get(k))
+    changed = sorted(
+        k
+        for k in _flat(before).keys() | _flat(settings).keys()
+        if k not in ignored and _flat(before).get(k) != _flat(settings).get(k)
+    )
     if changed:
-        shown = ", ".join(f"{k.removeprefix('config.')}: {_flat(before).get(k)!r} -> {_flat(settings).get(k)!r}"
-                          for k in changed[:3])
-        raise FileExistsError(f"{out} holds a quickstart run with other settings ({shown}"
-                              f"{', ...' if len(changed) > 3 else ''}): choose another --out, or start over "
-                              "there with trainer.resume=overwrite")
+        shown = ", ".join(
+            f"{k.removeprefix('config.')}: {_flat(before).get(k)!r} -> {_flat(settings).get(k)!r}" for k in changed[:3]
+        )
+        raise FileExistsError(
+            f"{out} holds a quickstart run with other settings ({shown}"
+            f"{', ...' if len(changed) > 3 else ''}): choose another --out, or start over "
+            "there with trainer.resume=overwrite"
+        )
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -165,17 +199,22 @@ def _slope(trend: dict | None) -> str:
 
 
 def summary_table(report: dict) -> str:
-    rows = [("chance", report["chance_accuracy"]), ("after SFT", report["sft_accuracy"]),
-            (f"after RL ({report['algorithm']})", report["rl_accuracy"]),
-            ("blind: majority answer", report["blind"]["majority_accuracy"]),
-            ("blind: SFT, another video", report["blind"]["other_video_accuracy"])]
+    rows = [
+        ("chance", report["chance_accuracy"]),
+        ("after SFT", report["sft_accuracy"]),
+        (f"after RL ({report['algorithm']})", report["rl_accuracy"]),
+        ("blind: majority answer", report["blind"]["majority_accuracy"]),
+        ("blind: SFT, another video", report["blind"]["other_video_accuracy"]),
+    ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{'held-out accuracy'.ljust(width)}  value", f"{'-' * width}  -----"]
     lines += [f"{name.ljust(width)}  {value:.3f}" for name, value in rows]
     trend = report["rl_train_accuracy_trend"]
     if trend is not None:
-        lines.append(f"RL training accuracy: {trend['fit_start']:.3f} -> {trend['fit_end']:.3f} (slope "
-                     f"{trend['slope_per_100']:+.3f} +- {trend['stderr_per_100']:.3f} per 100 steps)")
+        lines.append(
+            f"RL training accuracy: {trend['fit_start']:.3f} -> {trend['fit_end']:.3f} (slope "
+            f"{trend['slope_per_100']:+.3f} +- {trend['stderr_per_100']:.3f} per 100 steps)"
+        )
     lines.append(f"{'minutes'.ljust(width)}  {report['minutes']:.1f}")
     cats = report["rl"]["per_category"]
     lines.append("per category after RL: " + ", ".join(f"{c} {s['accuracy']:.2f}" for c, s in cats.items()))
@@ -183,7 +222,7 @@ def summary_table(report: dict) -> str:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"0-4" -> [0, 1, 2, 3, 4]; "0,2,5" -> [0, 2, 5]."""
+    """ "0-4" -> [0, 1, 2, 3, 4]; "0,2,5" -> [0, 2, 5]."""
     seeds: list[int] = []
     try:
         for part in text.split(","):
@@ -196,16 +235,24 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def sweep(out_dir: str | Path, seeds: list[int], algorithm: str = "grpo", overrides: list[str] | None = None,
-          data: QuickstartData | None = None) -> list[dict]:
+def sweep(
+    out_dir: str | Path,
+    seeds: list[int],
+    algorithm: str = "grpo",
+    overrides: list[str] | None = None,
+    data: QuickstartData | None = None,
+) -> list[dict]:
     """The quickstart once per seed (OUT/seed_S), then a table with mean and spread (OUT/sweep.md)."""
     out = Path(out_dir)
-    reports = [quickstart(out / f"seed_{seed}", algorithm, [*(overrides or []), f"trainer.seed={seed}"], data)
-               for seed in seeds]
+    reports = [
+        quickstart(out / f"seed_{seed}", algorithm, [*(overrides or []), f"trainer.seed={seed}"], data)
+        for seed in seeds
+    ]
     table = sweep_table(reports)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps([{k: v for k, v in r.items() if k not in ("sft", "rl")}
-                                                 for r in reports], indent=2) + "\n")
+    (out / "sweep.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k not in ("sft", "rl")} for r in reports], indent=2) + "\n"
+    )
     (out / "sweep.md").write_text(table + "\n")
     print(table)
     return reports
@@ -219,8 +266,10 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 def sweep_table(reports: list[dict]) -> str:
     """One row per seed and a mean +- sd row; the issue's thresholds checked per seed."""
-    head = ("| seed | chance | SFT | RL | RL - SFT | blind: majority | blind: other video | "
-            "RL train acc slope / 100 steps (+- se) | minutes | thresholds |")
+    head = (
+        "| seed | chance | SFT | RL | RL - SFT | blind: majority | blind: other video | "
+        "RL train acc slope / 100 steps (+- se) | minutes | thresholds |"
+    )
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     columns: dict[str, list[float]] = {k: [] for k in ("sft", "rl", "gain", "majority", "other", "slope", "min")}
     for r in reports:
@@ -229,20 +278,34 @@ def sweep_table(reports: list[dict]) -> str:
         checks = {
             "SFT>=chance+0.10": r["sft_accuracy"] >= r["chance_accuracy"] + 0.10,
             "RL>=SFT+0.03": gain >= 0.03,
-            "SFT>=blind+0.10": r["sft_accuracy"] >= max(blind["majority_accuracy"], blind["other_video_accuracy"]) + 0.10,
+            "SFT>=blind+0.10": r["sft_accuracy"]
+            >= max(blind["majority_accuracy"], blind["other_video_accuracy"]) + 0.10,
             "slope>2se": trend is not None and trend["slope_per_100"] > 2 * trend["stderr_per_100"],
         }
         failed = [name for name, ok in checks.items() if not ok]
-        lines.append(f"| {r['seed']} | {r['chance_accuracy']:.3f} | {r['sft_accuracy']:.4f} | {r['rl_accuracy']:.4f} | "
-                     f"{gain:+.4f} | {blind['majority_accuracy']:.3f} | {blind['other_video_accuracy']:.3f} | "
-                     f"{_slope(trend)} | {r['minutes']:.1f} | "
-                     f"{'all met' if not failed else 'missed: ' + ', '.join(failed)} |")
-        for key, value in zip(columns, (r["sft_accuracy"], r["rl_accuracy"], gain, blind["majority_accuracy"],
-                                        blind["other_video_accuracy"],
-                                        trend["slope_per_100"] if trend else float("nan"), r["minutes"])):
+        lines.append(
+            f"| {r['seed']} | {r['chance_accuracy']:.3f} | {r['sft_accuracy']:.4f} | {r['rl_accuracy']:.4f} | "
+            f"{gain:+.4f} | {blind['majority_accuracy']:.3f} | {blind['other_video_accuracy']:.3f} | "
+            f"{_slope(trend)} | {r['minutes']:.1f} | "
+            f"{'all met' if not failed else 'missed: ' + ', '.join(failed)} |"
+        )
+        for key, value in zip(
+            columns,
+            (
+                r["sft_accuracy"],
+                r["rl_accuracy"],
+                gain,
+                blind["majority_accuracy"],
+                blind["other_video_accuracy"],
+                trend["slope_per_100"] if trend else float("nan"),
+                r["minutes"],
+            ),
+        ):
             columns[key].append(value)
     stats = {k: _mean_sd(v) for k, v in columns.items()}
     fmt = {k: f"{m:.4f} +- {s:.4f}" for k, (m, s) in stats.items()}
-    lines.append(f"| mean +- sd | | {fmt['sft']} | {fmt['rl']} | {fmt['gain']} | {fmt['majority']} | {fmt['other']} | "
-                 f"{fmt['slope']} | {stats['min'][0]:.1f} | mean gain {'>=' if stats['gain'][0] >= 0.05 else '<'} 0.05 |")
+    lines.append(
+        f"| mean +- sd | | {fmt['sft']} | {fmt['rl']} | {fmt['gain']} | {fmt['majority']} | {fmt['other']} | "
+        f"{fmt['slope']} | {stats['min'][0]:.1f} | mean gain {'>=' if stats['gain'][0] >= 0.05 else '<'} 0.05 |"
+    )
     return "\n".join(lines)

@@ -28,15 +28,29 @@ def qwen25vl_3b_config(vocab_size: int = 151936) -> Qwen2_5_VLConfig:
     """Qwen2.5-VL-3B-Instruct's architecture (config.json of the released checkpoint)."""
     return Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=vocab_size, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-            num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000,
-            rms_norm_eps=1e-6, tie_word_embeddings=True,
+            vocab_size=vocab_size,
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
         ),
         vision_config=dict(
-            depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
-            fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=2048,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            tokens_per_second=2,
         ),
         tie_word_embeddings=True,
     )
@@ -46,22 +60,37 @@ def tiny_bench_config(vocab_size: int = 151936) -> Qwen2_5_VLConfig:
     """A few-layer model of the same family (real token ids, head_dim 32) for smoke runs."""
     return Qwen2_5_VLConfig(
         text_config=dict(
-            vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128000,
-            rms_norm_eps=1e-6, tie_word_embeddings=True,
+            vocab_size=vocab_size,
+            hidden_size=128,
+            intermediate_size=384,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            tie_word_embeddings=True,
             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
         ),
         vision_config=dict(
-            depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
-            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
-            fullatt_block_indexes=[1], tokens_per_second=2,
+            depth=2,
+            hidden_size=64,
+            intermediate_size=128,
+            num_heads=2,
+            out_hidden_size=128,
+            patch_size=14,
+            temporal_patch_size=2,
+            spatial_merge_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+            tokens_per_second=2,
         ),
         tie_word_embeddings=True,
     )
 
 
-def random_model(config: Qwen2_5_VLConfig, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+def random_model(
+    config: Qwen2_5_VLConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> Qwen2_5_VLForConditionalGeneration:
     """The model with transformers' random initialisation, built directly on ``device`` in ``dtype``
     (sdpa attention; callers switch the text decoder to longrl's hook as they need), with the
     M-RoPE rule every model longrl loads uses (longrl.models.rope)."""

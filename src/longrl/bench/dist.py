@@ -55,8 +55,12 @@ def parse_args(which: str, argv: list[str] | None) -> argparse.Namespace:
         ap.add_argument("--prompts", type=int, default=1, help="videos per generate call on each dp rank")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per configuration (after one warm-up)")
     ap.add_argument("--longest", action="store_true", help="end with a line naming the largest --frames that fit")
-    ap.add_argument("--max-mem-gb", type=float, default=0.0,
-                    help="a size fits only if every rank's peak memory stays below this (0: no limit)")
+    ap.add_argument(
+        "--max-mem-gb",
+        type=float,
+        default=0.0,
+        help="a size fits only if every rank's peak memory stays below this (0: no limit)",
+    )
     args = ap.parse_args(argv)
     if any(b <= a for a, b in zip(args.frames, args.frames[1:])):
         ap.error("--frames must be ascending (the --longest search stops at the first size that does not fit)")
@@ -135,8 +139,13 @@ def run_size(which: str, model, frames: int, args, env) -> dict:
             seconds, tokens, prefix = once(model, frames, args, device)
             times.append(seconds)
         step_s = statistics.median(times)
-        mine.update(step_s=round(step_s, 4), tok_s=round(tokens / step_s, 1), tokens=tokens, prefix_tokens=prefix,
-                    peak_mem_gb=round(_peak_gb(device), 3))
+        mine.update(
+            step_s=round(step_s, 4),
+            tok_s=round(tokens / step_s, 1),
+            tokens=tokens,
+            prefix_tokens=prefix,
+            peak_mem_gb=round(_peak_gb(device), 3),
+        )
     except torch.OutOfMemoryError as error:
         mine["error"] = f"out of memory: {str(error).splitlines()[0][:160]}"
         for p in model.parameters():
@@ -153,8 +162,12 @@ def run_size(which: str, model, frames: int, args, env) -> dict:
         slowest = max(r["step_s"] for r in ranks)
         # one dp slot's sp ranks process the same tokens: count them once per dp slot
         tokens = sum(r["tokens"] for r in ranks if r["rank"] % env.config.sp == 0)
-        result.update(prefix_tokens=ranks[0]["prefix_tokens"], step_s=slowest, tok_s=round(tokens / slowest, 1),
-                      peak_mem_gb=max(r["peak_mem_gb"] for r in ranks))
+        result.update(
+            prefix_tokens=ranks[0]["prefix_tokens"],
+            step_s=slowest,
+            tok_s=round(tokens / slowest, 1),
+            peak_mem_gb=max(r["peak_mem_gb"] for r in ranks),
+        )
         result["fits"] = not (args.max_mem_gb and result["peak_mem_gb"] > args.max_mem_gb)
     else:
         result.update(fits=False, error=next(r["error"] for r in ranks if "error" in r))
@@ -179,8 +192,13 @@ def main(which: str, argv: list[str] | None = None) -> list[dict]:
     else:
         model.eval().requires_grad_(False)
     parallelize(model, env.mesh, env.config)
-    common = dict(device=device.type, gpu=device_name(device), dtype=str(dtype).removeprefix("torch."),
-                  model="tiny" if args.tiny else "qwen2.5-vl-3b-shape", torch=torch.__version__)
+    common = dict(
+        device=device.type,
+        gpu=device_name(device),
+        dtype=str(dtype).removeprefix("torch."),
+        model="tiny" if args.tiny else "qwen2.5-vl-3b-shape",
+        torch=torch.__version__,
+    )
     results = []
     grad = torch.enable_grad() if which == "train" else torch.no_grad()
     with grad:
@@ -194,10 +212,17 @@ def main(which: str, argv: list[str] | None = None) -> list[dict]:
     if args.longest:
         fit = [r for r in results if r["fits"]]
         best = fit[-1] if fit else None
-        summary = dict(bench=which, longest_frames=best and best["frames"], longest_step_s=best and best["step_s"],
-                       longest_peak_mem_gb=best and best["peak_mem_gb"], world=env.world_size, dp=env.dp_size,
-                       sp=env.config.sp, tried={r["frames"]: "fits" if r["fits"] else r.get("error", "over --max-mem-gb")
-                                                for r in results}, **common)
+        summary = dict(
+            bench=which,
+            longest_frames=best and best["frames"],
+            longest_step_s=best and best["step_s"],
+            longest_peak_mem_gb=best and best["peak_mem_gb"],
+            world=env.world_size,
+            dp=env.dp_size,
+            sp=env.config.sp,
+            tried={r["frames"]: "fits" if r["fits"] else r.get("error", "over --max-mem-gb") for r in results},
+            **common,
+        )
         if env.is_main:
             print(json.dumps(summary), flush=True)
         results.append(summary)

@@ -38,8 +38,14 @@ from types import SimpleNamespace
 
 import torch
 
-from longrl.bench.common import (device_name, gpu_peak_bandwidth, measured_copy_bandwidth, qwen25vl_3b_config,
-                                 random_model, tiny_bench_config)
+from longrl.bench.common import (
+    device_name,
+    gpu_peak_bandwidth,
+    measured_copy_bandwidth,
+    qwen25vl_3b_config,
+    random_model,
+    tiny_bench_config,
+)
 from longrl.models.attention import use_longrl_attention
 from longrl.models.qwen2_5_vl import Prompt
 from longrl.models.vision_attention import transformers_vision_attention
@@ -56,15 +62,28 @@ def video_prompt(model, frames: int, seed: int = 0) -> Prompt:
     grid = torch.tensor([[max(frames // 2, 1), 32, 32]])
     n_video = int(grid.prod()) // 4
     text = lambda n: torch.randint(100, 100_000, (n,), generator=g)  # noqa: E731
-    ids = torch.cat([text(20), torch.tensor([cfg.vision_start_token_id]), torch.full((n_video,), cfg.video_token_id),
-                     torch.tensor([cfg.vision_end_token_id]), text(40)])
+    ids = torch.cat(
+        [
+            text(20),
+            torch.tensor([cfg.vision_start_token_id]),
+            torch.full((n_video,), cfg.video_token_id),
+            torch.tensor([cfg.vision_end_token_id]),
+            text(40),
+        ]
+    )
     mm_type = (ids == cfg.video_token_id).int() * 2
-    positions, _ = model.model.get_rope_index(ids[None], mm_token_type_ids=mm_type[None], video_grid_thw=grid,
-                                              second_per_grid_ts=torch.tensor([1.0]))
+    positions, _ = model.model.get_rope_index(
+        ids[None], mm_token_type_ids=mm_type[None], video_grid_thw=grid, second_per_grid_ts=torch.tensor([1.0])
+    )
     embeds = torch.randn(n_video, cfg.text_config.hidden_size, generator=g) * 0.02
     vision = SimpleNamespace(pixel_values=None, grid_thw=grid, second_per_grid=1.0)
-    return Prompt(ids.to(model.device), positions[:, 0].to(model.device),
-                  embeds.to(device=model.device, dtype=model.dtype), vision, int(positions.max()) + 1)
+    return Prompt(
+        ids.to(model.device),
+        positions[:, 0].to(model.device),
+        embeds.to(device=model.device, dtype=model.dtype),
+        vision,
+        int(positions.max()) + 1,
+    )
 
 
 def _sync(device: torch.device) -> float:
@@ -90,7 +109,7 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
     inner = model.model
     vc = cfg.vision_config
     if video:
-        patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+        patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
         pixels = torch.randn(int(grid.prod()), patch, device=device, dtype=model.dtype)
     else:
         pixels = torch.zeros(int(grid.prod()), 1, device=device, dtype=model.dtype)
@@ -105,15 +124,22 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
     try:
         with transformers_vision_attention(inner.visual):  # transformers' own tower, whatever longrl installed
             out = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels, video_grid_thw=grid,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                pixel_values_videos=pixels,
+                video_grid_thw=grid,
                 second_per_grid_ts=torch.tensor([prompt.vision.second_per_grid], device=device),
-                mm_token_type_ids=(ids == cfg.video_token_id).int() * 2, num_return_sequences=n,
-                max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0, **sampling,
+                mm_token_type_ids=(ids == cfg.video_token_id).int() * 2,
+                num_return_sequences=n,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                pad_token_id=0,
+                **sampling,
             )
     finally:
         inner.__dict__.pop("get_video_features", None)
         inner.rope_deltas = None
-    return out[:, ids.shape[1]:]
+    return out[:, ids.shape[1] :]
 
 
 def decode_roofline(model, prefix_tokens: int, n: int, new_tokens: int, bandwidth: float, prompts: int = 1) -> float:
@@ -137,17 +163,27 @@ def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: 
     rnd = lambda *shape: torch.randn(*shape, generator=g, device=device).to(dtype)  # noqa: E731
     rel = lambda out, ref: float(f"{((out.float() - ref).norm() / ref.norm()).item():.2e}")  # noqa: E731
     n, hq, hkv, d, prefix, window, length = 8, 16, 2, 128, 16384 + 37, 128, 77
-    q, pk, pv, sk, sv = rnd(n, hq, d), rnd(hkv, prefix, d), rnd(hkv, prefix, d), rnd(n, hkv, window, d), \
-        rnd(n, hkv, window, d)
-    length_t, scale = torch.tensor(length, device=device), d ** -0.5
+    q, pk, pv, sk, sv = (
+        rnd(n, hq, d),
+        rnd(hkv, prefix, d),
+        rnd(hkv, prefix, d),
+        rnd(n, hkv, window, d),
+        rnd(n, hkv, window, d),
+    )
+    length_t, scale = torch.tensor(length, device=device), d**-0.5
     ref = cascade_attention(q.float(), [(pk.float(), pv.float())], n, sk.float(), sv.float(), length_t, scale)
     checks = dict(attn_flash_rel_err=rel(cascade_attention(q, [(pk, pv)], n, sk, sv, length_t, scale), ref))
     # a prefill chunk of 3000 queries after 5000 earlier keys (the cuDNN split on GPU)
     c, e = 3000, 8000
     qc, kc, vc = rnd(1, hq, c, d), rnd(1, hkv, e, d), rnd(1, hkv, e, d)
     causal = torch.ones(c, e, dtype=torch.bool, device=device).tril(e - c)
-    ref, _ = attention_lse_math(qc.float(), kc.float().repeat_interleave(hq // hkv, 1),
-                                vc.float().repeat_interleave(hq // hkv, 1), scale, causal)
+    ref, _ = attention_lse_math(
+        qc.float(),
+        kc.float().repeat_interleave(hq // hkv, 1),
+        vc.float().repeat_interleave(hq // hkv, 1),
+        scale,
+        causal,
+    )
     checks["attn_prefill_rel_err"] = rel(prefill_attention(qc, kc, vc, scale), ref)
     if triton:
         from longrl.rollout import kernels
@@ -183,8 +219,10 @@ def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: 
                 tok, lp = kernels.sample(logits, keys, t, vh, temperature, greedy)
                 match.append((tok == ref_tok).float().mean().item())
                 lp_diff = max(lp_diff, (lp - ref_lp).abs().max().item())
-        checks.update(sample_kernel_token_match=round(sum(match) / len(match), 4),
-                      sample_kernel_logprob_max_abs_diff=float(f"{lp_diff:.2e}"))
+        checks.update(
+            sample_kernel_token_match=round(sum(match) / len(match), 4),
+            sample_kernel_logprob_max_abs_diff=float(f"{lp_diff:.2e}"),
+        )
     return checks
 
 
@@ -241,8 +279,9 @@ def gemm_times(model, rows: int = 8, reps: int = 20) -> dict:
         "gate_up": lambda: [lin(x, w) for lw in sep for w in lw.mlp_in],
         "gate_up_packed": lambda: [lin(x, w) for lw in packed for w in lw.mlp_in],
         "down": lambda: [lin(xi, lw.down_w) for lw in sep],
-        "gate_up_2streams": lambda: [two_streams(lambda: lin(x, lw.mlp_in[1]), lambda: lin(x, lw.mlp_in[0]))
-                                     for lw in sep],
+        "gate_up_2streams": lambda: [
+            two_streams(lambda: lin(x, lw.mlp_in[1]), lambda: lin(x, lw.mlp_in[0])) for lw in sep
+        ],
         "gate_up_packed_khalves_2streams": lambda: [k_halves(x, lw.mlp_in[0]) for lw in packed],
         "down_khalves_2streams": lambda: [k_halves(xi, lw.down_w) for lw in sep],
         "o_khalves_2streams": lambda: [k_halves(x, lw.o_w) for lw in sep],
@@ -254,8 +293,9 @@ def gemm_times(model, rows: int = 8, reps: int = 20) -> dict:
     return dict(gemm_rows=rows, gemm_us_per_layer=out)
 
 
-def attention_sweep(device: torch.device, dtype: torch.dtype, prefix: int, n: int, layers: int = 36,
-                    step: int = 100, reps: int = 20) -> dict:
+def attention_sweep(
+    device: torch.device, dtype: torch.dtype, prefix: int, n: int, layers: int = 36, step: int = 100, reps: int = 20
+) -> dict:
     """Per-layer time (us) of the fused decode attention (attention kernel + merge) at the 3B
     model's head shape for launch variants (warps per program, prefix programs per prompt),
     captured over ``layers`` distinct prefix KVs (as a step reads them: no L2 reuse)."""
@@ -270,18 +310,21 @@ def attention_sweep(device: torch.device, dtype: torch.dtype, prefix: int, n: in
     cos, sin = rnd(1, capacity + 1, d), rnd(1, capacity + 1, d)
     t = torch.tensor(step, device=device)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    variants = {"w4_1cta_per_sm": dict(num_warps=4, programs=sms), "w8_1cta_per_sm": dict(num_warps=8, programs=sms),
-                "w8_sm_minus_suffix": dict(num_warps=8, programs=sms - n * hkv),
-                "w4_sm_minus_suffix (default)": dict(num_warps=4, programs=sms - n * hkv),
-                "w4_2ctas_per_sm": dict(num_warps=4, programs=2 * sms),
-                "w8_bn32_sm_minus_suffix": dict(num_warps=8, block_n=32, programs=sms - n * hkv)}
+    variants = {
+        "w4_1cta_per_sm": dict(num_warps=4, programs=sms),
+        "w8_1cta_per_sm": dict(num_warps=8, programs=sms),
+        "w8_sm_minus_suffix": dict(num_warps=8, programs=sms - n * hkv),
+        "w4_sm_minus_suffix (default)": dict(num_warps=4, programs=sms - n * hkv),
+        "w4_2ctas_per_sm": dict(num_warps=4, programs=2 * sms),
+        "w8_bn32_sm_minus_suffix": dict(num_warps=8, block_n=32, programs=sms - n * hkv),
+    }
     out = {}
     for name, kw in variants.items():
         plan = kernels.attention_plan([prefix], n, hq, hkv, d, device, **kw)
 
         def fn():
             for i in range(layers):
-                kernels.decode_attention(plan, q, k, v, cos, sin, t, [(pk[i], pv[i])], sk[i], sv[i], d ** -0.5)
+                kernels.decode_attention(plan, q, k, v, cos, sin, t, [(pk[i], pv[i])], sk[i], sv[i], d**-0.5)
 
         try:
             out[name] = dict(us=round(1e3 * graph_replay_ms(fn, reps) / layers, 2), splits=plan.splits)
@@ -302,17 +345,21 @@ def teacher_forced_checks(model, prompt: Prompt, greedy, sampled) -> dict:
         embeds = torch.cat([prompt_embeds(model, prompt), model.get_input_embeddings()(tokens)])
         positions = torch.cat([prompt.position_ids, prompt.response_positions(len(tokens))], dim=1)
         with torch.no_grad():
-            hidden = decoder_forward(model, embeds[None], positions[:, None])[0, len(prompt) - 1: -1]
+            hidden = decoder_forward(model, embeds[None], positions[:, None])[0, len(prompt) - 1 : -1]
             logits = model.lm_head(hidden).float()
         chosen = logits.gather(-1, tokens[:, None])[:, 0]
         if name == "greedy":
             out["greedy_tf_argmax_frac"] = round((logits.argmax(-1) == tokens).float().mean().item(), 3)
             out["greedy_tf_max_logit_gap"] = round((logits.max(-1).values - chosen).max().item(), 4)
         else:
-            diff = (logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0] - torch.tensor(sample.logprobs,
-                                                                                          device=model.device)).abs()
-            out.update(tf_logprob_max_abs_diff=round(diff.max().item(), 4),
-                       tf_logprob_mean_abs_diff=round(diff.mean().item(), 5))
+            diff = (
+                logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]
+                - torch.tensor(sample.logprobs, device=model.device)
+            ).abs()
+            out.update(
+                tf_logprob_max_abs_diff=round(diff.max().item(), 4),
+                tf_logprob_mean_abs_diff=round(diff.mean().item(), 5),
+            )
     return out
 
 
@@ -323,8 +370,12 @@ def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32)
     prompt = video_prompt(model, frames, seed=1)
     prompt.video_embeds = prompt.video_embeds * 50  # a distinctive prefix keeps logits away from ties
     hf = hf_generate(model, prompt, 1, new_tokens, greedy=True)[0].tolist()
-    ours = generate(model, [prompt], SamplingParams(n=2, greedy=True, max_new_tokens=new_tokens),
-                    config=RolloutConfig(compile=False))[0]
+    ours = generate(
+        model,
+        [prompt],
+        SamplingParams(n=2, greedy=True, max_new_tokens=new_tokens),
+        config=RolloutConfig(compile=False),
+    )[0]
     del model
     return all(s.token_ids == hf for s in ours)
 
@@ -338,8 +389,11 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
     result = dict(frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens, prompts=len(prompts))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    hf_skip = "--no-hf" if args.no_hf else (f"frames > --hf-max-frames {args.hf_max_frames}"
-                                             if frames > args.hf_max_frames else None)
+    hf_skip = (
+        "--no-hf"
+        if args.no_hf
+        else (f"frames > --hf-max-frames {args.hf_max_frames}" if frames > args.hf_max_frames else None)
+    )
     if len(prompts) > 1:
         hf_skip = "--prompts > 1 (transformers runs one prompt's group per generate call: see the --prompts 1 line)"
     # The first call at a new prompt length builds cuDNN's attention plans for its shapes (one
@@ -362,14 +416,20 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
     steady_steps = stats["decode_steps"] - stats["eager_steps"]
     steady_s = stats["decode_s"] - stats["capture_s"]
     result.update(
-        longrl_s=round(seconds, 3), longrl_tok_s=round(rows * new_tokens / seconds, 1),
-        prefill_s=round(stats["prefill_s"], 3), pack_s=round(stats["pack_s"], 3), decode_s=round(stats["decode_s"], 3),
+        longrl_s=round(seconds, 3),
+        longrl_tok_s=round(rows * new_tokens / seconds, 1),
+        prefill_s=round(stats["prefill_s"], 3),
+        pack_s=round(stats["pack_s"], 3),
+        decode_s=round(stats["decode_s"], 3),
         # steady state: graph replays only; the per-call eager step + capture is reported apart
         longrl_decode_tok_s=round(rows * steady_steps / steady_s, 1),
         decode_step_ms=round(1e3 * steady_s / steady_steps, 3),
         longrl_decode_incl_capture_tok_s=round(rows * stats["decode_steps"] / stats["decode_s"], 1),
-        capture_s=round(stats["capture_s"], 3), graph_captures=stats["graph_captures"], compiled=stats["compiled"],
-        pack_weights=config.pack_weights, pack_gate_up=config.pack_gate_up,
+        capture_s=round(stats["capture_s"], 3),
+        graph_captures=stats["graph_captures"],
+        compiled=stats["compiled"],
+        pack_weights=config.pack_weights,
+        pack_gate_up=config.pack_gate_up,
         packed_weight_gb=stats["packed_weight_gb"],
         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     )
@@ -381,8 +441,9 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
         result["hf_skipped"] = hf_skip
         return result
     g = runs["greedy"][1]
-    result["longrl_greedy_decode_tok_s"] = round(n * (g["decode_steps"] - g["eager_steps"]) /
-                                                 (g["decode_s"] - g["capture_s"]), 1)
+    result["longrl_greedy_decode_tok_s"] = round(
+        n * (g["decode_steps"] - g["eager_steps"]) / (g["decode_s"] - g["capture_s"]), 1
+    )
     greedy = runs["greedy"][2][0].token_ids
     result.update(teacher_forced_checks(model, prompt, runs["greedy"][2][0], samples[0]))
     gc.collect()
@@ -396,16 +457,22 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
             t0 = _sync(device)
             hf_generate(model, prompt, n, new_tokens, greedy=False)
             hf_seconds = _sync(device) - t0
-            result.update(hf_s=round(hf_seconds, 3), hf_tok_s=round(n * new_tokens / hf_seconds, 1),
-                          speedup=round(hf_seconds / seconds, 1))
+            result.update(
+                hf_s=round(hf_seconds, 3),
+                hf_tok_s=round(n * new_tokens / hf_seconds, 1),
+                speedup=round(hf_seconds / seconds, 1),
+            )
             if device.type == "cuda":
                 result["hf_peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             if args.hf_video:
                 t0 = _sync(device)
                 hf_generate(model, prompt, n, new_tokens, greedy=False, video=True)
                 hf_seconds = _sync(device) - t0
-                result.update(hf_video_s=round(hf_seconds, 3), hf_video_tok_s=round(n * new_tokens / hf_seconds, 1),
-                              speedup_vs_hf_video=round(hf_seconds / seconds, 1))
+                result.update(
+                    hf_video_s=round(hf_seconds, 3),
+                    hf_video_tok_s=round(n * new_tokens / hf_seconds, 1),
+                    speedup_vs_hf_video=round(hf_seconds / seconds, 1),
+                )
         hf_tokens = hf_generate(model, prompt, 1, new_tokens, greedy=True)[0].tolist()
     except torch.OutOfMemoryError as error:
         result["hf_error"] = f"out of memory: {str(error).splitlines()[0][:160]}"
@@ -413,16 +480,24 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
         torch.cuda.empty_cache()
         return result
     first = next((j for j, (a, b) in enumerate(zip(greedy, hf_tokens)) if a != b), None)
-    result.update(greedy_match=first is None, first_mismatch=first,
-                  greedy_match_frac=round((new_tokens if first is None else first) / new_tokens, 3),
-                  longrl_greedy_rows_identical=len({tuple(s.token_ids) for s in runs["greedy"][2]}) == 1)
+    result.update(
+        greedy_match=first is None,
+        first_mismatch=first,
+        greedy_match_frac=round((new_tokens if first is None else first) / new_tokens, 3),
+        longrl_greedy_rows_identical=len({tuple(s.token_ids) for s in runs["greedy"][2]}) == 1,
+    )
     return result
 
 
 def rollout_config(args) -> RolloutConfig:
-    return RolloutConfig(prefill_chunk_tokens=args.prefill_chunk, cuda_graphs=not args.no_graphs,
-                         compile=not args.no_compile, use_triton=not args.no_triton, pack_weights=not args.no_pack,
-                         pack_gate_up=not args.no_pack_gate_up)
+    return RolloutConfig(
+        prefill_chunk_tokens=args.prefill_chunk,
+        cuda_graphs=not args.no_graphs,
+        compile=not args.no_compile,
+        use_triton=not args.no_triton,
+        pack_weights=not args.no_pack,
+        pack_gate_up=not args.no_pack_gate_up,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -436,18 +511,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prompts", type=int, default=1, help="videos per generate call (an RL step's batch)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--hf-max-frames", type=int, default=1 << 30, help="skip transformers above this many frames")
-    ap.add_argument("--skip-hf-generate", action="store_true",
-                    help="skip the timed n-sample transformers generate (keep the greedy comparisons)")
-    ap.add_argument("--hf-video", action="store_true",
-                    help="also time transformers generate from pixels through the vision tower (n encodes)")
+    ap.add_argument(
+        "--skip-hf-generate",
+        action="store_true",
+        help="skip the timed n-sample transformers generate (keep the greedy comparisons)",
+    )
+    ap.add_argument(
+        "--hf-video",
+        action="store_true",
+        help="also time transformers generate from pixels through the vision tower (n encodes)",
+    )
     ap.add_argument("--prefill-chunk", type=int, default=RolloutConfig.prefill_chunk_tokens)
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--no-pack", action="store_true", help="one GEMM per projection (no packed q/k/v, gate/up)")
     ap.add_argument("--no-pack-gate-up", action="store_true", help="packed q/k/v only; gate and up on two streams")
-    ap.add_argument("--gemms", action="store_true",
-                    help="also time the decode GEMMs (separate, packed, two streams) and attention launch variants")
+    ap.add_argument(
+        "--gemms",
+        action="store_true",
+        help="also time the decode GEMMs (separate, packed, two streams) and attention launch variants",
+    )
     ap.add_argument("--no-checks", action="store_true", help="skip the fp32 tiny and attention checks")
     ap.add_argument("--profile", action="store_true", help="print a kernel table of the first configuration")
     return ap.parse_args(argv)
@@ -457,17 +541,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    common = dict(device=device.type, gpu=device_name(device), dtype=str(dtype).removeprefix("torch."),
-                  model="tiny" if args.tiny else "qwen2.5-vl-3b-shape", synthetic_video_embeddings=True,
-                  torch=torch.__version__)
+    common = dict(
+        device=device.type,
+        gpu=device_name(device),
+        dtype=str(dtype).removeprefix("torch."),
+        model="tiny" if args.tiny else "qwen2.5-vl-3b-shape",
+        synthetic_video_embeddings=True,
+        torch=torch.__version__,
+    )
     if not args.no_checks:
         common["fp32_tiny_greedy_match"] = tiny_fp32_check(device)
         if device.type == "cuda":
             common.update(kernel_checks(device, dtype, triton=not args.no_triton))
     bandwidth = gpu_peak_bandwidth(device)
     if device.type == "cuda":
-        common.update(peak_bw_tb_s=bandwidth and bandwidth / 1e12,
-                      copy_bw_tb_s=round(measured_copy_bandwidth(device) / 1e12, 2))
+        common.update(
+            peak_bw_tb_s=bandwidth and bandwidth / 1e12, copy_bw_tb_s=round(measured_copy_bandwidth(device) / 1e12, 2)
+        )
     model = random_model(tiny_bench_config() if args.tiny else qwen25vl_3b_config(), device=device, dtype=dtype)
     use_longrl_attention(model.config.text_config)
     # Warm-up: compile the decode step and initialise kernels outside the timed runs.
@@ -476,8 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     # Two prompt lengths: the second makes the compiled prefill's graph length-generic, as a run's
     # first few prompts do.
     for frames, n, new_tokens, greedy in itertools.product((16, 24), args.n, args.new_tokens, (True, False)):
-        generate(model, [video_prompt(model, frames)],
-                 SamplingParams(n=n, max_new_tokens=new_tokens, greedy=greedy, seed=1), config=warm)
+        generate(
+            model,
+            [video_prompt(model, frames)],
+            SamplingParams(n=n, max_new_tokens=new_tokens, greedy=greedy, seed=1),
+            config=warm,
+        )
     common["warmup_s"] = round(_sync(device) - t0, 1)
     if args.gemms and device.type == "cuda":
         print(json.dumps(gemm_times(model, rows=args.n[0])), flush=True)

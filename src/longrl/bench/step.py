@@ -44,15 +44,15 @@ import torch
 from longrl.bench.common import device_name, qwen25vl_3b_config, random_model, tiny_bench_config
 from longrl.bench.rollout import hf_generate
 from longrl.config import Config
-from longrl.models.inputs import VisionInputs
+from longrl.infra.guard import NonFiniteGuard
+from longrl.infra.metrics import PhaseTimer
 from longrl.models.attention import use_longrl_attention
+from longrl.models.inputs import VisionInputs
 from longrl.models.qwen2_5_vl import Prompt, encode_video, mrope_positions
 from longrl.rl.losses import policy_loss
 from longrl.rollout import SamplingParams, generate
 from longrl.train.group_forward import enable_gradient_checkpointing
-from longrl.infra.guard import NonFiniteGuard
 from longrl.train.logprobs import sequence_logprobs
-from longrl.infra.metrics import PhaseTimer
 from longrl.train.microbatch import accumulation_normalizer
 from longrl.train.optim import build_optimizer, build_scheduler
 from longrl.train.rl import Group, policy_update, reference_logprobs, step_advantages
@@ -80,8 +80,9 @@ def parse_frames(text: str) -> list[tuple[int, int]]:
         try:
             out.append((int(frames), int(per_frame) if per_frame else FRAME_TOKENS))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"--frames item {item!r} is not F or F@TOKENS_PER_FRAME "
-                                             f"(e.g. 512 or 3600@60)") from None
+            raise argparse.ArgumentTypeError(
+                f"--frames item {item!r} is not F or F@TOKENS_PER_FRAME (e.g. 512 or 3600@60)"
+            ) from None
     return out
 
 
@@ -92,11 +93,14 @@ def video_grid(frames: int, tokens_per_frame: int) -> tuple[int, int, int]:
     if frames < 2 or frames % 2:
         raise ValueError(f"--frames {frames}: a video needs an even number of frames >= 2 (2 per temporal patch)")
     area = 8 * tokens_per_frame
-    height = next((h for h in range(int(math.isqrt(area)) // 2 * 2, 1, -2) if area % h == 0 and area // h % 2 == 0),
-                  None)
+    height = next(
+        (h for h in range(int(math.isqrt(area)) // 2 * 2, 1, -2) if area % h == 0 and area // h % 2 == 0), None
+    )
     if height is None:
-        raise ValueError(f"--frames ...@{tokens_per_frame}: 8 x {tokens_per_frame} patches per 2 frames has no "
-                         f"even height x even width; use an even number of tokens per frame")
+        raise ValueError(
+            f"--frames ...@{tokens_per_frame}: 8 x {tokens_per_frame} patches per 2 frames has no "
+            f"even height x even width; use an even number of tokens per frame"
+        )
     return frames // 2, height, area // height
 
 
@@ -105,11 +109,18 @@ def pixel_prompt(model, frames: int, tokens_per_frame: int, seed: int) -> Prompt
     cfg, vc = model.config, model.config.vision_config
     g = torch.Generator().manual_seed(seed)
     grid = torch.tensor([video_grid(frames, tokens_per_frame)])
-    n_video = int(grid.prod()) // vc.spatial_merge_size ** 2
+    n_video = int(grid.prod()) // vc.spatial_merge_size**2
     text = lambda n: torch.randint(100, 1000, (n,), generator=g)  # noqa: E731
-    ids = torch.cat([text(20), torch.tensor([cfg.vision_start_token_id]), torch.full((n_video,), cfg.video_token_id),
-                     torch.tensor([cfg.vision_end_token_id]), text(40)])
-    patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+    ids = torch.cat(
+        [
+            text(20),
+            torch.tensor([cfg.vision_start_token_id]),
+            torch.full((n_video,), cfg.video_token_id),
+            torch.tensor([cfg.vision_end_token_id]),
+            text(40),
+        ]
+    )
+    patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
     gen = torch.Generator(device=model.device).manual_seed(seed)
     pixels = torch.randn(int(grid.prod()), patch, generator=gen, device=model.device, dtype=model.dtype)
     vision = VisionInputs(pixels, grid, 1.0)
@@ -133,8 +144,9 @@ def _rewards(prompts: int, n: int, seed: int) -> list[torch.Tensor]:
     return [torch.randn(n, generator=g) for _ in range(prompts)]
 
 
-def longrl_step(model, ref_model, optimizer, scheduler, prompts: list[Prompt], cfg, seed: int,
-                timer: StepTimer | None = None) -> dict:
+def longrl_step(
+    model, ref_model, optimizer, scheduler, prompts: list[Prompt], cfg, seed: int, timer: StepTimer | None = None
+) -> dict:
     """One RL step as ``train_rl`` runs it (encode, rollout, reference log-probs, advantages, update)."""
     timer = timer or StepTimer()
     model.eval()
@@ -143,12 +155,22 @@ def longrl_step(model, ref_model, optimizer, scheduler, prompts: list[Prompt], c
             for p in prompts:
                 p.video_embeds = encode_video(model, p.vision)
         with timer("rollout"):
-            params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature,
-                                    max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)
-            groups = [Group(prompt=p, example=None, finished=[False] * len(samples),
-                            responses=[torch.tensor(s.token_ids, device=model.device) for s in samples],
-                            old_logp=[torch.tensor(s.logprobs, device=model.device) for s in samples])
-                      for p, samples in zip(prompts, generate(model, prompts, params, config=cfg.rollout))]
+            params = SamplingParams(
+                n=cfg.rollout.n,
+                temperature=cfg.rollout.temperature,
+                max_new_tokens=cfg.rollout.max_new_tokens,
+                seed=seed,
+            )
+            groups = [
+                Group(
+                    prompt=p,
+                    example=None,
+                    finished=[False] * len(samples),
+                    responses=[torch.tensor(s.token_ids, device=model.device) for s in samples],
+                    old_logp=[torch.tensor(s.logprobs, device=model.device) for s in samples],
+                )
+                for p, samples in zip(prompts, generate(model, prompts, params, config=cfg.rollout))
+            ]
     if ref_model is not None:
         with timer("ref_logprobs"):
             reference_logprobs(ref_model, groups, cfg)
@@ -178,15 +200,29 @@ def plan_summary(plan: dict) -> dict:
     """The adaptive checkpointing plan of the last group forward with grad, in GiB (see
     ``group_forward.checkpoint_flags``)."""
     gb = lambda b: None if b is None else round(b / 2**30, 2)  # noqa: E731
-    return dict(allocated_gb=gb(plan["allocated"]), limit_gb=gb(plan["limit"]), available_gb=gb(plan["available"]),
-                kept_estimate_gb=gb(plan["kept_estimate"]), kept_measured_gb=gb(plan["kept_measured"]),
-                **{f"{k}_gb": gb(v) for k, v in plan["budget"].items()},
-                planned_checkpointed=plan["planned_checkpointed"], checkpointed=plan.get("checkpointed"),
-                replanned=plan["replanned"])
+    return dict(
+        allocated_gb=gb(plan["allocated"]),
+        limit_gb=gb(plan["limit"]),
+        available_gb=gb(plan["available"]),
+        kept_estimate_gb=gb(plan["kept_estimate"]),
+        kept_measured_gb=gb(plan["kept_measured"]),
+        **{f"{k}_gb": gb(v) for k, v in plan["budget"].items()},
+        planned_checkpointed=plan["planned_checkpointed"],
+        checkpointed=plan.get("checkpointed"),
+        replanned=plan["replanned"],
+    )
 
 
-def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: int,
-               timer: StepTimer | None = None, generate_batch: int = 0) -> dict:
+def naive_step(
+    model,
+    ref_model,
+    optimizer,
+    prompts: list[Prompt],
+    cfg,
+    seed: int,
+    timer: StepTimer | None = None,
+    generate_batch: int = 0,
+) -> dict:
     """The same step done as plain transformers code would: see the module docstring.
     ``generate_batch``: samples per ``generate`` call (0: all n in one call, as written)."""
     timer = timer or StepTimer()
@@ -200,10 +236,16 @@ def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: in
             with timer("rollout"):  # n samples per generate call, or in calls of generate_batch
                 per_call = generate_batch or n
                 # (hf_generate runs transformers' own tower, one attention call per window, as written)
-                responses = torch.cat([hf_generate(model, prompt, min(per_call, n - done), new_tokens, greedy=False,
-                                                   video=True) for done in range(0, n, per_call)])
+                responses = torch.cat(
+                    [
+                        hf_generate(model, prompt, min(per_call, n - done), new_tokens, greedy=False, video=True)
+                        for done in range(0, n, per_call)
+                    ]
+                )
             with timer("encode"):
-                prompt = dataclasses.replace(prompt, video_embeds=encode_video(model, prompt.vision, batched_attention=False))
+                prompt = dataclasses.replace(
+                    prompt, video_embeds=encode_video(model, prompt.vision, batched_attention=False)
+                )
         tokens += responses.numel()
         ref = [None] * n
         if ref_model is not None:
@@ -215,8 +257,9 @@ def naive_step(model, ref_model, optimizer, prompts: list[Prompt], cfg, seed: in
             for response, adv, ref_logp in zip(responses, advantages.to(model.device), ref):
                 logp = sequence_logprobs(model, prompt, response)[None]
                 mask = torch.ones_like(logp, dtype=torch.bool)
-                loss, _ = policy_loss(logp, logp.detach(), adv[None], mask, algo, normalizer=normalizer,
-                                      ref_logp=ref_logp)
+                loss, _ = policy_loss(
+                    logp, logp.detach(), adv[None], mask, algo, normalizer=normalizer, ref_logp=ref_logp
+                )
                 loss.backward()
     with timer("update"):
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.rl.optim.grad_clip)
@@ -263,22 +306,35 @@ def run_size(model, ref_model, optimizer, scheduler, frames: int, per_frame: int
     device = model.device
     prompts = [pixel_prompt(model, frames, per_frame, seed=i) for i in range(args.prompts)]
     cfg = step_config(args.n, args.new_tokens, args.kl_coef, max(len(p) for p in prompts))
-    result = dict(frames=frames, tokens_per_frame=per_frame, prefix_tokens=len(prompts[0]), prompts=args.prompts,
-                  n=args.n, new_tokens=args.new_tokens, kl_coef=args.kl_coef,
-                  step_tokens=sum(len(p) for p in prompts) + args.prompts * args.n * args.new_tokens)
+    result = dict(
+        frames=frames,
+        tokens_per_frame=per_frame,
+        prefix_tokens=len(prompts[0]),
+        prompts=args.prompts,
+        n=args.n,
+        new_tokens=args.new_tokens,
+        kl_coef=args.kl_coef,
+        step_tokens=sum(len(p) for p in prompts) + args.prompts * args.n * args.new_tokens,
+    )
     runs = 1 if args.longest else 2  # the first at a new size builds cuDNN plans and compiled shapes
     run = 0
     while run < runs:
-        ours = measured(lambda t: longrl_step(model, ref_model, optimizer, scheduler, prompts, cfg, seed=run, timer=t),
-                        device, optimizer)
+        ours = measured(
+            lambda t: longrl_step(model, ref_model, optimizer, scheduler, prompts, cfg, seed=run, timer=t),
+            device,
+            optimizer,
+        )
         if "error" in ours and args.checkpointing == "auto" and device.type == "cuda":
             # adaptive checkpointing sized itself from free memory and missed: report it, checkpoint every layer
             result["auto_checkpointing_error"] = ours["error"]
             plan = getattr(model.model.language_model, "longrl_checkpoint_plan", None)
             if plan is not None:
                 result["auto_plan"] = plan_summary(plan)
-            print(f"# F={frames}@{per_frame}: {ours['error']}; retrying with every layer checkpointed",
-                  file=sys.stderr, flush=True)
+            print(
+                f"# F={frames}@{per_frame}: {ours['error']}; retrying with every layer checkpointed",
+                file=sys.stderr,
+                flush=True,
+            )
             args.checkpointing = "all"
             enable_gradient_checkpointing(model, adaptive=False)
             continue
@@ -288,23 +344,42 @@ def run_size(model, ref_model, optimizer, scheduler, frames: int, per_frame: int
             result["longrl_cold_s"] = round(ours["seconds"], 3)
         print(f"# F={frames}@{per_frame}: longrl step {ours['seconds']:.1f} s", file=sys.stderr, flush=True)
         run += 1
-    result.update(longrl_s=round(ours["seconds"], 3), **_phases(ours), old_logprobs="from the sampler",
-                  longrl_tokens=ours["tokens"], peak_mem_gb=ours.get("peak_mem_gb"), checkpointing=args.checkpointing,
-                  **ours.get("memory", {}))
+    result.update(
+        longrl_s=round(ours["seconds"], 3),
+        **_phases(ours),
+        old_logprobs="from the sampler",
+        longrl_tokens=ours["tokens"],
+        peak_mem_gb=ours.get("peak_mem_gb"),
+        checkpointing=args.checkpointing,
+        **ours.get("memory", {}),
+    )
     result.update(naive_s=None, speedup=None)
     if naive:
-        theirs = measured(lambda t: naive_step(model, ref_model, optimizer, prompts, cfg, seed=0, timer=t,
-                                               generate_batch=args.naive_generate_batch), device, optimizer)
-        print(f"# F={frames}@{per_frame}: naive step " + (f"{theirs['seconds']:.1f} s" if "seconds" in theirs
-                                                           else theirs["error"]), file=sys.stderr, flush=True)
+        theirs = measured(
+            lambda t: naive_step(
+                model, ref_model, optimizer, prompts, cfg, seed=0, timer=t, generate_batch=args.naive_generate_batch
+            ),
+            device,
+            optimizer,
+        )
+        print(
+            f"# F={frames}@{per_frame}: naive step "
+            + (f"{theirs['seconds']:.1f} s" if "seconds" in theirs else theirs["error"]),
+            file=sys.stderr,
+            flush=True,
+        )
         if "error" in theirs:
             result["naive_error"] = theirs["error"]
         else:
             if args.naive_generate_batch:
                 result["naive_generate_batch"] = args.naive_generate_batch
-            result.update(naive_s=round(theirs["seconds"], 3), speedup=round(theirs["seconds"] / ours["seconds"], 2),
-                          **_phases(theirs, "naive_"), naive_tokens=theirs["tokens"],
-                          naive_peak_mem_gb=theirs.get("peak_mem_gb"))
+            result.update(
+                naive_s=round(theirs["seconds"], 3),
+                speedup=round(theirs["seconds"] / ours["seconds"], 2),
+                **_phases(theirs, "naive_"),
+                naive_tokens=theirs["tokens"],
+                naive_peak_mem_gb=theirs.get("peak_mem_gb"),
+            )
     for p in prompts:
         p.video_embeds = None
     return result
@@ -329,23 +404,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="longrl bench step", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="a tiny model of the same family (CPU smoke runs)")
-    ap.add_argument("--frames", type=parse_frames, default=parse_frames("128"),
-                    help="video frames, comma list; F@T for T tokens per frame (default 128: 448x448 frames)")
+    ap.add_argument(
+        "--frames",
+        type=parse_frames,
+        default=parse_frames("128"),
+        help="video frames, comma list; F@T for T tokens per frame (default 128: 448x448 frames)",
+    )
     ap.add_argument("--prompts", type=int, default=2, help="prompts (videos) per step")
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (the group size)")
     ap.add_argument("--new-tokens", type=int, default=128, help="tokens per sample, EOS ignored")
     ap.add_argument("--kl-coef", type=float, default=0.01, help="KL loss weight; 0 drops the reference model")
-    ap.add_argument("--checkpointing", choices=["auto", "all"], default="auto",
-                    help="GPU activation checkpointing of longrl's group forward: auto (as many layers as free memory "
-                         "needs; on out of memory the step is retried with all) or all (every layer)")
+    ap.add_argument(
+        "--checkpointing",
+        choices=["auto", "all"],
+        default="auto",
+        help="GPU activation checkpointing of longrl's group forward: auto (as many layers as free memory "
+        "needs; on out of memory the step is retried with all) or all (every layer)",
+    )
     ap.add_argument("--no-naive", action="store_true", help="time longrl only (the naive pipeline may not fit)")
-    ap.add_argument("--naive-generate-batch", type=int, default=0, metavar="B",
-                    help="the naive pipeline samples the n responses in generate calls of B sequences each "
-                         "(num_return_sequences=B), as a transformers user does when n at once does not fit; "
-                         "0 (default): all n in one call")
-    ap.add_argument("--longest", action="store_true",
-                    help="longrl only, one step per --frames size (out of memory caught), then a line naming the "
-                         "largest size that fit")
+    ap.add_argument(
+        "--naive-generate-batch",
+        type=int,
+        default=0,
+        metavar="B",
+        help="the naive pipeline samples the n responses in generate calls of B sequences each "
+        "(num_return_sequences=B), as a transformers user does when n at once does not fit; "
+        "0 (default): all n in one call",
+    )
+    ap.add_argument(
+        "--longest",
+        action="store_true",
+        help="longrl only, one step per --frames size (out of memory caught), then a line naming the "
+        "largest size that fit",
+    )
     args = ap.parse_args(argv)
     if args.naive_generate_batch < 0:
         ap.error(f"--naive-generate-batch must be >= 0, got {args.naive_generate_batch}")
@@ -374,9 +465,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     optimizer = build_optimizer(model, optim_cfg)
     scheduler = build_scheduler(optimizer, optim_cfg, total_steps=1_000_000)
     naive = not (args.no_naive or args.longest)
-    common = dict(device=device.type, gpu=device_name(device), dtype=str(dtype).removeprefix("torch."),
-                  model="tiny" if args.tiny else "qwen2.5-vl-3b-shape", torch=torch.__version__,
-                  vision_tower="frozen", warmup_s=warm_up(model, ref_model, optimizer, scheduler, args, naive))
+    common = dict(
+        device=device.type,
+        gpu=device_name(device),
+        dtype=str(dtype).removeprefix("torch."),
+        model="tiny" if args.tiny else "qwen2.5-vl-3b-shape",
+        torch=torch.__version__,
+        vision_tower="frozen",
+        warmup_s=warm_up(model, ref_model, optimizer, scheduler, args, naive),
+    )
     results = []
     for frames, per_frame in args.frames:
         result = {**run_size(model, ref_model, optimizer, scheduler, frames, per_frame, args, naive), **common}
@@ -386,11 +483,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.longest:
         fits = [r for r in results if r.get("longrl_s") is not None]
         best = max(fits, key=lambda r: (r["frames"], r["step_tokens"]), default=None)
-        summary = dict(longest_frames=best and best["frames"], longest_tokens_per_frame=best and best["tokens_per_frame"],
-                       longest_step_tokens=best and best["step_tokens"], longest_step_s=best and best["longrl_s"],
-                       longest_peak_mem_gb=best and best["peak_mem_gb"],
-                       tried={f"{r['frames']}@{r['tokens_per_frame']}": "fits" if r.get("longrl_s") is not None
-                              else r.get("error") for r in results}, **common)
+        summary = dict(
+            longest_frames=best and best["frames"],
+            longest_tokens_per_frame=best and best["tokens_per_frame"],
+            longest_step_tokens=best and best["step_tokens"],
+            longest_step_s=best and best["longrl_s"],
+            longest_peak_mem_gb=best and best["peak_mem_gb"],
+            tried={
+                f"{r['frames']}@{r['tokens_per_frame']}": "fits" if r.get("longrl_s") is not None else r.get("error")
+                for r in results
+            },
+            **common,
+        )
         print(json.dumps(summary), flush=True)
         results.append(summary)
     return results

@@ -29,8 +29,8 @@ import time
 import torch
 
 from longrl.bench.common import qwen25vl_3b_config, random_model, tiny_bench_config
-from longrl.models.inputs import VisionInputs
 from longrl.models.attention import use_longrl_attention
+from longrl.models.inputs import VisionInputs
 from longrl.models.qwen2_5_vl import Prompt
 from longrl.train.group_forward import enable_gradient_checkpointing
 from longrl.train.logprobs import group_logprobs, sequence_logprobs
@@ -55,11 +55,19 @@ def video_prompt(model, frames: int, seed: int = 0) -> Prompt:
     grid = torch.tensor([[max(frames // 2, 1), 32, 32]])
     n_video = int(grid.prod()) // 4
     text = lambda n: torch.randint(100, 1000, (n,), generator=g)  # noqa: E731
-    ids = torch.cat([text(20), torch.tensor([cfg.vision_start_token_id]), torch.full((n_video,), cfg.video_token_id),
-                     torch.tensor([cfg.vision_end_token_id]), text(40)])
+    ids = torch.cat(
+        [
+            text(20),
+            torch.tensor([cfg.vision_start_token_id]),
+            torch.full((n_video,), cfg.video_token_id),
+            torch.tensor([cfg.vision_end_token_id]),
+            text(40),
+        ]
+    )
     mm_type = (ids == cfg.video_token_id).int() * 2
-    positions, _ = model.model.get_rope_index(ids[None], mm_token_type_ids=mm_type[None], video_grid_thw=grid,
-                                              second_per_grid_ts=torch.tensor([1.0]))
+    positions, _ = model.model.get_rope_index(
+        ids[None], mm_token_type_ids=mm_type[None], video_grid_thw=grid, second_per_grid_ts=torch.tensor([1.0])
+    )
     hidden = cfg.text_config.hidden_size
     embeds = (torch.randn(n_video, hidden, generator=g) * 0.02).to(device=device, dtype=model.dtype)
     vision = VisionInputs(torch.empty(0, 3 * 2 * 14 * 14), grid, 1.0)
@@ -127,8 +135,11 @@ def grad_difference(grads: dict, ref: dict) -> dict:
         diff = max(diff, delta.abs().max().item())
         sq_diff += delta.square().sum().item()
         sq_ref += r.square().sum().item()
-    return {"max_grad_diff": diff, "grad_rel_diff": (sq_diff / max(sq_ref, 1e-30)) ** 0.5,
-            "max_grad": max(r.abs().max().item() for r in ref.values())}
+    return {
+        "max_grad_diff": diff,
+        "grad_rel_diff": (sq_diff / max(sq_ref, 1e-30)) ** 0.5,
+        "max_grad": max(r.abs().max().item() for r in ref.values()),
+    }
 
 
 def profile_table(fn, device, rows: int = 12) -> str:
@@ -144,14 +155,28 @@ def profile_table(fn, device, rows: int = 12) -> str:
     total = sum(e.self_device_time_total for e in events) or 1.0
     lines = [f"{'kernel / op':70s} {'ms':>8s} {'%':>5s} {'calls':>6s}"]
     for e in [e for e in events if e.self_device_time_total > 0][:rows]:
-        lines.append(f"{e.key[:70]:70s} {e.self_device_time_total / 1e3:8.1f} "
-                     f"{100 * e.self_device_time_total / total:5.1f} {e.count:6d}")
+        lines.append(
+            f"{e.key[:70]:70s} {e.self_device_time_total / 1e3:8.1f} "
+            f"{100 * e.self_device_time_total / total:5.1f} {e.count:6d}"
+        )
     return "\n".join(lines)
 
 
-def bench_config(model, device, frames: int, n: int, length: int, *, backends: list[str], repeats: int,
-                 naive: bool, peak: float | None, profile: bool = False, layer_impls: tuple[str, ...] = ("auto",),
-                 vary_shapes: bool = False) -> list[dict]:
+def bench_config(
+    model,
+    device,
+    frames: int,
+    n: int,
+    length: int,
+    *,
+    backends: list[str],
+    repeats: int,
+    naive: bool,
+    peak: float | None,
+    profile: bool = False,
+    layer_impls: tuple[str, ...] = ("auto",),
+    vary_shapes: bool = False,
+) -> list[dict]:
     """One JSON-able result per (backend, layer implementation); the naive baseline runs once and is shared."""
     prompt = video_prompt(model, frames)
     g = torch.Generator().manual_seed(2)
@@ -161,9 +186,16 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
     flops = group_flops(model.config.text_config, len(prompt), [length] * n)
     naive_flops = n * group_flops(model.config.text_config, len(prompt), [length])
     cuda = device.type == "cuda"
-    common = {"device": device.type, "gpu": torch.cuda.get_device_name() if cuda else None,
-              "dtype": str(model.dtype).removeprefix("torch."), "frames": frames, "n": n,
-              "response_tokens": length, "prefix_tokens": len(prompt), "packed_tokens": len(prompt) + n * length}
+    common = {
+        "device": device.type,
+        "gpu": torch.cuda.get_device_name() if cuda else None,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "frames": frames,
+        "n": n,
+        "response_tokens": length,
+        "prefix_tokens": len(prompt),
+        "packed_tokens": len(prompt) + n * length,
+    }
 
     naive_result, naive_logps, naive_grads = {"naive_s": None, "speedup": None}, None, None
     if naive:
@@ -189,8 +221,9 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
             run()
             take_grads(model)
             if vary_shapes:  # a group of another length: the compiled code turns dynamic, as in training
-                run_longrl(model, prompt, [r[:-1] for r in responses], _loss_weights(n, length - 1, device),
-                           backend, layers)
+                run_longrl(
+                    model, prompt, [r[:-1] for r in responses], _loss_weights(n, length - 1, device), backend, layers
+                )
                 take_grads(model)
             times = []
             for _ in range(repeats):
@@ -210,8 +243,11 @@ def bench_config(model, device, frames: int, n: int, length: int, *, backends: l
         result["longrl_s"] = statistics.median(times)
         result.update(layers=info.get("layers"), checkpointed_layers=info.get("checkpointed_layers"))
         if profile:
-            print(f"# profile: {backend}, {info.get('layers')} layers, F={frames} n={n} R={length}\n" + profile_table(
-                lambda: (run(), take_grads(model)), device), flush=True)
+            print(
+                f"# profile: {backend}, {info.get('layers')} layers, F={frames} n={n} R={length}\n"
+                + profile_table(lambda: (run(), take_grads(model)), device),
+                flush=True,
+            )
         if cuda:
             result["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         result["tflops"] = flops / result["longrl_s"] / 1e12
@@ -240,39 +276,69 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--frames", type=_ints, default=[128], help="frames of 448x448 video (comma list)")
     parser.add_argument("--n", type=_ints, default=[8], help="responses per group (comma list)")
     parser.add_argument("--response-tokens", type=_ints, default=[128], help="tokens per response (comma list)")
-    parser.add_argument("--backend", default="auto",
-                        help="group attention: auto (hybrid on GPU, dense on CPU), dense, flex, hybrid, split; comma list")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
-                        help="auto: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--layers", default="auto",
-                        help="decoder layers of the group forward: auto (compiled on GPU, eager on CPU), compiled, "
-                             "eager, hf (transformers' own); comma list")
-    parser.add_argument("--checkpoint-layers", type=_layer_counts, default=["auto"],
-                        help="gradient checkpointing: auto (default: every layer may be checkpointed, the group forward "
-                             "checkpoints only as many as free GPU memory needs, as in training), all (every layer), "
-                             "or K (exactly the first K); a comma list such as auto,all,10 runs each "
-                             "(naive only with the first)")
-    parser.add_argument("--config", action="append", default=[], metavar="F,N,R",
-                        help="a (frames, n, response tokens) configuration; repeatable; replaces the lists")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="group attention: auto (hybrid on GPU, dense on CPU), dense, flex, hybrid, split; comma list",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="auto: bfloat16 on GPU, float32 on CPU"
+    )
+    parser.add_argument(
+        "--layers",
+        default="auto",
+        help="decoder layers of the group forward: auto (compiled on GPU, eager on CPU), compiled, "
+        "eager, hf (transformers' own); comma list",
+    )
+    parser.add_argument(
+        "--checkpoint-layers",
+        type=_layer_counts,
+        default=["auto"],
+        help="gradient checkpointing: auto (default: every layer may be checkpointed, the group forward "
+        "checkpoints only as many as free GPU memory needs, as in training), all (every layer), "
+        "or K (exactly the first K); a comma list such as auto,all,10 runs each "
+        "(naive only with the first)",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="F,N,R",
+        help="a (frames, n, response tokens) configuration; repeatable; replaces the lists",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-naive", action="store_true", help="time longrl only (naive may not fit)")
-    parser.add_argument("--naive-max-frames", type=int, default=256,
-                        help="skip the naive baseline above this many frames (it takes n full passes)")
+    parser.add_argument(
+        "--naive-max-frames",
+        type=int,
+        default=256,
+        help="skip the naive baseline above this many frames (it takes n full passes)",
+    )
     parser.add_argument("--no-grad-checkpointing", action="store_true")
     parser.add_argument("--profile", action="store_true", help="print the top kernels of one longrl run per backend")
-    parser.add_argument("--vary-shapes", action="store_true",
-                        help="warm up on a second group length too, so the timed runs use the dynamic-shape "
-                             "compiled code that training (groups of varying length) runs")
-    parser.add_argument("--hold-gb", type=float, default=0.0,
-                        help="hold this much GPU memory during the runs, standing for optimizer state / a "
-                             "reference model (adaptive checkpointing then keeps fewer layers)")
+    parser.add_argument(
+        "--vary-shapes",
+        action="store_true",
+        help="warm up on a second group length too, so the timed runs use the dynamic-shape "
+        "compiled code that training (groups of varying length) runs",
+    )
+    parser.add_argument(
+        "--hold-gb",
+        type=float,
+        default=0.0,
+        help="hold this much GPU memory during the runs, standing for optimizer state / a "
+        "reference model (adaptive checkpointing then keeps fewer layers)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="dense bf16 peak for MFU (default: by GPU name)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    dtype = {"auto": torch.float32 if device.type == "cpu" else torch.bfloat16,
-             "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    dtype = {
+        "auto": torch.float32 if device.type == "cpu" else torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "float32": torch.float32,
+    }[args.dtype]
     model = build_model(args.tiny, device, dtype)
     model.train()
     held = torch.empty(int(args.hold_gb * 2**30), dtype=torch.uint8, device=device) if args.hold_gb else None
@@ -286,8 +352,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"--backend {b!r} is not one of auto, dense, flex, hybrid, split")
 
     results = []
-    configs = ([tuple(_ints(c)) for c in args.config] if args.config
-               else list(itertools.product(args.frames, args.n, args.response_tokens)))
+    configs = (
+        [tuple(_ints(c)) for c in args.config]
+        if args.config
+        else list(itertools.product(args.frames, args.n, args.response_tokens))
+    )
     checkpointing = device.type == "cuda" and not args.no_grad_checkpointing
     layers = model.config.text_config.num_hidden_layers
     layer_impls = tuple(args.layers.split(","))
@@ -296,13 +365,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
             parser.error(f"--layers {impl!r} is not one of auto, compiled, eager, hf")
     for variant, ckpt_layers in enumerate(args.checkpoint_layers if checkpointing else [0]):
         if checkpointing:
-            enable_gradient_checkpointing(model, None if isinstance(ckpt_layers, str) else ckpt_layers,
-                                          adaptive=ckpt_layers == "auto")
+            enable_gradient_checkpointing(
+                model, None if isinstance(ckpt_layers, str) else ckpt_layers, adaptive=ckpt_layers == "auto"
+            )
         for frames, n, length in configs:
             naive = not args.no_naive and frames <= args.naive_max_frames and variant == 0
-            for result in bench_config(model, device, frames, n, length, backends=backends, repeats=args.repeats,
-                                       naive=naive, peak=peak, profile=args.profile and variant == 0,
-                                       layer_impls=layer_impls, vary_shapes=args.vary_shapes):
+            for result in bench_config(
+                model,
+                device,
+                frames,
+                n,
+                length,
+                backends=backends,
+                repeats=args.repeats,
+                naive=naive,
+                peak=peak,
+                profile=args.profile and variant == 0,
+                layer_impls=layer_impls,
+                vary_shapes=args.vary_shapes,
+            ):
                 result["model"] = "tiny" if args.tiny else "qwen2.5-vl-3b-shape"
                 result["checkpointing"] = ckpt_layers if checkpointing else "off"
                 result["decoder_layers"] = layers
@@ -310,8 +391,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     result["held_gb"] = args.hold_gb
                 if args.vary_shapes:
                     result["vary_shapes"] = True
-                print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in result.items()}),
-                      flush=True)
+                print(
+                    json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in result.items()}),
+                    flush=True,
+                )
                 results.append(result)
     return results
 

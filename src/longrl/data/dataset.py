@@ -53,8 +53,9 @@ class ExampleSet:
     """Rows with their preprocessed videos: decoded up front and kept (``preload``, for small data),
     or decoded on demand and dropped after use (long videos: host memory stays bounded)."""
 
-    def __init__(self, rows: list[Row], cfg, *, preload: bool = True, progress: bool = False, embedder=None,
-                 bad_rows: int = 0):
+    def __init__(
+        self, rows: list[Row], cfg, *, preload: bool = True, progress: bool = False, embedder=None, bad_rows: int = 0
+    ):
         self.rows = rows
         self.cfg = cfg
         self.embedder = embedder  # a longrl.data.embed_cache.VideoEmbedder: cached embeddings
@@ -115,8 +116,9 @@ class ExampleSet:
         return part
 
 
-def draw_examples(data: ExampleSet, sampler: PromptSampler, count: int,
-                  agree_max: Callable[[int], int] = int) -> list[Example]:
+def draw_examples(
+    data: ExampleSet, sampler: PromptSampler, count: int, agree_max: Callable[[int], int] = int
+) -> list[Example]:
     """``count`` usable examples (this rank's share) from the sampler's next rows; rows with a bad
     video are replaced by further draws, up to MAX_DRAWS rounds (then as many as were found; none at
     all stops the run). ``agree_max`` takes the largest value over the data-parallel ranks: every
@@ -130,9 +132,11 @@ def draw_examples(data: ExampleSet, sampler: PromptSampler, count: int,
         drawn = [e for e in (data.get(i) for i in sampler.next_indices(need * sampler.world)) if e is not None]
         examples += drawn[: count - len(examples)]
     if agree_max(0 if examples else 1):
-        raise ValueError(f"{MAX_DRAWS} draws of rows found no usable one ({len(data.skipped)} of "
-                         f"{len(data)} rows have a bad video, see the warnings above). Fix: repair or remove those "
-                         "videos, or check data.train_path and data.media_root")
+        raise ValueError(
+            f"{MAX_DRAWS} draws of rows found no usable one ({len(data.skipped)} of "
+            f"{len(data)} rows have a bad video, see the warnings above). Fix: repair or remove those "
+            "videos, or check data.train_path and data.media_root"
+        )
     return examples
 
 
@@ -166,7 +170,7 @@ class PromptSampler:
                 self._order = self._shuffle()
             out.append(self._order[self.cursor])
             self.cursor += 1
-        return out[self.rank::self.world]
+        return out[self.rank :: self.world]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "cursor": self.cursor}

@@ -74,8 +74,9 @@ def frame_spec(data_cfg, model=None) -> dict[str, Any]:
     }
     if model is not None:
         vc = model.config.vision_config
-        spec.update(patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size,
-                    merge_size=vc.spatial_merge_size)
+        spec.update(
+            patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size, merge_size=vc.spatial_merge_size
+        )
     return spec
 
 
@@ -131,8 +132,12 @@ class EmbedCache:
 
     @staticmethod
     def identity(content_hash: str, frame_spec: dict, vision_fingerprint: str) -> dict[str, str]:
-        return {"format": str(FORMAT_VERSION), "content_hash": content_hash,
-                "frame_spec": json.dumps(frame_spec, sort_keys=True), "vision_fingerprint": vision_fingerprint}
+        return {
+            "format": str(FORMAT_VERSION),
+            "content_hash": content_hash,
+            "frame_spec": json.dumps(frame_spec, sort_keys=True),
+            "vision_fingerprint": vision_fingerprint,
+        }
 
     @classmethod
     def key(cls, content_hash: str, frame_spec: dict, vision_fingerprint: str) -> str:
@@ -148,8 +153,9 @@ class EmbedCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensor = tensor.detach().contiguous().cpu()
         stored = {k: json.dumps(v) for k, v in meta.items()}
-        stored.update(key=key, shape=json.dumps(list(tensor.shape)), dtype=str(tensor.dtype),
-                      sha256=_tensor_sha256(tensor))
+        stored.update(
+            key=key, shape=json.dumps(list(tensor.shape)), dtype=str(tensor.dtype), sha256=_tensor_sha256(tensor)
+        )
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
         os.close(fd)
         try:
@@ -237,8 +243,11 @@ class VideoEmbedder:
 
         if self.train_vision or self.cache is None:
             if self.train_vision and self.cache is not None and not self._warned:
-                log.info("model.train_vision=true: the embedding cache (%s) is bypassed; the vision tower "
-                         "runs once per group with gradients", self.cache.root)
+                log.info(
+                    "model.train_vision=true: the embedding cache (%s) is bypassed; the vision tower "
+                    "runs once per group with gradients",
+                    self.cache.root,
+                )
                 self._warned = True
             return load_vision(row, self.data_cfg), None
         key, ident = self.lookup(row.video)
@@ -249,17 +258,28 @@ class VideoEmbedder:
             entry = None
         if entry is not None:
             self.stats["hits"] += 1
-            patch_dim = 3 * self.model.config.vision_config.temporal_patch_size * self.model.config.vision_config.patch_size ** 2
-            vision = VisionInputs(torch.empty(0, patch_dim), torch.tensor(entry.meta["grid_thw"]),
-                                  entry.meta["second_per_grid"])
+            patch_dim = (
+                3 * self.model.config.vision_config.temporal_patch_size * self.model.config.vision_config.patch_size**2
+            )
+            vision = VisionInputs(
+                torch.empty(0, patch_dim), torch.tensor(entry.meta["grid_thw"]), entry.meta["second_per_grid"]
+            )
             return vision, entry.embeds
         loaded = load_vision(row, self.data_cfg)
         assert loaded is not None  # the row has a video (looked up above)
         vision = loaded
         with torch.no_grad():
             embeds = encode_video(self.model, vision)
-        self.cache.put(key, embeds, {**ident, "grid_thw": vision.grid_thw.tolist(),
-                                     "second_per_grid": vision.second_per_grid, "video": str(row.video)})
+        self.cache.put(
+            key,
+            embeds,
+            {
+                **ident,
+                "grid_thw": vision.grid_thw.tolist(),
+                "second_per_grid": vision.second_per_grid,
+                "video": str(row.video),
+            },
+        )
         self.stats["computed"] += 1
         return vision, embeds
 

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from longrl.models.inputs import Prompt
 
 SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the option letter inside <answer> </answer>."
-FREE_TEXT_SYSTEM_PROMPT = "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+FREE_TEXT_SYSTEM_PROMPT = (
+    "Think step by step inside <think> </think>, then give the final answer inside <answer> </answer>."
+)
 
 
 def system_prompt(row: Row) -> str:
@@ -61,5 +63,9 @@ def encode_prompts(model, tokenizer, examples: list[Example]) -> list[Prompt]:
     positions, and one vision-tower pass (or the example's cached embeddings)."""
     from longrl.models.qwen2_5_vl import build_prompt  # transformers loads only when prompts are built
 
-    return [build_prompt(model, tokenizer, messages_for(e.row), e.vision, video_embeds=e.video_embeds,
-                         meta={"id": e.row.id}) for e in examples]
+    return [
+        build_prompt(
+            model, tokenizer, messages_for(e.row), e.vision, video_embeds=e.video_embeds, meta={"id": e.row.id}
+        )
+        for e in examples
+    ]

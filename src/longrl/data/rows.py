@@ -79,13 +79,13 @@ def format_options(options: list[str]) -> str:
     return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options))
 
 
-def row_from_dict(
-    record: dict[str, Any], *, where: str = "row", media_root: str | Path | None = None
-) -> Row:
+def row_from_dict(record: dict[str, Any], *, where: str = "row", media_root: str | Path | None = None) -> Row:
     """Validate and normalise one raw record. `where` ("data.jsonl line 7") prefixes errors."""
     if not isinstance(record, dict):
-        raise RowError(f"{where} (id=None): expected a JSON object, got {type(record).__name__}. "
-                       "Fix: write one object per line with keys id, video, question, options, answer")
+        raise RowError(
+            f"{where} (id=None): expected a JSON object, got {type(record).__name__}. "
+            "Fix: write one object per line with keys id, video, question, options, answer"
+        )
     row_id = record.get("id")
     label = f"{where} (id={row_id!r})"
 
@@ -94,9 +94,10 @@ def row_from_dict(
 
     missing = [name for name in REQUIRED if record.get(name) is None]
     if missing:
-        raise fail(f"missing field(s) {', '.join(missing)}",
-                   f"add {', '.join(repr(m) for m in missing)} to the row "
-                   f"(required: {', '.join(REQUIRED)})")
+        raise fail(
+            f"missing field(s) {', '.join(missing)}",
+            f"add {', '.join(repr(m) for m in missing)} to the row (required: {', '.join(REQUIRED)})",
+        )
     if not isinstance(row_id, (str, int)) or isinstance(row_id, bool) or str(row_id) == "":
         raise fail(f"id must be a non-empty string or integer, got {row_id!r}", "give the row a unique id")
     question = record["question"]
@@ -134,20 +135,32 @@ def row_from_dict(
     extra = dict(extra)
     extra.update({k: v for k, v in record.items() if k not in FIELDS})  # keep unknown keys
 
-    return Row(id=str(row_id), video=media["video"], question=question, options=options, answer=answer,
-               reasoning=text_fields["reasoning"], category=text_fields["category"], image=media["image"],
-               extra=extra)
+    return Row(
+        id=str(row_id),
+        video=media["video"],
+        question=question,
+        options=options,
+        answer=answer,
+        reasoning=text_fields["reasoning"],
+        category=text_fields["category"],
+        image=media["image"],
+        extra=extra,
+    )
 
 
 def _check_options(options: Any, fail) -> list[str]:
     if not isinstance(options, (list, tuple)) or not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:
         got = f"{len(options)} item(s)" if isinstance(options, (list, tuple)) else type(options).__name__
-        raise fail(f"options must be a list of {MIN_OPTIONS} to {MAX_OPTIONS} strings, got {got}",
-                   'write options as a JSON list, e.g. ["red", "blue", "green", "yellow"]')
+        raise fail(
+            f"options must be a list of {MIN_OPTIONS} to {MAX_OPTIONS} strings, got {got}",
+            'write options as a JSON list, e.g. ["red", "blue", "green", "yellow"]',
+        )
     bad = [i for i, o in enumerate(options) if not isinstance(o, str) or not o.strip()]
     if bad:
-        raise fail(f"option {LETTERS[bad[0]]} is {options[bad[0]]!r}, not a non-empty string",
-                   "make every option a non-empty string")
+        raise fail(
+            f"option {LETTERS[bad[0]]} is {options[bad[0]]!r}, not a non-empty string",
+            "make every option a non-empty string",
+        )
     options = [o.strip() for o in options]
     # Some datasets store ["A. red", "B. blue", ...]; keep the bare texts when every option has
     # exactly its own letter as prefix (a prompt template adds the letters back).
@@ -163,8 +176,10 @@ def _answer_text(answer: Any, fail) -> str:
         return str(answer)  # a math answer written as a JSON number
     if isinstance(answer, str) and answer.strip():
         return answer.strip()
-    raise fail(f"answer {answer!r} of a row without options must be non-empty text or a number",
-               "write the reference answer, e.g. \"answer\": \"6\", or give the row options")
+    raise fail(
+        f"answer {answer!r} of a row without options must be non-empty text or a number",
+        'write the reference answer, e.g. "answer": "6", or give the row options',
+    )
 
 
 def _answer_letter(answer: Any, options: list[str], fail) -> str:
@@ -175,13 +190,17 @@ def _answer_letter(answer: Any, options: list[str], fail) -> str:
         if m:
             if LETTERS.index(m.group(1)) < len(options):
                 return m.group(1)
-            raise fail(f"answer {answer!r} is out of range for {len(options)} options (A-{last})",
-                       f"use a letter A-{last} or the exact text of one option")
+            raise fail(
+                f"answer {answer!r} is out of range for {len(options)} options (A-{last})",
+                f"use a letter A-{last} or the exact text of one option",
+            )
         matches = [i for i, o in enumerate(options) if o == text]
         if len(matches) == 1:
             return LETTERS[matches[0]]
-    raise fail(f"answer {answer!r} is neither a letter A-{last} nor the text of exactly one option",
-               f"use a letter A-{last} or the exact text of one option")
+    raise fail(
+        f"answer {answer!r} is neither a letter A-{last} nor the text of exactly one option",
+        f"use a letter A-{last} or the exact text of one option",
+    )
 
 
 def _resolve(path: str | None, root: str | Path | None) -> str | None:
@@ -203,8 +222,9 @@ def load_rows(path: str | Path, *, media_root: str | Path | None = None) -> list
     return read_rows(path, media_root=media_root, bad_sample="error")[0]
 
 
-def read_rows(path: str | Path, *, media_root: str | Path | None = None,
-              bad_sample: str = "error") -> tuple[list[Row], list[RowError]]:
+def read_rows(
+    path: str | Path, *, media_root: str | Path | None = None, bad_sample: str = "error"
+) -> tuple[list[Row], list[RowError]]:
     """The rows of a data file and the problems skipped on the way (``bad_sample="skip"``: each is
     logged as a warning with file, line and id, and left out; ``"error"``: the first one raises).
     A file with no usable row at all is a RowError either way."""
@@ -232,11 +252,14 @@ def read_rows(path: str | Path, *, media_root: str | Path | None = None,
             if bad_sample == "error":
                 raise
             skipped.append(err)
-            log.warning("skipping %s (%d bad row(s) so far; data.bad_sample=error stops here instead)",
-                        err, len(skipped))
+            log.warning(
+                "skipping %s (%d bad row(s) so far; data.bad_sample=error stops here instead)", err, len(skipped)
+            )
     if not rows:
-        raise RowError(f"{path}: no usable row ({len(skipped)} skipped, see the warnings above). "
-                       "Fix: correct the rows or point the config at another file")
+        raise RowError(
+            f"{path}: no usable row ({len(skipped)} skipped, see the warnings above). "
+            "Fix: correct the rows or point the config at another file"
+        )
     if skipped:
         log.warning("%s: skipped %d of %d rows", path, len(skipped), len(skipped) + len(rows))
     return rows, skipped
@@ -254,9 +277,14 @@ def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 row_id = _guess_id(raw.decode("utf-8", errors="replace"))
-                yield where, RowError(f"{where} (id={row_id!r}): not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
-                                      f"column {e.start + 1}). Fix: save the file as UTF-8 "
-                                      "(e.g. iconv -f latin1 -t utf-8)")
+                yield (
+                    where,
+                    RowError(
+                        f"{where} (id={row_id!r}): not valid UTF-8 (byte 0x{raw[e.start]:02x} at "
+                        f"column {e.start + 1}). Fix: save the file as UTF-8 "
+                        "(e.g. iconv -f latin1 -t utf-8)"
+                    ),
+                )
                 continue
             if not line.strip():
                 continue
@@ -264,8 +292,13 @@ def _read_jsonl(path: Path) -> Iterable[tuple[str, Any]]:
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
-                yield where, RowError(f"{where}: not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno}; "
-                                      f"id={_guess_id(line)!r}). Fix: write exactly one JSON object per line")
+                yield (
+                    where,
+                    RowError(
+                        f"{where}: not valid JSON ({e.msg.removesuffix(' at')} at column {e.colno}; "
+                        f"id={_guess_id(line)!r}). Fix: write exactly one JSON object per line"
+                    ),
+                )
 
 
 def _guess_id(text: str) -> str | None:
@@ -293,8 +326,7 @@ def save_rows(rows: Iterable[Row], path: str | Path) -> Path:
         pa, pq = _pyarrow(), _pyarrow_parquet()
         for record in records:  # one fixed column type however varied `extra` is
             record["extra"] = json.dumps(record["extra"], ensure_ascii=False)
-        schema = pa.schema([(name, pa.list_(pa.string()) if name == "options" else pa.string())
-                            for name in FIELDS])
+        schema = pa.schema([(name, pa.list_(pa.string()) if name == "options" else pa.string()) for name in FIELDS])
         pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
     else:
         raise ValueError(f"cannot save rows to {path}: use a .jsonl or .parquet file name")
@@ -305,8 +337,9 @@ def _pyarrow():
     try:
         import pyarrow
     except ImportError:
-        raise ImportError("reading or writing .parquet rows needs pyarrow: "
-                          "pip install 'longrl[parquet]' (or pip install pyarrow)") from None
+        raise ImportError(
+            "reading or writing .parquet rows needs pyarrow: pip install 'longrl[parquet]' (or pip install pyarrow)"
+        ) from None
     return pyarrow
 
 

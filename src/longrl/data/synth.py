@@ -71,6 +71,8 @@ def lit(color: str, quadrant: int) -> tuple[int, int, int]:
     """The RGB an object of ``color`` shows in room ``quadrant`` (index into QUADRANTS)."""
     r, g, b = (int(round(c * ROOM_LIGHT[quadrant])) for c in PALETTE[color])
     return r, g, b
+
+
 MIN_FRAMES_PER_GAP = 2  # >= 2 frames per state, so frame-pair (temporal patch) sampling still sees it
 
 
@@ -98,8 +100,10 @@ class SynthConfig:
         if self.num_train < 0 or self.num_test < 0:
             raise ValueError(f"num_train/num_test must be >= 0, got {self.num_train}/{self.num_test}")
         if self.size < 16 or self.size % 2:
-            raise ValueError(f"size={self.size}: use an even canvas side >= 16 px (56 aligns quadrants "
-                             "with Qwen2.5-VL merged tokens)")
+            raise ValueError(
+                f"size={self.size}: use an even canvas side >= 16 px (56 aligns quadrants "
+                "with Qwen2.5-VL merged tokens)"
+            )
         if self.options not in ("shuffled", "fixed"):
             raise ValueError(f"options={self.options!r}: choose 'shuffled' or 'fixed'")
         if self.reasoning not in ("evidence", "timeline"):
@@ -110,12 +114,16 @@ class SynthConfig:
             raise ValueError(f"fps={self.fps}: must be > 0")
         max_gap = 1.0 / NUM_EVENTS  # 5 gaps + half a gap of margin at each end must fit
         if not 0 < self.min_gap < max_gap:
-            raise ValueError(f"min_gap={self.min_gap}: must be in (0, {max_gap:.4f}) so {NUM_EVENTS} "
-                             "events and margins fit in one video")
+            raise ValueError(
+                f"min_gap={self.min_gap}: must be in (0, {max_gap:.4f}) so {NUM_EVENTS} "
+                "events and margins fit in one video"
+            )
         if self.min_gap * self.frames < MIN_FRAMES_PER_GAP:
             need = math.ceil(MIN_FRAMES_PER_GAP / self.min_gap)
-            raise ValueError(f"frames={self.frames} is too few for min_gap={self.min_gap}: each gap must "
-                             f"span >= {MIN_FRAMES_PER_GAP} frames; use frames >= {need} or a larger min_gap")
+            raise ValueError(
+                f"frames={self.frames} is too few for min_gap={self.min_gap}: each gap must "
+                f"span >= {MIN_FRAMES_PER_GAP} frames; use frames >= {need} or a larger min_gap"
+            )
 
 
 @dataclass(frozen=True)
@@ -171,8 +179,9 @@ class Story:
 # Events
 
 
-def make_story(rng: np.random.Generator, *, frames: int, fps: float, min_gap: float,
-               palette: tuple[str, ...] = tuple(PALETTE)) -> Story:
+def make_story(
+    rng: np.random.Generator, *, frames: int, fps: float, min_gap: float, palette: tuple[str, ...] = tuple(PALETTE)
+) -> Story:
     """Draw one video's events. Times: 6 events with >= min_gap between them, half a gap of margin
     at each end (so the empty start and the final state are both visible), the rest random jitter."""
     background = int(rng.integers(BACKGROUND_RANGE[0], BACKGROUND_RANGE[1] + 1))
@@ -249,19 +258,37 @@ def make_fixed_question(story: Story, category: str, rng: np.random.Generator) -
         return LETTERS[FIXED_PALETTE.index(color)]
 
     if category == "Temporal":
-        return Question(category, "Which object appeared first?", color_options, letter_of(first.color),
-                        f"{_sentence(first)} {first.color} came first.")
+        return Question(
+            category,
+            "Which object appeared first?",
+            color_options,
+            letter_of(first.color),
+            f"{_sentence(first)} {first.color} came first.",
+        )
     if category == "Spatial":
-        return Question(category, "Which room is empty at the end?", list(QUADRANTS),
-                        LETTERS[QUADRANTS.index(source.quadrant)],
-                        f"{_sentence(moved)} {source.quadrant} stays empty.")
+        return Question(
+            category,
+            "Which room is empty at the end?",
+            list(QUADRANTS),
+            LETTERS[QUADRANTS.index(source.quadrant)],
+            f"{_sentence(moved)} {source.quadrant} stays empty.",
+        )
     if category == "Plot & Narrative":
-        return Question(category, "Which object changed rooms during the story?", color_options,
-                        letter_of(moved.color), f"{_sentence(source)} {_sentence(moved)}")
+        return Question(
+            category,
+            "Which object changed rooms during the story?",
+            color_options,
+            letter_of(moved.color),
+            f"{_sentence(source)} {_sentence(moved)}",
+        )
     if category == "Goal & Purpose":
-        return Question(category, f"Why could the {moved.color} object move to the {moved.quadrant} quadrant?",
-                        [f"the {c} object left it" for c in FIXED_PALETTE], letter_of(left.color),
-                        f"{_sentence(left)} {_sentence(moved)}")
+        return Question(
+            category,
+            f"Why could the {moved.color} object move to the {moved.quadrant} quadrant?",
+            [f"the {c} object left it" for c in FIXED_PALETTE],
+            letter_of(left.color),
+            f"{_sentence(left)} {_sentence(moved)}",
+        )
     raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}")
 
 
@@ -270,9 +297,12 @@ def timeline_reasoning(story: Story, category: str) -> str:
     carry no timestamps: order is what the questions need, and half the tokens keep CPU rollouts short."""
     first, left, moved = story.arrivals[0], story.departure, story.move
     source = next(e for e in story.arrivals if e.color == moved.color)
-    conclusion = {"Temporal": f"{first.color} came first.", "Spatial": f"{source.quadrant} stays empty.",
-                  "Plot & Narrative": f"{moved.color} changed rooms.",
-                  "Goal & Purpose": f"{left.color} left {moved.quadrant}."}[category]
+    conclusion = {
+        "Temporal": f"{first.color} came first.",
+        "Spatial": f"{source.quadrant} stays empty.",
+        "Plot & Narrative": f"{moved.color} changed rooms.",
+        "Goal & Purpose": f"{left.color} left {moved.quadrant}.",
+    }[category]
     return " ".join(_sentence(e, timed=False) for e in story.events) + " " + conclusion
 
 
@@ -284,36 +314,62 @@ def make_question(story: Story, category: str, answer_index: int, rng: np.random
     if category == "Temporal":
         rank = int(rng.integers(NUM_OBJECTS))
         ordinal = ORDINALS[rank]
-        options = _place(f"the {colors[rank]} object",
-                         [f"the {c} object" for c in colors if c != colors[rank]], answer_index, rng)
-        return Question(category, f"Which object appeared {ordinal}?", options, LETTERS[answer_index],
-                        " ".join(enter_lines + [f"{colors[rank]} came {ordinal}."]))
+        options = _place(
+            f"the {colors[rank]} object", [f"the {c} object" for c in colors if c != colors[rank]], answer_index, rng
+        )
+        return Question(
+            category,
+            f"Which object appeared {ordinal}?",
+            options,
+            LETTERS[answer_index],
+            " ".join(enter_lines + [f"{colors[rank]} came {ordinal}."]),
+        )
 
     if category == "Spatial":
         target = arrivals[int(rng.integers(NUM_OBJECTS))]
         options = _place(target.quadrant, [q for q in QUADRANTS if q != target.quadrant], answer_index, rng)
-        return Question(category, f"Where did the {target.color} object first appear?", options,
-                        LETTERS[answer_index], _sentence(target))
+        return Question(
+            category,
+            f"Where did the {target.color} object first appear?",
+            options,
+            LETTERS[answer_index],
+            _sentence(target),
+        )
 
     if category == "Plot & Narrative":
+
         def sequence(order) -> str:
             return ", then ".join(order)
 
         others = [p for p in itertools.permutations(colors) if list(p) != colors]
         picked = [others[i] for i in rng.choice(len(others), NUM_OBJECTS - 1, replace=False)]
         options = _place(sequence(colors), [sequence(p) for p in picked], answer_index, rng)
-        return Question(category, "Which sequence of arrivals is correct?", options, LETTERS[answer_index],
-                        " ".join(enter_lines + [f"Order: {', '.join(colors)}."]))
+        return Question(
+            category,
+            "Which sequence of arrivals is correct?",
+            options,
+            LETTERS[answer_index],
+            " ".join(enter_lines + [f"Order: {', '.join(colors)}."]),
+        )
 
     if category == "Goal & Purpose":
         left, moved = story.departure, story.move
         bystanders = [c for c in colors if c not in (left.color, moved.color)]
         absent = [c for c in PALETTE if c not in colors]
         decoy = absent[int(rng.integers(len(absent)))]
-        options = _place(f"the {left.color} object left it",
-                         [f"the {c} object left it" for c in bystanders + [decoy]], answer_index, rng)
-        return Question(category, f"Why could the {moved.color} object move to the {moved.quadrant} quadrant?",
-                        options, LETTERS[answer_index], f"{_sentence(left)} {_sentence(moved)}")
+        options = _place(
+            f"the {left.color} object left it",
+            [f"the {c} object left it" for c in bystanders + [decoy]],
+            answer_index,
+            rng,
+        )
+        return Question(
+            category,
+            f"Why could the {moved.color} object move to the {moved.quadrant} quadrant?",
+            options,
+            LETTERS[answer_index],
+            f"{_sentence(left)} {_sentence(moved)}",
+        )
 
     raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}")
 
@@ -400,8 +456,9 @@ def make_row(cfg: SynthConfig, split: str, index: int) -> Row:
     """The row of one video (events and question), without writing the video."""
     rng = video_rng(cfg.seed, split, index)
     fixed = cfg.options == "fixed"
-    story = make_story(rng, frames=cfg.frames, fps=cfg.fps, min_gap=cfg.min_gap,
-                       palette=FIXED_PALETTE if fixed else tuple(PALETTE))
+    story = make_story(
+        rng, frames=cfg.frames, fps=cfg.fps, min_gap=cfg.min_gap, palette=FIXED_PALETTE if fixed else tuple(PALETTE)
+    )
     # Round-robin categories; with shuffled options the correct letter cycles A-D in each category.
     category = CATEGORIES[index % len(CATEGORIES)]
     if fixed:
@@ -489,6 +546,9 @@ def _is_complete(out: Path, record: dict) -> bool:
             return False
     except json.JSONDecodeError:
         return False
-    names = [f"{split}-{i:05d}.mp4" for split, n in (("train", record["num_train"]), ("test", record["num_test"]))
-             for i in range(n)]
+    names = [
+        f"{split}-{i:05d}.mp4"
+        for split, n in (("train", record["num_train"]), ("test", record["num_test"]))
+        for i in range(n)
+    ]
     return all((out / "videos" / name).is_file() for name in names)

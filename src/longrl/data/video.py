@@ -104,7 +104,9 @@ def _open(path: Path):
     try:
         return av.open(str(path))
     except av.error.FFmpegError as e:
-        raise VideoError(path, f"cannot be opened as a video ({e})", "the file is corrupt or not a video; re-encode or remove it") from e
+        raise VideoError(
+            path, f"cannot be opened as a video ({e})", "the file is corrupt or not a video; re-encode or remove it"
+        ) from e
 
 
 def _count_frames_by_demux(path: Path) -> int:
@@ -187,8 +189,9 @@ def _check_complete(path: Path, frames_present: int, video_fps: float, declared:
         return
     present = frames_present / video_fps
     if declared - present > TRUNCATION_TOLERANCE * declared + 2 / video_fps:
-        raise VideoError(path, f"decoded {present:.1f} s of {declared:.1f} s: the file is truncated; "
-                               "re-encode or remove it")
+        raise VideoError(
+            path, f"decoded {present:.1f} s of {declared:.1f} s: the file is truncated; re-encode or remove it"
+        )
 
 
 def decode_video(

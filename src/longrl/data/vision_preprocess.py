@@ -127,9 +127,7 @@ def patchify(
     # -> [grid_t, grid_h/m, grid_w/m, m, m, C, tp, p, p]: merge blocks contiguous, then one
     # patch's channel, time, row, column.
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
-    flat = patches.reshape(
-        grid_t * grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size
-    )
+    flat = patches.reshape(grid_t * grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
     return flat, (grid_t, grid_h, grid_w)
 
 
@@ -161,7 +159,9 @@ def _preprocess_frames(
     resized = resize_bicubic(frames, new_h, new_w)
     # Patchify the uint8 pixels first and normalize the float copy in place: one float tensor
     # of the output's size instead of two (a 768-frame video is gigabytes of float32).
-    patches, grid = patchify(resized, patch_size=patch_size, temporal_patch_size=temporal_patch_size, merge_size=merge_size)
+    patches, grid = patchify(
+        resized, patch_size=patch_size, temporal_patch_size=temporal_patch_size, merge_size=merge_size
+    )
     pixel_values = patches.to(torch.float32, copy=True)
     normalize_(pixel_values.view(len(pixel_values), frames.shape[1], -1), channel_dim=1)
     return pixel_values, torch.tensor([grid], dtype=torch.long)

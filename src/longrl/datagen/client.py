@@ -55,10 +55,10 @@ class ChatClient:
     def __repr__(self) -> str:
         return f"ChatClient(url={self.url!r}, model={self.model!r}, key from ${self.cfg.api_key_env})"
 
-    def complete(self, messages: list[dict], *, max_tokens: int, temperature: float, n: int = 1,
-                 seed: int | None = None) -> Reply:
-        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
-                "n": n}
+    def complete(
+        self, messages: list[dict], *, max_tokens: int, temperature: float, n: int = 1, seed: int | None = None
+    ) -> Reply:
+        body = {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature, "n": n}
         if seed is not None:
             body["seed"] = seed
         data = json.dumps(body).encode()
@@ -95,8 +95,10 @@ class ChatClient:
             if error.code == 429 or error.code >= 500:
                 raise _Transient(message) from None
             if error.code in (401, 403):
-                raise EndpointAuthError(f"{self.url} refused the API key (HTTP {error.code}); set the key in "
-                                        f"${self.cfg.api_key_env} (endpoint.api_key_env)") from None
+                raise EndpointAuthError(
+                    f"{self.url} refused the API key (HTTP {error.code}); set the key in "
+                    f"${self.cfg.api_key_env} (endpoint.api_key_env)"
+                ) from None
             raise EndpointError(f"{self.url} refused the request: {message}") from None
         except TimeoutError:
             raise _Transient(f"timed out after {self.cfg.timeout_s}s") from None
@@ -110,7 +112,9 @@ class ChatClient:
             usage = body.get("usage") or {}
             return Reply(texts, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
         except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
-            raise _Transient(f"the reply is not a chat completion: {self._redact(raw[:120].decode('utf-8', 'replace'))!r}") from None
+            raise _Transient(
+                f"the reply is not a chat completion: {self._redact(raw[:120].decode('utf-8', 'replace'))!r}"
+            ) from None
 
     def _redact(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text

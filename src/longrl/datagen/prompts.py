@@ -49,8 +49,10 @@ def png_data_url(rgb: np.ndarray) -> str:
         stream = container.add_stream("png", rate=1)
         stream.height, stream.width = rgb.shape[:2]
         stream.pix_fmt = "rgb24"
-        for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")),
-                       *stream.encode(None)]:
+        for packet in [
+            *stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")),
+            *stream.encode(None),
+        ]:
             container.mux(packet)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
@@ -62,19 +64,23 @@ def mosaic(frames: np.ndarray) -> np.ndarray:
     rows = int(np.ceil(t / cols))
     grid = np.zeros((rows * h, cols * w, c), dtype=frames.dtype)
     for i, frame in enumerate(frames):
-        grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = frame
+        grid[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = frame
     return grid
 
 
 def caption_messages(frames: np.ndarray, start: float, end: float, frame_mode: str) -> list[dict]:
     images = [mosaic(frames)] if frame_mode == "mosaic" else list(frames)
     layout = "tiled left to right, top to bottom, in one image" if frame_mode == "mosaic" else "in order"
-    text = (f"These are {len(frames)} frames ({layout}) from a clip of a longer video, from {start:.1f}s to "
-            f"{end:.1f}s. Describe what happens in the clip in one to three sentences: the people, objects, "
-            "actions, and where things are.")
+    text = (
+        f"These are {len(frames)} frames ({layout}) from a clip of a longer video, from {start:.1f}s to "
+        f"{end:.1f}s. Describe what happens in the clip in one to three sentences: the people, objects, "
+        "actions, and where things are."
+    )
     parts = [{"type": "image_url", "image_url": {"url": png_data_url(image)}} for image in images]
-    return [{"role": "system", "content": "You describe video clips accurately and briefly."},
-            {"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+    return [
+        {"role": "system", "content": "You describe video clips accurately and briefly."},
+        {"role": "user", "content": [*parts, {"type": "text", "text": text}]},
+    ]
 
 
 def read_caption(text: str) -> str:
@@ -96,15 +102,22 @@ def timeline_text(clips: list[dict]) -> str:
 
 def question_messages(timeline: str, duration: float, category: str, variant: int, num_options: int) -> list[dict]:
     hint = CATEGORY_HINTS.get(category, category)
-    again = f" This is question {variant + 1} of its category: ask about something else than the obvious one." \
-        if variant else ""
-    text = (f"Here is a timestamped timeline of a {duration:.0f}-second video, one line per clip:\n{timeline}\n\n"
-            f"Write one multiple-choice question of the category {category} ({hint}) that needs information "
-            f"from several parts of the video. Give {num_options} options with exactly one correct.{again} "
-            'Reply with only a JSON object: {"question": "...", "options": ["...", ...], "answer": "A", '
-            '"reasoning": "a step-by-step chain of reasoning that cites the timestamps it uses, as [12.0s]"}')
-    return [{"role": "system", "content": "You write hard, unambiguous reasoning questions about videos."},
-            {"role": "user", "content": text}]
+    again = (
+        f" This is question {variant + 1} of its category: ask about something else than the obvious one."
+        if variant
+        else ""
+    )
+    text = (
+        f"Here is a timestamped timeline of a {duration:.0f}-second video, one line per clip:\n{timeline}\n\n"
+        f"Write one multiple-choice question of the category {category} ({hint}) that needs information "
+        f"from several parts of the video. Give {num_options} options with exactly one correct.{again} "
+        'Reply with only a JSON object: {"question": "...", "options": ["...", ...], "answer": "A", '
+        '"reasoning": "a step-by-step chain of reasoning that cites the timestamps it uses, as [12.0s]"}'
+    )
+    return [
+        {"role": "system", "content": "You write hard, unambiguous reasoning questions about videos."},
+        {"role": "user", "content": text},
+    ]
 
 
 def read_question(text: str) -> dict:
@@ -113,7 +126,7 @@ def read_question(text: str) -> dict:
     if start < 0 or end < start:
         raise Unusable("reply holds no JSON object", text)
     try:
-        value = json.loads(body[start:end + 1])
+        value = json.loads(body[start : end + 1])
     except json.JSONDecodeError:
         raise Unusable("reply is not valid JSON", text) from None
     if not isinstance(value, dict):
@@ -154,16 +167,26 @@ def validate_question(q: dict, clips: list[dict], num_options: int) -> dict:
     for t in cited:
         if not any(c["start"] - 0.05 <= t <= c["end"] + 0.05 for c in clips):
             raise Unusable("reasoning cites a timestamp outside the video's clips")
-    return {"question": question.strip(), "options": options, "answer": letter, "reasoning": reasoning.strip(),
-            "citations": sorted(set(cited))}
+    return {
+        "question": question.strip(),
+        "options": options,
+        "answer": letter,
+        "reasoning": reasoning.strip(),
+        "citations": sorted(set(cited)),
+    }
 
 
 # -- (f) filters --------------------------------------------------------------------------------
 
 
 def text_only_messages(q: dict) -> list[dict]:
-    return [{"role": "user", "content": f"{q['question']}\n{format_options(q['options'])}\n"
-                                        "Answer with the letter of the best option only."}]
+    return [
+        {
+            "role": "user",
+            "content": f"{q['question']}\n{format_options(q['options'])}\n"
+            "Answer with the letter of the best option only.",
+        }
+    ]
 
 
 def pilot_messages(q: dict, timeline: str | None, video: str | None, num_frames: int) -> list[dict]:

@@ -68,8 +68,10 @@ def list_videos(spec: str) -> list[Path]:
     elif path.is_file() and path.suffix.lower() in (".jsonl", ".parquet"):
         videos = sorted({Path(r.video) for r in load_rows(path) if r.video})
     else:
-        raise FileNotFoundError(f"datagen videos={spec!r} is neither a directory of videos nor a .jsonl/.parquet "
-                                "of rows with a video column")
+        raise FileNotFoundError(
+            f"datagen videos={spec!r} is neither a directory of videos nor a .jsonl/.parquet "
+            "of rows with a video column"
+        )
     if not videos:
         raise FileNotFoundError(f"datagen videos={spec!r} holds no video ({', '.join(sorted(VIDEO_SUFFIXES))})")
     return videos
@@ -87,14 +89,24 @@ class Pipeline:
         self.out = Path(cfg.out_dir)
         self.writer = ChatClient(cfg.endpoint)
         f = cfg.filter
-        self.pilot = ChatClient(cfg.endpoint, base_url=f.pilot_base_url, model=f.pilot_model) \
-            if (f.pilot_base_url or f.pilot_model) else self.writer
+        self.pilot = (
+            ChatClient(cfg.endpoint, base_url=f.pilot_base_url, model=f.pilot_model)
+            if (f.pilot_base_url or f.pilot_model)
+            else self.writer
+        )
         self.reports: list[StageReport] = []
 
     # -- the stage runner ------------------------------------------------------------------------
 
-    def stage(self, name: str, items: Sequence[tuple[str, Any]], work: Callable[[Any], dict], *,
-              remote: bool, waiting: int = 0) -> StageStore:
+    def stage(
+        self,
+        name: str,
+        items: Sequence[tuple[str, Any]],
+        work: Callable[[Any], dict],
+        *,
+        remote: bool,
+        waiting: int = 0,
+    ) -> StageStore:
         """Run ``work`` on every item not yet in the stage's store; record kept / dropped."""
         store = StageStore(self.out / f"{name}.jsonl")
         report = StageReport(name, inputs=len(items) + waiting, waiting=waiting)
@@ -124,8 +136,11 @@ class Pipeline:
                     log.warning("%s: %s (left for the next run)", name, error)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(tokens_in=sum(c.prompt_tokens for c in clients),
-                                    tokens_out=sum(c.completion_tokens for c in clients), failed=report.failed)
+                    bar.set_postfix(
+                        tokens_in=sum(c.prompt_tokens for c in clients),
+                        tokens_out=sum(c.completion_tokens for c in clients),
+                        failed=report.failed,
+                    )
         if bar is not None:
             bar.close()
         report.seconds = time.perf_counter() - t0
@@ -158,38 +173,61 @@ class Pipeline:
         videos_kept = [(k, video) for k, _ in items if (video := split.kept(k))]
 
         cap_cfg = dataclasses.asdict(cfg.caption)
-        clip_items = [(content_key("caption", vk, clip["index"], self.writer.model, cap_cfg, PROMPT_VERSION), clip)
-                      for vk, video in videos_kept for clip in video["clips"]]
+        clip_items = [
+            (content_key("caption", vk, clip["index"], self.writer.model, cap_cfg, PROMPT_VERSION), clip)
+            for vk, video in videos_kept
+            for clip in video["clips"]
+        ]
         captions = self.stage("b_caption", clip_items, self._caption, remote=True)
 
         timeline_items, waiting = [], 0
         for vk, video in videos_kept:
-            keys = [content_key("caption", vk, c["index"], self.writer.model, cap_cfg, PROMPT_VERSION)
-                    for c in video["clips"]]
+            keys = [
+                content_key("caption", vk, c["index"], self.writer.model, cap_cfg, PROMPT_VERSION)
+                for c in video["clips"]
+            ]
             if not all(k in captions for k in keys):
                 waiting += 1
                 continue
-            clips = [{**c, "caption": caption["caption"]} for c, k in zip(video["clips"], keys)
-                     if (caption := captions.kept(k))]
+            clips = [
+                {**c, "caption": caption["caption"]}
+                for c, k in zip(video["clips"], keys)
+                if (caption := captions.kept(k))
+            ]
             content = [(c["index"], c["start"], c["end"], c["caption"]) for c in clips]  # not the clip paths
             timeline_items.append((content_key("timeline", vk, content), {"video": video, "clips": clips}))
         timelines = self.stage("c_timeline", timeline_items, self._timeline, remote=False, waiting=waiting)
 
         q = cfg.questions
         q_cfg = dataclasses.asdict(q)
-        question_items = [(content_key("question", tk, cat, j, self.writer.model, q_cfg, PROMPT_VERSION),
-                           {**timeline, "category": cat, "variant": j})
-                          for tk, _ in timeline_items if (timeline := timelines.kept(tk))
-                          for cat in q.categories for j in range(q.per_category)]
+        question_items = [
+            (
+                content_key("question", tk, cat, j, self.writer.model, q_cfg, PROMPT_VERSION),
+                {**timeline, "category": cat, "variant": j},
+            )
+            for tk, _ in timeline_items
+            if (timeline := timelines.kept(tk))
+            for cat in q.categories
+            for j in range(q.per_category)
+        ]
         questions = self.stage("d_questions", question_items, self._question, remote=True)
 
-        valid_items = [(content_key("validate", qk, question["raw"]), question)
-                       for qk, _ in question_items if (question := questions.kept(qk))]
+        valid_items = [
+            (content_key("validate", qk, question["raw"]), question)
+            for qk, _ in question_items
+            if (question := questions.kept(qk))
+        ]
         valid = self.stage("e_validate", valid_items, self._validate, remote=False)
 
         f_cfg = dataclasses.asdict(cfg.filter)
-        filter_items = [(content_key("filter", vk, f_cfg, self.writer.model, self.pilot.model),  # vk: content-derived
-                         checked) for vk, _ in valid_items if (checked := valid.kept(vk))]
+        filter_items = [
+            (
+                content_key("filter", vk, f_cfg, self.writer.model, self.pilot.model),  # vk: content-derived
+                checked,
+            )
+            for vk, _ in valid_items
+            if (checked := valid.kept(vk))
+        ]
         filtered = self.stage("f_filter", filter_items, self._filter, remote=True)
 
         rows = [self._row(fk, kept) for fk, _ in filter_items if (kept := filtered.kept(fk))]
@@ -202,24 +240,35 @@ class Pipeline:
     def _caption(self, clip: dict) -> dict:
         frames = decode_video(clip["path"], num_frames=self.cfg.caption.frames_per_clip).frames
         messages = prompts.caption_messages(frames, clip["start"], clip["end"], self.cfg.caption.frame_mode)
-        reply = self.writer.complete(messages, max_tokens=self.cfg.caption.max_tokens,
-                                     temperature=self.cfg.caption.temperature)
+        reply = self.writer.complete(
+            messages, max_tokens=self.cfg.caption.max_tokens, temperature=self.cfg.caption.temperature
+        )
         return {"caption": prompts.read_caption(reply.texts[0])}
 
     def _timeline(self, item: dict) -> dict:
         if not item["clips"]:
             raise prompts.Unusable("no clip was captioned")
         video = item["video"]
-        return {"video": video["video"], "duration": video["duration"], "clips": item["clips"],
-                "timeline": prompts.timeline_text(item["clips"])}
+        return {
+            "video": video["video"],
+            "duration": video["duration"],
+            "clips": item["clips"],
+            "timeline": prompts.timeline_text(item["clips"]),
+        }
 
     def _question(self, item: dict) -> dict:
         q = self.cfg.questions
-        messages = prompts.question_messages(item["timeline"], item["duration"], item["category"], item["variant"],
-                                             q.num_options)
+        messages = prompts.question_messages(
+            item["timeline"], item["duration"], item["category"], item["variant"], q.num_options
+        )
         reply = self.writer.complete(messages, max_tokens=q.max_tokens, temperature=q.temperature)
-        return {"video": item["video"], "category": item["category"], "clips": item["clips"],
-                "timeline": item["timeline"], "raw": prompts.read_question(reply.texts[0])}
+        return {
+            "video": item["video"],
+            "category": item["category"],
+            "clips": item["clips"],
+            "timeline": item["timeline"],
+            "raw": prompts.read_question(reply.texts[0]),
+        }
 
     def _validate(self, item: dict) -> dict:
         checked = prompts.validate_question(item["raw"], item["clips"], self.cfg.questions.num_options)
@@ -244,10 +293,22 @@ class Pipeline:
         return {**q, "pass_rate": rate}
 
     def _row(self, key: str, q: dict) -> Row:
-        extra = {"source": "longrl datagen", "citations": q["citations"], "pilot_pass_rate": q["pass_rate"],
-                 "split": "sft" if int(key[:8], 16) / 2**32 < self.cfg.output.sft_fraction else "rl"}
-        return Row(id=f"dg-{key[:16]}", video=q["video"], question=q["question"], options=q["options"],
-                   answer=q["answer"], reasoning=q["reasoning"], category=q["category"], extra=extra)
+        extra = {
+            "source": "longrl datagen",
+            "citations": q["citations"],
+            "pilot_pass_rate": q["pass_rate"],
+            "split": "sft" if int(key[:8], 16) / 2**32 < self.cfg.output.sft_fraction else "rl",
+        }
+        return Row(
+            id=f"dg-{key[:16]}",
+            video=q["video"],
+            question=q["question"],
+            options=q["options"],
+            answer=q["answer"],
+            reasoning=q["reasoning"],
+            category=q["category"],
+            extra=extra,
+        )
 
     def _write(self, rows: list[Row]) -> dict:
         suffix = "." + self.cfg.output.format
@@ -259,21 +320,28 @@ class Pipeline:
                 load_rows(paths[split])
         write = StageReport("g_write", inputs=len(rows), kept=len(rows))
         self.reports.append(write)
-        report = {"stages": [r.to_dict() for r in self.reports],
-                  "rows": {s: sum(r.extra["split"] == s for r in rows) for s in ("sft", "rl")}, "files": paths}
+        report = {
+            "stages": [r.to_dict() for r in self.reports],
+            "rows": {s: sum(r.extra["split"] == s for r in rows) for s in ("sft", "rl")},
+            "files": paths,
+        }
         (self.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (self.out / "report.md").write_text(report_table(report))
         return report
 
 
 def report_table(report: dict) -> str:
-    lines = ["| stage | in | kept | dropped (why) | failed | requests (retries) | tokens in / out | s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| stage | in | kept | dropped (why) | failed | requests (retries) | tokens in / out | s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for s in report["stages"]:
         why = "; ".join(f"{n} {reason}" for reason, n in s["dropped"].items()) or "0"
-        lines.append(f"| {s['stage']} | {s['inputs']} | {s['kept']} | {why} | {s['failed']} | "
-                     f"{s['requests']} ({s['retries']}) | {s['prompt_tokens']} / {s['completion_tokens']} | "
-                     f"{s['seconds']} |")
+        lines.append(
+            f"| {s['stage']} | {s['inputs']} | {s['kept']} | {why} | {s['failed']} | "
+            f"{s['requests']} ({s['retries']}) | {s['prompt_tokens']} / {s['completion_tokens']} | "
+            f"{s['seconds']} |"
+        )
     lines.append(f"\nrows: {report['rows']['sft']} CoT-SFT, {report['rows']['rl']} RL")
     return "\n".join(lines) + "\n"
 

@@ -49,8 +49,11 @@ class StageStore:
                     self.records.setdefault(record["key"], record)
                 except (json.JSONDecodeError, KeyError, TypeError):
                     torn += 1
-                    log.warning("%s line %d is not a complete record (a run stopped mid-write); its item is redone",
-                                path, number)
+                    log.warning(
+                        "%s line %d is not a complete record (a run stopped mid-write); its item is redone",
+                        path,
+                        number,
+                    )
             if raw and not raw.endswith(b"\n"):  # finish the torn line so the next append starts clean
                 with path.open("ab") as f:
                     f.write(b"\n")

@@ -44,8 +44,12 @@ def load_benchmark(benchmark: str, path: str | Path):
 
 def predict(model, tokenizer, data: ExampleSet, *, max_new_tokens: int, batch_prompts: int, progress: bool):
     """Greedy responses, one per decodable row: [(row, response text, tokens)], plus skipped row ids."""
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                            stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),))
+    params = SamplingParams(
+        n=1,
+        temperature=0.0,
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),),
+    )
     model.eval()
     out = []
     starts = range(0, len(data), batch_prompts)
@@ -60,7 +64,9 @@ def predict(model, tokenizer, data: ExampleSet, *, max_new_tokens: int, batch_pr
         with torch.no_grad():
             outputs = generate(model, encode_prompts(model, tokenizer, batch), params)
         for example, (sample,) in zip(batch, outputs):
-            out.append((example.row, tokenizer.decode(sample.token_ids, skip_special_tokens=True), len(sample.token_ids)))
+            out.append(
+                (example.row, tokenizer.decode(sample.token_ids, skip_special_tokens=True), len(sample.token_ids))
+            )
     return out
 
 
@@ -71,13 +77,34 @@ def score(predictions, unscorable: list[dict]) -> tuple[dict, list[dict]]:
         parsed = parse_response(response)
         strict = lvr.strict_choice(response)
         lenient = extract_choice(parsed.answer, row.options) if parsed.answer else None
-        items.append({"id": row.id, "category": row.category or "uncategorized", "answer": row.answer,
-                      "strict_choice": strict, "lenient_choice": lenient, "strict_correct": strict == row.answer,
-                      "lenient_correct": lenient == row.answer, "format_ok": parsed.format_ok,
-                      "response_tokens": tokens, "response": response})
+        items.append(
+            {
+                "id": row.id,
+                "category": row.category or "uncategorized",
+                "answer": row.answer,
+                "strict_choice": strict,
+                "lenient_choice": lenient,
+                "strict_correct": strict == row.answer,
+                "lenient_correct": lenient == row.answer,
+                "format_ok": parsed.format_ok,
+                "response_tokens": tokens,
+                "response": response,
+            }
+        )
     for item in unscorable:
-        items.append({**item, "answer": None, "strict_choice": None, "lenient_choice": None, "strict_correct": False,
-                      "lenient_correct": False, "format_ok": False, "response_tokens": 0, "response": None})
+        items.append(
+            {
+                **item,
+                "answer": None,
+                "strict_choice": None,
+                "lenient_choice": None,
+                "strict_correct": False,
+                "lenient_correct": False,
+                "format_ok": False,
+                "response_tokens": 0,
+                "response": None,
+            }
+        )
     if not items:
         raise ValueError("nothing to evaluate: the benchmark has no rows")
     per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -94,8 +121,10 @@ def score(predictions, unscorable: list[dict]) -> tuple[dict, list[dict]]:
         "format_accuracy": sum(i["format_ok"] for i in items) / n,
         "unscorable": len(unscorable),
         "unscorable_reasons": dict(sorted(Counter(i["reason"] for i in unscorable).items())),
-        "per_category": {cat: {"strict_accuracy": s / t, "lenient_accuracy": le / t, "count": t}
-                         for cat, (s, le, t) in sorted(per_cat.items(), key=lambda kv: _order(kv[0]))},
+        "per_category": {
+            cat: {"strict_accuracy": s / t, "lenient_accuracy": le / t, "count": t}
+            for cat, (s, le, t) in sorted(per_cat.items(), key=lambda kv: _order(kv[0]))
+        },
     }
     return report, items
 
@@ -113,10 +142,14 @@ def paper_table(report: dict) -> str:
     for kind in ("strict", "lenient"):
         cells = [f"{100 * report['per_category'][c][f'{kind}_accuracy']:.1f}" for c in cats]
         lines.append(f"| {kind} | " + " | ".join(cells) + f" | {100 * report[f'{kind}_accuracy']:.1f} |")
-    lines.append("| items | " + " | ".join(str(report["per_category"][c]["count"]) for c in cats) +
-                 f" | {report['num_items']} |")
-    lines += ["", f"format accuracy {100 * report['format_accuracy']:.1f}; {report['unscorable']} unscorable items "
-              "count as wrong" + (f" ({report['unscorable_reasons']})" if report["unscorable"] else "")]
+    lines.append(
+        "| items | " + " | ".join(str(report["per_category"][c]["count"]) for c in cats) + f" | {report['num_items']} |"
+    )
+    lines += [
+        "",
+        f"format accuracy {100 * report['format_accuracy']:.1f}; {report['unscorable']} unscorable items "
+        "count as wrong" + (f" ({report['unscorable_reasons']})" if report["unscorable"] else ""),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -137,16 +170,32 @@ def run_benchmark(config_path, overrides, benchmark: str, path: str, out_dir: st
     if cfg.eval.max_rows:
         rows = rows[: cfg.eval.max_rows]
     if unscorable:
-        log.warning("%d benchmark items cannot be scored and count as wrong (first: %s)", len(unscorable),
-                    unscorable[0]["reason"])
+        log.warning(
+            "%d benchmark items cannot be scored and count as wrong (first: %s)",
+            len(unscorable),
+            unscorable[0]["reason"],
+        )
     model, tokenizer = load_run_model(cfg, device, rows)
     data = ExampleSet(rows, cfg.data, preload=False)
-    predictions = predict(model, tokenizer, data, max_new_tokens=cfg.eval.max_new_tokens,
-                          batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)
+    predictions = predict(
+        model,
+        tokenizer,
+        data,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_prompts=cfg.eval.batch_prompts,
+        progress=cfg.trainer.progress,
+    )
     decoded = {row.id for row, _, _ in predictions}
-    broken = [{"id": r.id, "category": r.category or "uncategorized", "reason": "video could not be decoded",
-               "video": r.video}
-              for r in rows if r.id not in decoded]
+    broken = [
+        {
+            "id": r.id,
+            "category": r.category or "uncategorized",
+            "reason": "video could not be decoded",
+            "video": r.video,
+        }
+        for r in rows
+        if r.id not in decoded
+    ]
     report, items = score(predictions, unscorable + broken)
     write_outputs(report, items, out_dir or out / "benchmark")
     print(paper_table(report), end="")

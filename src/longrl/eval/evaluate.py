@@ -30,14 +30,25 @@ def is_correct(row: Row, response: str) -> bool:
     return prediction is not None and math_equal(prediction, row.answer)
 
 
-def evaluate(model, tokenizer, examples: list[Example], *, max_new_tokens: int = 96, batch_prompts: int = 32,
-             progress: bool = False) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    examples: list[Example],
+    *,
+    max_new_tokens: int = 96,
+    batch_prompts: int = 32,
+    progress: bool = False,
+) -> dict:
     """Greedy-decode every example once; returns the report dict (fractions, not percents)."""
     if not examples:
         raise ValueError("nothing to evaluate: the split has no usable rows (check data.test_path)")
     model.eval()
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                            stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),))
+    params = SamplingParams(
+        n=1,
+        temperature=0.0,
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),),
+    )
     per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     correct = formatted = tokens = 0
     chunks = range(0, len(examples), batch_prompts)
@@ -76,8 +87,11 @@ def markdown_table(report: dict) -> str:
     for cat, stats in report["per_category"].items():
         lines.append(f"| {cat} | {stats['accuracy']:.3f} | {stats['count']} |")
     lines.append(f"| **overall** | **{report['accuracy']:.3f}** | {report['num_examples']} |")
-    lines += ["", f"format accuracy {report['format_accuracy']:.3f}; chance {report['chance_accuracy']:.3f}; "
-              f"mean response {report['mean_response_tokens']:.1f} tokens"]
+    lines += [
+        "",
+        f"format accuracy {report['format_accuracy']:.3f}; chance {report['chance_accuracy']:.3f}; "
+        f"mean response {report['mean_response_tokens']:.1f} tokens",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -46,15 +46,19 @@ def annotation_file(path: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"benchmark path {path} does not exist; pass the LongVideo-Reason-eval directory "
-                                "(test.jsonl + longvila_videos/) or an annotation file")
+        raise FileNotFoundError(
+            f"benchmark path {path} does not exist; pass the LongVideo-Reason-eval directory "
+            "(test.jsonl + longvila_videos/) or an annotation file"
+        )
     for name in ("test.jsonl", "test.json", "test.parquet"):
         if (path / name).is_file():
             return path / name
     found = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
     if len(found) != 1:
-        raise FileNotFoundError(f"{path}: expected test.jsonl (or one .jsonl/.json/.parquet annotation file), "
-                                f"found {[p.name for p in found] or 'none'}")
+        raise FileNotFoundError(
+            f"{path}: expected test.jsonl (or one .jsonl/.json/.parquet annotation file), "
+            f"found {[p.name for p in found] or 'none'}"
+        )
     return found[0]
 
 
@@ -73,12 +77,14 @@ def read_records(path: Path) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise RowError(f"{path} line {number}: not valid JSON ({error.msg}). Fix: one object per line") from None
+                raise RowError(
+                    f"{path} line {number}: not valid JSON ({error.msg}). Fix: one object per line"
+                ) from None
     return records
 
 
 def split_problem(problem: str) -> tuple[str, list[str]]:
-    """"Question?\\nA. x\\nB. y" -> ("Question?", ["x", "y"]); options are the lines lettered A, B, ... in order."""
+    """ "Question?\\nA. x\\nB. y" -> ("Question?", ["x", "y"]); options are the lines lettered A, B, ... in order."""
     lines = [line for line in problem.splitlines() if line.strip()]
     first = next((i for i, line in enumerate(lines) if (m := _OPTION.match(line)) and m.group(1) == "A"), len(lines))
     options: list[str] = []
@@ -118,8 +124,10 @@ def convert(records: list[dict], video_root: Path, where: str) -> tuple[list[Row
     rows, unscorable = [], []
     for number, record in enumerate(records, 1):
         if not is_longvideo_reason(record):
-            raise RowError(f"{where} record {number}: has no 'problem'/'videos' (keys: {sorted(record)[:8]}). "
-                           "Fix: pass LongVideo-Reason-eval annotations or rows in longrl's schema")
+            raise RowError(
+                f"{where} record {number}: has no 'problem'/'videos' (keys: {sorted(record)[:8]}). "
+                "Fix: pass LongVideo-Reason-eval annotations or rows in longrl's schema"
+            )
         item_id = str(record.get("problem_id", number - 1))
         category = CATEGORY_NAMES.get(str(record.get("problem_type", "")).lower(), str(record.get("problem_type", "")))
         question, options = split_problem(str(record["problem"]))
@@ -128,9 +136,20 @@ def convert(records: list[dict], video_root: Path, where: str) -> tuple[list[Row
         if reason:
             unscorable.append({"id": item_id, "category": category, "reason": reason, "video": record["videos"]})
             continue
-        rows.append(row_from_dict({"id": item_id, "video": str(video), "question": question, "options": options,
-                                   "answer": gold_letter(str(record["answer"])), "category": category,
-                                   "reasoning": record.get("reasoning") or ""}, where=f"{where} record {number}"))
+        rows.append(
+            row_from_dict(
+                {
+                    "id": item_id,
+                    "video": str(video),
+                    "question": question,
+                    "options": options,
+                    "answer": gold_letter(str(record["answer"])),
+                    "category": category,
+                    "reasoning": record.get("reasoning") or "",
+                },
+                where=f"{where} record {number}",
+            )
+        )
     return rows, unscorable
 
 

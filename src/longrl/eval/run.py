@@ -15,8 +15,14 @@ def run_eval(config_path, overrides, out_dir=None) -> dict:
         rows = rows[: cfg.eval.max_rows]
     model, tokenizer = load_run_model(cfg, device, rows)
     data = ExampleSet(rows, cfg.data, preload=False, bad_rows=bad_rows)
-    report = evaluate(model, tokenizer, data.valid(), max_new_tokens=cfg.eval.max_new_tokens,
-                      batch_prompts=cfg.eval.batch_prompts, progress=cfg.trainer.progress)
+    report = evaluate(
+        model,
+        tokenizer,
+        data.valid(),
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_prompts=cfg.eval.batch_prompts,
+        progress=cfg.trainer.progress,
+    )
     report["skipped_rows"] = data.num_skipped
     write_report(report, out_dir or out / "eval")
     print(markdown_table(report))

@@ -20,8 +20,13 @@ def linear_trend(steps: list[float], values: list[float]) -> dict[str, float]:
     intercept = mean_y - slope * mean_x
     residual = sum((y - intercept - slope * x) ** 2 for x, y in zip(steps, values))
     stderr = math.sqrt(residual / (n - 2) / sxx)
-    return {"slope_per_100": 100 * slope, "stderr_per_100": 100 * stderr,
-            "fit_start": intercept + slope * steps[0], "fit_end": intercept + slope * steps[-1], "points": n}
+    return {
+        "slope_per_100": 100 * slope,
+        "stderr_per_100": 100 * stderr,
+        "fit_start": intercept + slope * steps[0],
+        "fit_end": intercept + slope * steps[-1],
+        "points": n,
+    }
 
 
 def metric_trend(metrics_path: str | Path, key: str) -> dict[str, float]:

@@ -72,8 +72,9 @@ def capture_rng_state() -> dict:
     The result holds only tensors, ints, floats and strings, so it round-trips through
     ``torch.load(weights_only=True)``."""
     py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = cast(tuple[str, np.ndarray, int, int, float],
-                                                            np.random.get_state())
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = cast(
+        tuple[str, np.ndarray, int, int, float], np.random.get_state()
+    )
     state: dict[str, Any] = {
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
         "numpy": {
@@ -104,7 +105,9 @@ def restore_rng_state(state: dict) -> None:
         if len(cuda_states) != count:
             log.warning(
                 "checkpoint holds CUDA RNG states for %d devices but %d are visible; restoring the first %d",
-                len(cuda_states), count, min(count, len(cuda_states)),
+                len(cuda_states),
+                count,
+                min(count, len(cuda_states)),
             )
         for device, cuda_state in enumerate(cuda_states[:count]):
             torch.cuda.set_rng_state(cuda_state, device)
@@ -179,7 +182,9 @@ def _check_storable(obj: Any, where: str) -> Any:
         out = {}
         for key, value in obj.items():
             if not isinstance(key, (str, int)):
-                raise CheckpointError(f"checkpoint field {where} has a key of type {type(key).__name__}; use str or int keys")
+                raise CheckpointError(
+                    f"checkpoint field {where} has a key of type {type(key).__name__}; use str or int keys"
+                )
             out[key] = _check_storable(value, f"{where}.{key}")
         return out
     if isinstance(obj, (list, tuple)):
@@ -263,7 +268,9 @@ class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module in self._MODULES or (module, name) in self._NAMES:
             return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        ):
             return getattr(torch, name)
         raise pickle.UnpicklingError(f"DCP metadata names {module}.{name}, which is not a DCP metadata type")
 
@@ -345,8 +352,7 @@ class Checkpointer:
 
     # -- save -----------------------------------------------------------------------------
 
-    def save(self, step: int, *, model, optimizer, scheduler=None, extra: dict | None = None,
-             tokenizer=None) -> Path:
+    def save(self, step: int, *, model, optimizer, scheduler=None, extra: dict | None = None, tokenizer=None) -> Path:
         """Write checkpoint ``step_<step>`` (``step`` = optimizer steps completed) and prune old ones."""
         rank = _rank()
         final = self.root / f"step_{step}"
@@ -388,8 +394,14 @@ class Checkpointer:
         config = getattr(model, "config", None)
         if config is None:
             return  # not a transformers model: weights and optimizer are still saved
-        write_hf_files(config, tokenizer, out_dir, processor=self.processor, dtype=_param_dtype(model),
-                       architecture=model_architecture(model))
+        write_hf_files(
+            config,
+            tokenizer,
+            out_dir,
+            processor=self.processor,
+            dtype=_param_dtype(model),
+            architecture=model_architecture(model),
+        )
 
     def _publish(self, tmp: Path, final: Path, step: int) -> None:
         marker = {"step": int(step), "time": time.time(), "files": _manifest(tmp)}
@@ -415,7 +427,7 @@ class Checkpointer:
                 self._delete(path)
             elif (path / COMPLETE).is_file():
                 complete.append(path)
-        for path in complete[self.keep_last:]:
+        for path in complete[self.keep_last :]:
             self._delete(path)
 
     @staticmethod
@@ -469,7 +481,9 @@ class Checkpointer:
         path = Path(path)
         state = read_trainer_state(path)
         if state.get("format") != FORMAT_VERSION:
-            raise CheckpointError(f"{path} has checkpoint format {state.get('format')}, this longrl reads {FORMAT_VERSION}")
+            raise CheckpointError(
+                f"{path} has checkpoint format {state.get('format')}, this longrl reads {FORMAT_VERSION}"
+            )
 
         model_sd = get_model_state_dict(model)
         dcp_load(model_sd, path / "model")
@@ -488,8 +502,9 @@ class Checkpointer:
             dcp_load(dest, path / "optimizer")
             # strict=False: parameters that never received a gradient have no saved state, as in
             # the run that saved it.
-            set_optimizer_state_dict(model, optimizer, merge_tensors(saved, dest),
-                                     options=StateDictOptions(strict=False))
+            set_optimizer_state_dict(
+                model, optimizer, merge_tensors(saved, dest), options=StateDictOptions(strict=False)
+            )
         if scheduler is not None and state["scheduler"] is not None:
             scheduler.load_state_dict(state["scheduler"])
 
@@ -497,8 +512,12 @@ class Checkpointer:
         if rng_file.is_file():
             restore_rng_state(_load_file(rng_file))
         else:
-            log.warning("%s has no RNG state for rank %d (saved with %d ranks); RNG streams will differ",
-                        path, _rank(), state["world_size"])
+            log.warning(
+                "%s has no RNG state for rank %d (saved with %d ranks); RNG streams will differ",
+                path,
+                _rank(),
+                state["world_size"],
+            )
         return {**state["extra"], "step": state["step"]}
 
 

@@ -49,8 +49,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise CheckpointError(f"--ckpt {path} holds no complete checkpoint (looked for step_N/{COMPLETE})")
 
 
-def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None,
-              overwrite: bool = False) -> Path:
+def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str | None = None, overwrite: bool = False) -> Path:
     """Write a Hugging Face model directory from a longrl checkpoint; returns ``out_dir``.
 
     ``ckpt_dir`` is a ``step_N`` directory or a run directory (its newest complete checkpoint);
@@ -69,7 +68,8 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str | None = 
     config = transformers.AutoConfig.from_pretrained(hf_dir)
     reader = SafeFileSystemReader(ckpt / "model")
     stored = {
-        fqn: md for fqn, md in reader.read_metadata().state_dict_metadata.items()
+        fqn: md
+        for fqn, md in reader.read_metadata().state_dict_metadata.items()
         if isinstance(md, TensorStorageMetadata)
     }
     stored_dtype = _common_float_dtype(stored.values())
@@ -83,8 +83,12 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, dtype: str | None = 
         )
     unexpected = sorted(set(stored) - set(state))
     if unexpected:
-        log.warning("%s holds %d tensors the exported model has no place for (first: %s); they are dropped",
-                    ckpt, len(unexpected), unexpected[:3])
+        log.warning(
+            "%s holds %d tensors the exported model has no place for (first: %s); they are dropped",
+            ckpt,
+            len(unexpected),
+            unexpected[:3],
+        )
     dcp_load(state, ckpt / "model", no_dist=True)
 
     if dtype is not None:

@@ -56,8 +56,10 @@ class NonFiniteGuard:
         update everywhere), so replicas never diverge."""
         self._calls += 1
         step = self._calls if step is None else step
-        finite = _all_ranks(_is_finite(loss) and _is_finite(grad_norm),
-                            loss.device if isinstance(loss, torch.Tensor) else torch.device("cpu"))
+        finite = _all_ranks(
+            _is_finite(loss) and _is_finite(grad_norm),
+            loss.device if isinstance(loss, torch.Tensor) else torch.device("cpu"),
+        )
         if finite:
             self.consecutive = 0
             return True
@@ -65,7 +67,11 @@ class NonFiniteGuard:
         self.skipped += 1
         log.warning(
             "step %s: non-finite loss (%s) or grad norm (%s); update skipped (%d in a row, limit %d)",
-            step, _fmt(loss), _fmt(grad_norm), self.consecutive, self.max_consecutive,
+            step,
+            _fmt(loss),
+            _fmt(grad_norm),
+            self.consecutive,
+            self.max_consecutive,
         )
         if self.consecutive >= self.max_consecutive:
             raise NonFiniteError(

@@ -94,8 +94,15 @@ class ProcessorSpec:
         }
 
 
-def write_hf_files(config, tokenizer, out_dir: str | Path, *, processor: ProcessorSpec | None = None,
-                   dtype: torch.dtype | None = None, architecture: str | None = None) -> None:
+def write_hf_files(
+    config,
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    processor: ProcessorSpec | None = None,
+    dtype: torch.dtype | None = None,
+    architecture: str | None = None,
+) -> None:
     """Write ``config.json`` (portable attention, weight dtype), the tokenizer and chat template,
     and, with ``processor``, ``preprocessor_config.json`` + ``video_preprocessor_config.json``."""
     out_dir = Path(out_dir)

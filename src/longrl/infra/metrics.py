@@ -181,8 +181,9 @@ class MetricsLogger:
         if progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
-                             file=sys.stderr, unit="step")
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True, file=sys.stderr, unit="step"
+            )
 
     def _truncate_after(self, start_step: int) -> None:
         path = self.run_dir / METRICS_FILE
@@ -251,8 +252,11 @@ def _open_tensorboard(log_dir: Path, purge_step: int):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         if not _TB_NOTICE_SHOWN:
-            print("note: tensorboard is not installed, so TensorBoard logging is off "
-                  "(pip install tensorboard, or set trainer.tensorboard=false to silence this)", file=sys.stderr)
+            print(
+                "note: tensorboard is not installed, so TensorBoard logging is off "
+                "(pip install tensorboard, or set trainer.tensorboard=false to silence this)",
+                file=sys.stderr,
+            )
             _TB_NOTICE_SHOWN = True
         return None
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
@@ -262,13 +266,16 @@ def _open_wandb(run_dir: Path, project: str, config: dict | None, start_step: in
     try:
         import wandb
     except ImportError as exc:
-        raise ImportError("trainer.wandb=true needs Weights & Biases: pip install wandb (or set trainer.wandb=false)") from exc
+        raise ImportError(
+            "trainer.wandb=true needs Weights & Biases: pip install wandb (or set trainer.wandb=false)"
+        ) from exc
     id_file = run_dir / "wandb_run_id"
     run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
     id_file.write_text(run_id)
     # A resumed run continues the same W&B run; W&B ignores re-logged steps <= its last one.
-    return wandb.init(project=project, dir=str(run_dir), id=run_id, resume="allow", name=run_dir.name,
-                      config=config or {})
+    return wandb.init(
+        project=project, dir=str(run_dir), id=run_id, resume="allow", name=run_dir.name, config=config or {}
+    )
 
 
 class PhaseTimer:

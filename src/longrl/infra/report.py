@@ -29,9 +29,11 @@ class Plot:
 
 def _named(*names: str) -> Callable[[list[str]], list[str]]:
     """Keys equal to one of ``names``, bare or under a trainer namespace (``sft/loss`` counts as ``loss``)."""
+
     def pick(keys: list[str]) -> list[str]:
         wanted = [alias for n in names for alias in metric_aliases(n)]
         return [k for k in wanted if k in keys]
+
     return pick
 
 
@@ -42,12 +44,14 @@ def _prefixed(prefix: str, first: str | None = None, exclude: tuple[str, ...] = 
             chosen.remove(first)
             chosen.insert(0, first)
         return chosen
+
     return pick
 
 
 def _either(*pickers: Callable[[list[str]], list[str]]) -> Callable[[list[str]], list[str]]:
     def pick(keys: list[str]) -> list[str]:
         return list(dict.fromkeys(k for p in pickers for k in p(keys)))
+
     return pick
 
 
@@ -131,8 +135,15 @@ def _draw(plot: Plot, rows: list[dict], keys: list[str], out: Path) -> bool:
             ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
             ax.plot(steps, _ema(values, max(5, len(values) // 20)), color=color, linewidth=1.6, label=key)
         elif values:
-            ax.plot(steps, values, color=color, linewidth=1.4, marker="o" if len(values) < 15 else None,
-                    markersize=3, label=key)
+            ax.plot(
+                steps,
+                values,
+                color=color,
+                linewidth=1.4,
+                marker="o" if len(values) < 15 else None,
+                markersize=3,
+                label=key,
+            )
     if plot.log_y and all(v > 0 for _, _, vals, _ in drawn for v in vals):
         ax.set_yscale("log")
     bad = sorted({s for *_, steps in drawn for s in steps})
@@ -142,8 +153,15 @@ def _draw(plot: Plot, rows: list[dict], keys: list[str], out: Path) -> bool:
         for step in bad:
             ax.axvline(step, color="red", alpha=0.25, linewidth=1)
         limits = ax.get_ylim()
-        ax.plot(bad, [limits[0]] * len(bad), "x", color="red", markersize=6, clip_on=False,
-                label=f"NaN/inf ({len(bad)} steps)")
+        ax.plot(
+            bad,
+            [limits[0]] * len(bad),
+            "x",
+            color="red",
+            markersize=6,
+            clip_on=False,
+            label=f"NaN/inf ({len(bad)} steps)",
+        )
         ax.set_ylim(*limits)  # the crosses sit on the bottom edge without rescaling the curve
     ax.set_title(plot.title)
     ax.set_xlabel("step")
@@ -172,7 +190,7 @@ def _load_config(run_dir: Path) -> str:
 def _final_metrics(rows: list[dict]) -> list[tuple[str, float, float]]:
     """(key, last value, mean over the last 10% of logged steps) for every numeric metric."""
     keys = sorted({k for row in rows for k in row if k not in ("step", "time")})
-    tail = rows[-max(1, len(rows) // 10):]
+    tail = rows[-max(1, len(rows) // 10) :]
     out = []
     for key in keys:
         _, values = _series(rows, key)
@@ -217,8 +235,11 @@ def render_report(run_dir: str | Path) -> Path:
     )
     warning = ""
     if bad:
-        items = "\n".join(f"<li><code>{html.escape(k)}</code>: NaN/inf at {len(steps)} of {len(rows)} logged steps "
-                          f"({_step_ranges(steps)})</li>" for k, steps in bad.items())
+        items = "\n".join(
+            f"<li><code>{html.escape(k)}</code>: NaN/inf at {len(steps)} of {len(rows)} logged steps "
+            f"({_step_ranges(steps)})</li>"
+            for k, steps in bad.items()
+        )
         warning = f"<div{_NONFINITE_CLASS}><h2>Non-finite values</h2>\n<ul>\n{items}\n</ul></div>"
     figures = "\n".join(
         f'<figure><img src="{html.escape(name)}" alt="{html.escape(title)}"><figcaption>{html.escape(title)}'

@@ -25,8 +25,9 @@ class AttentionLayout:
     the attention output as ``[B, L, Hq, D]`` (the layout transformers' attention functions use).
     """
 
-    def attend(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
-               value: torch.Tensor, scaling: float) -> torch.Tensor:
+    def attend(
+        self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
         raise NotImplementedError
 
 

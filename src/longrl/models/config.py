@@ -26,11 +26,15 @@ class TinyModelConfig:
 
     def __post_init__(self) -> None:
         config_utils.at_least(self, 1, *(f.name for f in dataclasses.fields(self)))
-        for whole, part in (("hidden_size", "num_heads"), ("num_heads", "num_kv_heads"),
-                            ("vision_hidden_size", "vision_num_heads")):
+        for whole, part in (
+            ("hidden_size", "num_heads"),
+            ("num_heads", "num_kv_heads"),
+            ("vision_hidden_size", "vision_num_heads"),
+        ):
             if getattr(self, whole) % getattr(self, part):
-                raise config_utils.FieldError(f"{{p}}{whole}={getattr(self, whole)} must be a multiple of "
-                                              f"{{p}}{part}={getattr(self, part)}")
+                raise config_utils.FieldError(
+                    f"{{p}}{whole}={getattr(self, whole)} must be a multiple of {{p}}{part}={getattr(self, part)}"
+                )
 
 
 @dataclass

@@ -43,6 +43,7 @@ def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwe
     half = head_dim // 2
     h = w = (half * 3) // 8
     mrope_section = [half - h - w, h, w]
+
     def ids(token: str) -> int:
         return cast(int, tokenizer.convert_tokens_to_ids(token))  # one token in, one id out
 
@@ -105,8 +106,10 @@ def check_model_path(path: str) -> None:
     # owner/name with no local folder called owner is a hub id; anything else was meant as a local path
     if _HUB_ID.fullmatch(path) and not Path(path.split("/")[0]).exists():
         return
-    raise ConfigError(f"model.path={path!r} does not exist; point it at a model directory (a run's OUT/model or "
-                      "`longrl export --out`), a hub id (owner/name), or tiny")
+    raise ConfigError(
+        f"model.path={path!r} does not exist; point it at a model directory (a run's OUT/model or "
+        "`longrl export --out`), a hub id (owner/name), or tiny"
+    )
 
 
 def load_model(
@@ -185,8 +188,9 @@ def encode_video(model, vision: VisionInputs, *, batched_attention: bool = True)
     return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
 
 
-def prompt_token_ids(model, tokenizer: PreTrainedTokenizerBase, messages: list[dict],
-                     vision: VisionInputs | None) -> torch.Tensor:
+def prompt_token_ids(
+    model, tokenizer: PreTrainedTokenizerBase, messages: list[dict], vision: VisionInputs | None
+) -> torch.Tensor:
     """Token ids [L] of chat ``messages`` with the video placeholder expanded to one token per
     video embedding, ending with the assistant turn's header (generation starts after it)."""
     text = cast(str, tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))

@@ -49,16 +49,26 @@ def reference_positions(token_types: list[int], config, image_grids, video_grids
             interval = float(next(seconds)) * tokens_per_second if kind == VIDEO else 1.0
             block = vision_block_positions(start, grid, merge, interval)
             if block.shape[1] != length:
-                raise ValueError(f"{block.shape[1]} positions for a grid of {grid.tolist()} but the sequence "
-                                 f"holds {length} placeholder tokens; expand each placeholder to one token "
-                                 "per merged patch")
+                raise ValueError(
+                    f"{block.shape[1]} positions for a grid of {grid.tolist()} but the sequence "
+                    f"holds {length} placeholder tokens; expand each placeholder to one token "
+                    "per merged patch"
+                )
         blocks.append(block)
         start = int(block.max()) + 1
     return torch.cat(blocks, dim=1) if blocks else torch.zeros(3, 0, dtype=torch.long)
 
 
-def _get_rope_index(self, input_ids, mm_token_type_ids, image_grid_thw=None, video_grid_thw=None,
-                    second_per_grid_ts=None, attention_mask=None, **kwargs):
+def _get_rope_index(
+    self,
+    input_ids,
+    mm_token_type_ids,
+    image_grid_thw=None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+    attention_mask=None,
+    **kwargs,
+):
     """Drop-in for ``Qwen2_5_VLModel.get_rope_index``: positions [3, B, L] and deltas [B, 1]."""
     batch, length = input_ids.shape
     position_ids = torch.zeros(3, batch, length, dtype=torch.long, device=input_ids.device)
@@ -67,8 +77,11 @@ def _get_rope_index(self, input_ids, mm_token_type_ids, image_grid_thw=None, vid
     seconds = list(second_per_grid_ts) if second_per_grid_ts is not None else [1.0] * len(videos)
     deltas = []
     for b in range(batch):
-        keep = attention_mask[b].bool() if attention_mask is not None else torch.ones(length, dtype=torch.bool,
-                                                                                      device=input_ids.device)
+        keep = (
+            attention_mask[b].bool()
+            if attention_mask is not None
+            else torch.ones(length, dtype=torch.bool, device=input_ids.device)
+        )
         types_b = mm_token_type_ids[b][keep].tolist()
         # each row consumes its own images/videos, in order
         n_img = sum(1 for k, _ in itertools.groupby(types_b) if k == IMAGE)

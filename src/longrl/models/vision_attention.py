@@ -49,8 +49,7 @@ def _forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor, positi
         rows = slice(start, start + length * count)
         # [count, H, L, D]: the run's windows side by side
         q_run, k_run, v_run = (x[rows].reshape(count, length, *x.shape[1:]).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q_run, k_run, v_run, dropout_p=0.0, scale=self.scaling,
-                                             is_causal=False)
+        out = F.scaled_dot_product_attention(q_run, k_run, v_run, dropout_p=0.0, scale=self.scaling, is_causal=False)
         outs.append(out.transpose(1, 2).reshape(length * count, *q.shape[1:]))
         start += length * count
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -58,8 +57,11 @@ def _forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor, positi
 
 
 def _attention_modules(visual) -> list[torch.nn.Module]:
-    return [block.attn for block in getattr(visual, "blocks", [])
-            if all(hasattr(block.attn, a) for a in ("qkv", "proj", "num_heads", "scaling"))]
+    return [
+        block.attn
+        for block in getattr(visual, "blocks", [])
+        if all(hasattr(block.attn, a) for a in ("qkv", "proj", "num_heads", "scaling"))
+    ]
 
 
 def use_batched_vision_attention(visual) -> None:

@@ -6,6 +6,14 @@ from longrl.rewards.multiple_choice import ParsedResponse, extract_choice, parse
 from longrl.rewards.registry import RewardInput, RewardResult, register_reward, registered_rewards
 
 __all__ = [
-    "RewardConfig", "RewardInput", "RewardResult", "RewardModel", "build_reward",
-    "register_reward", "registered_rewards", "extract_choice", "parse_response", "ParsedResponse",
+    "RewardConfig",
+    "RewardInput",
+    "RewardResult",
+    "RewardModel",
+    "build_reward",
+    "register_reward",
+    "registered_rewards",
+    "extract_choice",
+    "parse_response",
+    "ParsedResponse",
 ]

@@ -37,12 +37,16 @@ class RewardConfig:
         if not self.functions:
             raise ValueError("reward.functions is empty: name at least one reward (e.g. multiple_choice)")
         if self.weights and len(self.weights) != len(self.functions):
-            raise ValueError(f"reward.weights has {len(self.weights)} values for {len(self.functions)} "
-                             f"functions {self.functions}: give one weight per function, or none")
+            raise ValueError(
+                f"reward.weights has {len(self.weights)} values for {len(self.functions)} "
+                f"functions {self.functions}: give one weight per function, or none"
+            )
         if not _ENV_NAME.fullmatch(self.judge_api_key_env) or _looks_like_a_key(self.judge_api_key_env):
             # Never echo the value: it may be a pasted key.
-            raise ValueError("reward.judge_api_key_env must be the NAME of an environment variable that holds "
-                             "the judge key (e.g. OPENAI_API_KEY), not the key itself")
+            raise ValueError(
+                "reward.judge_api_key_env must be the NAME of an environment variable that holds "
+                "the judge key (e.g. OPENAI_API_KEY), not the key itself"
+            )
         if self.judge_max_concurrency < 1:
             raise ValueError(f"reward.judge_max_concurrency={self.judge_max_concurrency} must be >= 1")
         if self.judge_timeout_s <= 0:

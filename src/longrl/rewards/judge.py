@@ -65,8 +65,9 @@ class JudgeClient:
         max_tokens: int = 512,
     ):
         if not base_url or not model:
-            raise ValueError("the judge reward needs reward.judge_base_url (e.g. http://localhost:8000/v1) "
-                             "and reward.judge_model")
+            raise ValueError(
+                "the judge reward needs reward.judge_base_url (e.g. http://localhost:8000/v1) and reward.judge_model"
+            )
         base = base_url.rstrip("/")
         self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
         self.model = model
@@ -88,9 +89,11 @@ class JudgeClient:
 
     def __repr__(self) -> str:
         key = "set" if self._api_key else "not set"
-        return (f"JudgeClient(url={self.url!r}, model={self.model!r}, key from ${self.api_key_env} ({key}), "
-                f"timeout_s={self.timeout_s}, max_retries={self.max_retries}, "
-                f"max_concurrency={self.max_concurrency})")
+        return (
+            f"JudgeClient(url={self.url!r}, model={self.model!r}, key from ${self.api_key_env} ({key}), "
+            f"timeout_s={self.timeout_s}, max_retries={self.max_retries}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
 
     # -- cache -----------------------------------------------------------------------------------
 
@@ -133,8 +136,9 @@ class JudgeClient:
         return value
 
     def _complete(self, messages: list[dict]) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
-                           "max_tokens": self.max_tokens}).encode()
+        body = json.dumps(
+            {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
+        ).encode()
         last_error = "no attempt made"
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -147,8 +151,9 @@ class JudgeClient:
             except _Retryable as error:
                 last_error = str(error)
                 logger.debug("judge attempt %d/%d failed: %s", attempt + 1, self.max_retries + 1, last_error)
-        raise JudgeError(self._redact(f"judge call to {self.url} failed after {self.max_retries + 1} "
-                                      f"attempts: {last_error}"))
+        raise JudgeError(
+            self._redact(f"judge call to {self.url} failed after {self.max_retries + 1} attempts: {last_error}")
+        )
 
     def _post(self, body: bytes) -> str:
         headers = {"Content-Type": "application/json"}
@@ -174,13 +179,17 @@ class JudgeClient:
             return json.loads(raw)["choices"][0]["message"]["content"] or ""
         except (json.JSONDecodeError, KeyError, IndexError, TypeError):
             snippet = self._redact(raw[:200].decode("utf-8", "replace"))
-            raise JudgeError(f"judge endpoint {self.url} sent a reply that is not a chat completion: {snippet!r}") from None
+            raise JudgeError(
+                f"judge endpoint {self.url} sent a reply that is not a chat completion: {snippet!r}"
+            ) from None
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
 
-_SCORE = re.compile(r"score\s*(?:of|is|was)?\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+_SCORE = re.compile(
+    r"score\s*(?:of|is|was)?\s*[:=]?\s*\**\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?", re.IGNORECASE
+)
 _BARE = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:/\s*(\d+(?:\.\d+)?))?")
 _VERDICTS = {"correct": 1.0, "yes": 1.0, "true": 1.0, "incorrect": 0.0, "wrong": 0.0, "no": 0.0, "false": 0.0}
 
@@ -206,8 +215,10 @@ def parse_judge_score(text: str) -> float:
 def judge_messages(sample: RewardInput) -> list[dict]:
     parsed = parse_response(sample.response)
     answer = parsed.answer if parsed.answer_source in ("tag", "unclosed_tag") and parsed.answer else sample.response
-    user = (f"Question:\n{sample.question}\n\nReference answer:\n{sample.answer_text}\n\n"
-            f"Model answer:\n{answer[:MAX_ANSWER_CHARS]}")
+    user = (
+        f"Question:\n{sample.question}\n\nReference answer:\n{sample.answer_text}\n\n"
+        f"Model answer:\n{answer[:MAX_ANSWER_CHARS]}"
+    )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -227,7 +238,15 @@ class JudgeReward:
 
 @register_reward("judge", factory=True)
 def make_judge_reward(cfg) -> JudgeReward:
-    return JudgeReward(JudgeClient(
-        cfg.judge_base_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env, timeout_s=cfg.judge_timeout_s,
-        max_retries=cfg.judge_max_retries, backoff_s=cfg.judge_retry_backoff_s,
-        max_concurrency=cfg.judge_max_concurrency, cache_path=cfg.judge_cache_path))
+    return JudgeReward(
+        JudgeClient(
+            cfg.judge_base_url,
+            cfg.judge_model,
+            api_key_env=cfg.judge_api_key_env,
+            timeout_s=cfg.judge_timeout_s,
+            max_retries=cfg.judge_max_retries,
+            backoff_s=cfg.judge_retry_backoff_s,
+            max_concurrency=cfg.judge_max_concurrency,
+            cache_path=cfg.judge_cache_path,
+        )
+    )

@@ -26,8 +26,9 @@ def _math_verify():
     try:
         import math_verify
     except ImportError as error:
-        raise ImportError("the math reward needs the math-verify package: pip install 'longrl[math]' "
-                          "(or pip install math-verify)") from error
+        raise ImportError(
+            "the math reward needs the math-verify package: pip install 'longrl[math]' (or pip install math-verify)"
+        ) from error
     return math_verify
 
 
@@ -44,7 +45,7 @@ def extract_boxed(text: str) -> str | None:
                 i += 1
             if depth == 0:
                 if best is None or start > best[0]:
-                    best = (start, text[start + len(command) + 1: i - 1].strip())
+                    best = (start, text[start + len(command) + 1 : i - 1].strip())
                 break
             start = text.rfind(command + "{", 0, start)  # unbalanced (cut off): try the one before
     return best[1] if best else None

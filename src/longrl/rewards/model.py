@@ -33,8 +33,14 @@ class RewardModel:
     ``pop_metrics`` gives the fallback fraction and judge failures since its last call.
     """
 
-    def __init__(self, functions: list[tuple[str, RewardFn, float]], fallback_score: float = 0.0, *,
-                 judge_max_failure_frac: float = 1.0, judge_failure_window: int = 64):
+    def __init__(
+        self,
+        functions: list[tuple[str, RewardFn, float]],
+        fallback_score: float = 0.0,
+        *,
+        judge_max_failure_frac: float = 1.0,
+        judge_failure_window: int = 64,
+    ):
         self.functions = functions
         self.fallback_score = fallback_score
         self.judge_max_failure_frac = judge_max_failure_frac
@@ -72,8 +78,10 @@ class RewardModel:
         """Since the last call: the fraction of samples with a fallback score (any function failed)
         and the number of failed judge calls."""
         counts, self._counts = self._counts, {"samples": 0, "fallbacks": 0, "judge_failures": 0}
-        return {"reward/fallback_frac": counts["fallbacks"] / max(counts["samples"], 1),
-                "reward/judge_failures": counts["judge_failures"]}
+        return {
+            "reward/fallback_frac": counts["fallbacks"] / max(counts["samples"], 1),
+            "reward/judge_failures": counts["judge_failures"],
+        }
 
     def _watch_judge(self, name: str, errors: list[str | None]) -> None:
         for error in errors:
@@ -89,7 +97,8 @@ class RewardModel:
                 f"reward {name!r}: the judge failed on {failed} of the last {len(self._judge_failed)} samples "
                 f"(more than reward.judge_max_failure_frac={self.judge_max_failure_frac} of a "
                 f"{window}-sample window); last error: {last}. Fix: check the endpoint at reward.judge_base_url "
-                f"is up and reachable, or raise reward.judge_max_failure_frac (1.0 never stops)")
+                f"is up and reachable, or raise reward.judge_max_failure_frac (1.0 never stops)"
+            )
 
     def _score_one(self, name: str, fn: RewardFn, sample: RewardInput) -> tuple[float, dict[str, float], str | None]:
         try:
@@ -99,9 +108,16 @@ class RewardModel:
                 self._failures[name] += 1
                 count = self._failures[name]
             first = count == 1
-            logger.warning("reward %r failed on sample %s: %s: %s; scored %s (fallback)%s", name,
-                           sample.sample_id, type(error).__name__, error, self.fallback_score,
-                           "" if first else f" [{count} failures so far]", exc_info=first)
+            logger.warning(
+                "reward %r failed on sample %s: %s: %s; scored %s (fallback)%s",
+                name,
+                sample.sample_id,
+                type(error).__name__,
+                error,
+                self.fallback_score,
+                "" if first else f" [{count} failures so far]",
+                exc_info=first,
+            )
             return self.fallback_score, {name: self.fallback_score}, f"{name}: {type(error).__name__}: {error}"
         components = {name: score, **{f"{name}/{key}": value for key, value in parts.items()}}
         return score, components, None
@@ -132,8 +148,12 @@ def build_reward(cfg: RewardConfig) -> RewardModel:
     for spec, weight in zip(cfg.functions, cfg.function_weights()):
         fn = resolve_reward(spec, cfg)
         functions.append((_component_name(spec, [name for name, _, _ in functions]), fn, weight))
-    return RewardModel(functions, fallback_score=cfg.fallback_score, judge_max_failure_frac=cfg.judge_max_failure_frac,
-                       judge_failure_window=cfg.judge_failure_window)
+    return RewardModel(
+        functions,
+        fallback_score=cfg.fallback_score,
+        judge_max_failure_frac=cfg.judge_max_failure_frac,
+        judge_failure_window=cfg.judge_failure_window,
+    )
 
 
 def _is_judge(fn: RewardFn) -> bool:
@@ -143,7 +163,7 @@ def _is_judge(fn: RewardFn) -> bool:
 
 
 def _component_name(spec: str, taken: list[str]) -> str:
-    """"dir/file.py:my_reward" logs as "my_reward"; a repeated name gets a suffix."""
+    """ "dir/file.py:my_reward" logs as "my_reward"; a repeated name gets a suffix."""
     name = spec.rpartition(":")[2] or spec
     candidate, i = name, 2
     while candidate in taken:

@@ -132,7 +132,7 @@ def extract_choice(text: str, options: list[str] | None = None) -> str | None:
     if not text:
         return None
     prefix = _PREFIX.match(text)  # "Answer: B", "The answer is (B)." -> "B", "(B)."
-    core = _clean(text[prefix.end():]) if prefix else text
+    core = _clean(text[prefix.end() :]) if prefix else text
 
     alone = _letter_alone(core, valid)
     if not isinstance(alone, bool):
@@ -158,7 +158,7 @@ def extract_choice(text: str, options: list[str] | None = None) -> str | None:
         letter = match.group(1)
         if letter not in valid:
             continue
-        next_word = re.match(r" ([a-z]+)", text[match.end():])
+        next_word = re.match(r" ([a-z]+)", text[match.end() :])
         is_word = letter in "AI" and next_word is not None and next_word.group(1) not in _CONNECTORS
         (weak if is_word else strong).add(letter)
     by_text, _ = _match_option_text(text, options)
@@ -171,14 +171,19 @@ def extract_choice(text: str, options: list[str] | None = None) -> str | None:
     return None
 
 
-def multiple_choice_reward(sample: RewardInput, format_weight: float = 0.1, accuracy_weight: float = 0.9) -> dict[str, float]:
+def multiple_choice_reward(
+    sample: RewardInput, format_weight: float = 0.1, accuracy_weight: float = 0.9
+) -> dict[str, float]:
     if not sample.options:
-        raise ValueError(f"the row has no options (a free-text answer, {sample.answer!r:.40}), so multiple_choice "
-                         "cannot score it: use reward.functions=[math] or [judge] for free-text rows")
+        raise ValueError(
+            f"the row has no options (a free-text answer, {sample.answer!r:.40}), so multiple_choice "
+            "cannot score it: use reward.functions=[math] or [judge] for free-text rows"
+        )
     gold = extract_choice(sample.answer, sample.options)
     if gold is None:
-        raise ValueError(f"reference answer {sample.answer!r} is not an option letter or option text "
-                         f"(options: {sample.options})")
+        raise ValueError(
+            f"reference answer {sample.answer!r} is not an option letter or option text (options: {sample.options})"
+        )
     parsed = parse_response(sample.response)
     fmt = 1.0 if parsed.format_ok else 0.0
     accuracy = 1.0 if extract_choice(parsed.answer, sample.options) == gold else 0.0
@@ -187,5 +192,6 @@ def multiple_choice_reward(sample: RewardInput, format_weight: float = 0.1, accu
 
 @register_reward("multiple_choice", factory=True)
 def make_multiple_choice_reward(cfg):
-    return functools.partial(multiple_choice_reward, format_weight=cfg.format_weight,
-                             accuracy_weight=cfg.accuracy_weight)
+    return functools.partial(
+        multiple_choice_reward, format_weight=cfg.format_weight, accuracy_weight=cfg.accuracy_weight
+    )

@@ -65,8 +65,10 @@ def register_reward(name: str, *, factory: bool = False) -> Callable[[Callable],
     def decorate(fn: Callable) -> Callable:
         existing = _REGISTRY.get(name)
         if existing is not None and _qualified(existing.fn) != _qualified(fn):
-            raise ValueError(f"reward {name!r} is already registered by {_qualified(existing.fn)}; "
-                             f"pick another name for {_qualified(fn)}")
+            raise ValueError(
+                f"reward {name!r} is already registered by {_qualified(existing.fn)}; "
+                f"pick another name for {_qualified(fn)}"
+            )
         _REGISTRY[name] = _Entry(fn, factory)
         return fn
 
@@ -88,8 +90,10 @@ def resolve_reward(spec: str, cfg: RewardConfig) -> RewardFn:
         from longrl.rewards.user import load_user_function
 
         return load_user_function(spec)
-    raise ValueError(f"reward function {spec!r} is neither registered (known: {', '.join(sorted(_REGISTRY))}) "
-                     f"nor of the form 'path/to/file.py:function'")
+    raise ValueError(
+        f"reward function {spec!r} is neither registered (known: {', '.join(sorted(_REGISTRY))}) "
+        f"nor of the form 'path/to/file.py:function'"
+    )
 
 
 def _load_builtins() -> None:

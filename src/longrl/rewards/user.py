@@ -20,8 +20,10 @@ def load_user_function(spec: str) -> Callable:
     if location.endswith(".py"):
         path = Path(location).expanduser().resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"reward file {location} not found (looked at {path}; from the reward "
-                                    f"entry {spec!r}): fix the path in reward.functions")
+            raise FileNotFoundError(
+                f"reward file {location} not found (looked at {path}; from the reward "
+                f"entry {spec!r}): fix the path in reward.functions"
+            )
         # A name unique to the file, so two files called rewards.py do not replace each other.
         module_name = f"longrl_user_reward_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:10]}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
@@ -41,10 +43,15 @@ def load_user_function(spec: str) -> Callable:
 
     fn = getattr(module, name, None)
     if fn is None:
-        defined = sorted(n for n, v in vars(module).items()
-                         if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__)
-        raise AttributeError(f"reward file {location} has no function {name!r}; it defines: "
-                             f"{', '.join(defined) or 'no public functions'}")
+        defined = sorted(
+            n
+            for n, v in vars(module).items()
+            if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__
+        )
+        raise AttributeError(
+            f"reward file {location} has no function {name!r}; it defines: "
+            f"{', '.join(defined) or 'no public functions'}"
+        )
     if not callable(fn):
         raise TypeError(f"{name!r} in {location} is a {type(fn).__name__}, not a function")
     if inspect.isclass(fn):

@@ -13,8 +13,21 @@ from longrl.rl.losses import aggregate, entropy_from_logits, importance_log_rati
 from longrl.rl.presets import PRESETS, apply_preset, presets_markdown
 
 __all__ = [
-    "AlgorithmConfig", "PRESETS", "apply_preset", "presets_markdown",
-    "compute_advantages", "grpo_advantages", "drgrpo_advantages", "rloo_advantages", "reinforce_pp_advantages",
-    "policy_loss", "aggregate", "kl_penalty", "entropy_from_logits", "importance_log_ratio",
-    "BatchFiller", "keep_informative_groups", "overlong_penalty",
+    "AlgorithmConfig",
+    "PRESETS",
+    "apply_preset",
+    "presets_markdown",
+    "compute_advantages",
+    "grpo_advantages",
+    "drgrpo_advantages",
+    "rloo_advantages",
+    "reinforce_pp_advantages",
+    "policy_loss",
+    "aggregate",
+    "kl_penalty",
+    "entropy_from_logits",
+    "importance_log_ratio",
+    "BatchFiller",
+    "keep_informative_groups",
+    "overlong_penalty",
 ]

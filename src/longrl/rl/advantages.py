@@ -32,8 +32,10 @@ def _flatten(rewards: Rewards) -> tuple[Tensor, list[int]]:
     """Grouped rewards -> (flat [B] rewards, group sizes)."""
     if isinstance(rewards, Tensor):
         if rewards.dim() != 2:
-            raise ValueError(f"grouped rewards must be [num_groups, n] or a list of 1-D tensors; "
-                             f"got a tensor of shape {tuple(rewards.shape)}")
+            raise ValueError(
+                f"grouped rewards must be [num_groups, n] or a list of 1-D tensors; "
+                f"got a tensor of shape {tuple(rewards.shape)}"
+            )
         groups = list(rewards.unbind(0))
     else:
         groups = [torch.as_tensor(g) for g in rewards]
@@ -149,9 +151,11 @@ def reinforce_pp_advantages(
         return _regroup(_whiten(flat, norm_by_std, eps, batch_sum), sizes, rewards)
 
     if mask.dim() != 2 or mask.shape[0] != flat.numel() or (token_kl is not None and token_kl.shape != mask.shape):
-        raise ValueError(f"token-level REINFORCE++ needs mask (and token_kl) of shape [B, T] with "
-                         f"B = {flat.numel()} samples; got mask {tuple(mask.shape)}, "
-                         f"token_kl {None if token_kl is None else tuple(token_kl.shape)}")
+        raise ValueError(
+            f"token-level REINFORCE++ needs mask (and token_kl) of shape [B, T] with "
+            f"B = {flat.numel()} samples; got mask {tuple(mask.shape)}, "
+            f"token_kl {None if token_kl is None else tuple(token_kl.shape)}"
+        )
     valid = mask.bool()
     flat = flat.to(valid.device)
     token_rewards = torch.zeros(valid.shape, dtype=flat.dtype, device=valid.device)
@@ -191,17 +195,28 @@ def compute_advantages(
         return flat
     fold_kl = cfg.kl_in_reward and cfg.kl_coef > 0
     if fold_kl and (token_kl is None or mask is None):
-        raise ValueError("algorithm.kl_in_reward with kl_coef > 0 needs token_kl and mask: pass "
-                         "token_kl=kl_penalty(logp, ref_logp, cfg.kl_estimator) and the response mask")
+        raise ValueError(
+            "algorithm.kl_in_reward with kl_coef > 0 needs token_kl and mask: pass "
+            "token_kl=kl_penalty(logp, ref_logp, cfg.kl_estimator) and the response mask"
+        )
     groups = list(flat.split(sizes))
 
     if cfg.advantage == "reinforce_pp":
         if mask is not None:
-            return cast(Tensor, reinforce_pp_advantages(groups, mask=mask, token_kl=token_kl if fold_kl else None,
-                                                        kl_coef=cfg.kl_coef, norm_by_std=cfg.norm_adv_by_std,
-                                                        batch_sum=batch_sum))
-        return torch.cat(cast(list[Tensor], reinforce_pp_advantages(groups, norm_by_std=cfg.norm_adv_by_std,
-                                                                    batch_sum=batch_sum)))
+            return cast(
+                Tensor,
+                reinforce_pp_advantages(
+                    groups,
+                    mask=mask,
+                    token_kl=token_kl if fold_kl else None,
+                    kl_coef=cfg.kl_coef,
+                    norm_by_std=cfg.norm_adv_by_std,
+                    batch_sum=batch_sum,
+                ),
+            )
+        return torch.cat(
+            cast(list[Tensor], reinforce_pp_advantages(groups, norm_by_std=cfg.norm_adv_by_std, batch_sum=batch_sum))
+        )
 
     if fold_kl:
         assert token_kl is not None and mask is not None  # checked above
@@ -210,7 +225,9 @@ def compute_advantages(
         seq_kl = torch.where(mask.bool(), token_kl.detach(), torch.zeros_like(token_kl)).sum(-1)
         groups = list((flat - cfg.kl_coef * seq_kl.to(flat.dtype)).split(sizes))
     if cfg.advantage == "grpo":
-        return torch.cat(cast(list[Tensor], grpo_advantages(groups, norm_by_std=cfg.norm_adv_by_std)))  # a list in, a list out
+        return torch.cat(
+            cast(list[Tensor], grpo_advantages(groups, norm_by_std=cfg.norm_adv_by_std))
+        )  # a list in, a list out
     if cfg.advantage == "drgrpo":
         return torch.cat(cast(list[Tensor], drgrpo_advantages(groups)))  # a list in, a list out
     if cfg.advantage == "rloo":

@@ -57,8 +57,14 @@ class AlgorithmConfig:
         check_choice("importance", IMPORTANCE_LEVELS)
         check_choice("loss_agg", LOSS_AGGREGATIONS)
         check_choice("kl_estimator", KL_ESTIMATORS)
-        for field in ("clip_ratio_low", "clip_ratio_high", "dual_clip_c", "kl_coef", "entropy_coef",
-                      "overlong_penalty"):
+        for field in (
+            "clip_ratio_low",
+            "clip_ratio_high",
+            "dual_clip_c",
+            "kl_coef",
+            "entropy_coef",
+            "overlong_penalty",
+        ):
             if getattr(self, field) < 0:
                 raise ValueError(f"algorithm.{field}={getattr(self, field)} must be >= 0")
         if self.clip_ratio_low >= 1:
@@ -66,8 +72,10 @@ class AlgorithmConfig:
         if self.dual_clip_c != 0 and self.dual_clip_c <= 1:
             raise ValueError(f"algorithm.dual_clip_c={self.dual_clip_c} must be 0 (off) or > 1 (e.g. 3.0)")
         if self.token_sum_divisor < 0 and self.token_sum_divisor != MAX_RESPONSE_LEN:
-            raise ValueError(f"algorithm.token_sum_divisor={self.token_sum_divisor} must be >= 0, "
-                             f"or {MAX_RESPONSE_LEN} for 'the maximum response length'")
+            raise ValueError(
+                f"algorithm.token_sum_divisor={self.token_sum_divisor} must be >= 0, "
+                f"or {MAX_RESPONSE_LEN} for 'the maximum response length'"
+            )
         for field in ("ppo_epochs", "mini_batches", "max_tries"):
             if getattr(self, field) < 1:
                 raise ValueError(f"algorithm.{field}={getattr(self, field)} must be >= 1")
@@ -84,7 +92,9 @@ class AlgorithmConfig:
         if out.overlong_buffer == int(MAX_RESPONSE_LEN):
             out = dataclasses.replace(out, overlong_buffer=max(1, round(0.2 * max_response_len)))
         if out.overlong_buffer >= max_response_len:
-            raise ValueError(f"algorithm.overlong_buffer={out.overlong_buffer} must be below the maximum response "
-                             f"length {max_response_len} (rollout.max_new_tokens); DAPO uses 20% of it "
-                             f"(algorithm.overlong_buffer=-1)")
+            raise ValueError(
+                f"algorithm.overlong_buffer={out.overlong_buffer} must be below the maximum response "
+                f"length {max_response_len} (rollout.max_new_tokens); DAPO uses 20% of it "
+                f"(algorithm.overlong_buffer=-1)"
+            )
         return out

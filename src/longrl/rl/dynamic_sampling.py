@@ -45,8 +45,9 @@ class BatchFiller:
 
     def __init__(self, target_groups: int, max_tries: int):
         if target_groups < 1 or max_tries < 1:
-            raise ValueError(f"BatchFiller needs target_groups >= 1 and max_tries >= 1; "
-                             f"got {target_groups} and {max_tries}")
+            raise ValueError(
+                f"BatchFiller needs target_groups >= 1 and max_tries >= 1; got {target_groups} and {max_tries}"
+            )
         self.target_groups = target_groups
         self.max_tries = max_tries
         self._reset()
@@ -78,11 +79,12 @@ class BatchFiller:
 
     def take(self) -> list[Any]:
         if not self.done:
-            raise RuntimeError(f"BatchFiller.take() before done: {len(self.groups)}/{self.target_groups} "
-                               f"groups after {self.tries}/{self.max_tries} tries; keep calling add()")
+            raise RuntimeError(
+                f"BatchFiller.take() before done: {len(self.groups)}/{self.target_groups} "
+                f"groups after {self.tries}/{self.max_tries} tries; keep calling add()"
+            )
         batch = self.groups[: self.target_groups]
-        message = ("dynamic sampling: %d/%d informative groups after %d tries "
-                   "(%d generated, %d dropped as all-equal)")
+        message = "dynamic sampling: %d/%d informative groups after %d tries (%d generated, %d dropped as all-equal)"
         args = (len(batch), self.target_groups, self.tries, self.num_generated, self.num_dropped)
         if len(batch) < self.target_groups:
             logger.warning(message + "; training on a smaller batch", *args)
@@ -102,7 +104,9 @@ def overlong_penalty(lengths: Tensor | Sequence[int], max_len: int, buffer: int,
     if buffer == 0:
         return torch.zeros_like(lengths)
     if not 0 < buffer < max_len:
-        raise ValueError(f"algorithm.overlong_buffer={buffer} must be below the maximum response length "
-                         f"{max_len} (DAPO uses 20% of it: try {max(1, max_len // 5)}), or 0 to turn it off")
+        raise ValueError(
+            f"algorithm.overlong_buffer={buffer} must be below the maximum response length "
+            f"{max_len} (DAPO uses 20% of it: try {max(1, max_len // 5)}), or 0 to turn it off"
+        )
     start = max_len - buffer
     return ((lengths - start).clamp(min=0) / buffer).clamp(max=1.0) * penalty

@@ -52,8 +52,10 @@ def aggregate(
         per_seq = values.sum(-1) / tokens_per_seq.clamp(min=1)
     elif mode == "seq_mean_token_sum":
         if token_sum_divisor == MAX_RESPONSE_LEN:
-            raise ValueError("algorithm.token_sum_divisor=-1 (the maximum response length) is unresolved: "
-                             "use cfg.resolve(max_response_len=<rollout max new tokens>) before the loss")
+            raise ValueError(
+                "algorithm.token_sum_divisor=-1 (the maximum response length) is unresolved: "
+                "use cfg.resolve(max_response_len=<rollout max new tokens>) before the loss"
+            )
         per_seq = values.sum(-1)
         if token_sum_divisor > 0:
             per_seq = per_seq / token_sum_divisor
@@ -144,11 +146,14 @@ def policy_loss(
     KL(pi_old || pi)), ratio_mean, pg_loss, kl_loss, entropy, loss.
     """
     if logp.shape != old_logp.shape or logp.shape != mask.shape:
-        raise ValueError(f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask "
-                         f"{tuple(mask.shape)} must have the same [B, T] shape")
+        raise ValueError(
+            f"logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)} and mask "
+            f"{tuple(mask.shape)} must have the same [B, T] shape"
+        )
     if advantages.shape not in (logp.shape[:1], logp.shape):
-        raise ValueError(f"advantages {tuple(advantages.shape)} must be [B] or [B, T] with "
-                         f"[B, T] = {tuple(logp.shape)}")
+        raise ValueError(
+            f"advantages {tuple(advantages.shape)} must be [B] or [B, T] with [B, T] = {tuple(logp.shape)}"
+        )
     valid = mask.bool()
     adv = advantages.detach().to(logp.dtype)
     if adv.dim() == 1:
@@ -174,15 +179,19 @@ def policy_loss(
 
     if cfg.kl_coef > 0 and not cfg.kl_in_reward:
         if ref_logp is None:
-            raise ValueError("algorithm.kl_coef > 0 with kl_in_reward=False adds a KL loss term: pass "
-                             "ref_logp (the reference model's log-probs), or set kl_coef=0")
+            raise ValueError(
+                "algorithm.kl_coef > 0 with kl_in_reward=False adds a KL loss term: pass "
+                "ref_logp (the reference model's log-probs), or set kl_coef=0"
+            )
         kl_loss = aggregate(kl_penalty(logp, ref_logp.detach(), cfg.kl_estimator), mask, **agg)
         loss = loss + cfg.kl_coef * kl_loss
         terms["kl_loss"] = kl_loss
     if cfg.entropy_coef > 0:
         if entropy is None:
-            raise ValueError("algorithm.entropy_coef > 0 needs entropy [B, T] (entropy_from_logits of the "
-                             "response logits), or set entropy_coef=0")
+            raise ValueError(
+                "algorithm.entropy_coef > 0 needs entropy [B, T] (entropy_from_logits of the "
+                "response logits), or set entropy_coef=0"
+            )
         entropy_term = aggregate(entropy, mask, **agg)
         loss = loss - cfg.entropy_coef * entropy_term
         terms["entropy"] = entropy_term

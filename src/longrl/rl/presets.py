@@ -57,25 +57,50 @@ PRESETS: dict[str, dict] = {
     # DAPO: clip-higher (0.2 / 0.28), token-level mean, dynamic sampling (drops groups whose
     # rewards are all equal, refills for up to max_tries rounds, else trains on a smaller batch),
     # soft overlong punishment with a 4096-token buffer (max response 20480), no KL.
-    "dapo": _preset("dapo", clip_ratio_high=0.28, loss_agg="token_mean", dynamic_sampling=True,
-                    overlong_buffer=int(MAX_RESPONSE_LEN), overlong_penalty=1.0),
+    "dapo": _preset(
+        "dapo",
+        clip_ratio_high=0.28,
+        loss_agg="token_mean",
+        dynamic_sampling=True,
+        overlong_buffer=int(MAX_RESPONSE_LEN),
+        overlong_penalty=1.0,
+    ),
     # Dr.GRPO: no std normalization, token sums divided by a constant (the maximum response length,
     # filled in by AlgorithmConfig.resolve), no KL.
-    "drgrpo": _preset("drgrpo", advantage="drgrpo", norm_adv_by_std=False, loss_agg="seq_mean_token_sum",
-                      token_sum_divisor=MAX_RESPONSE_LEN),
+    "drgrpo": _preset(
+        "drgrpo",
+        advantage="drgrpo",
+        norm_adv_by_std=False,
+        loss_agg="seq_mean_token_sum",
+        token_sum_divisor=MAX_RESPONSE_LEN,
+    ),
     # RLOO: leave-one-out baseline, the whole response is one action (token sum of log-probs),
     # sequence-level KL penalty folded into the reward (beta = 0.05, TRL's RLOO default).
-    "rloo": _preset("rloo", advantage="rloo", norm_adv_by_std=False, loss_agg="seq_mean_token_sum",
-                    kl_coef=0.05, kl_estimator="k1", kl_in_reward=True),
+    "rloo": _preset(
+        "rloo",
+        advantage="rloo",
+        norm_adv_by_std=False,
+        loss_agg="seq_mean_token_sum",
+        kl_coef=0.05,
+        kl_estimator="k1",
+        kl_in_reward=True,
+    ),
     # REINFORCE++: per-token k1 KL in the reward, return-to-go (gamma = 1), advantages whitened over
     # all response tokens of the batch (with or without KL, so kl_coef -> 0 is continuous);
     # beta = 0.01 (OpenRLHF's default).
-    "reinforce_pp": _preset("reinforce_pp", advantage="reinforce_pp", norm_adv_by_std=True,
-                            kl_coef=0.01, kl_estimator="k1", kl_in_reward=True),
+    "reinforce_pp": _preset(
+        "reinforce_pp",
+        advantage="reinforce_pp",
+        norm_adv_by_std=True,
+        kl_coef=0.01,
+        kl_estimator="k1",
+        kl_in_reward=True,
+    ),
     # GSPO: one length-normalized importance ratio per sequence, clip range 3e-4 / 4e-4, group
     # advantages, per-sequence token mean, no KL.
-    "gspo": _preset("gspo", importance="sequence", clip_ratio_low=3e-4, clip_ratio_high=4e-4,
-                    loss_agg="seq_mean_token_mean"),
+    "gspo": _preset(
+        "gspo", importance="sequence", clip_ratio_low=3e-4, clip_ratio_high=4e-4, loss_agg="seq_mean_token_mean"
+    ),
 }
 
 PAPERS: dict[str, str] = {
@@ -114,8 +139,9 @@ def presets_markdown() -> str:
     defaults = {f.name: f.default for f in dataclasses.fields(AlgorithmConfig)}
     lines = ["| preset | settings | paper |", "| --- | --- | --- |"]
     for name, preset in PRESETS.items():
-        changed = [f"`{key}={_show(key, value)}`" for key, value in preset.items()
-                   if key != "name" and value != defaults[key]]
+        changed = [
+            f"`{key}={_show(key, value)}`" for key, value in preset.items() if key != "name" and value != defaults[key]
+        ]
         lines.append(f"| `{name}` | {', '.join(changed) or 'defaults'} | {PAPERS[name]} |")
     return "\n".join(lines) + "\n\n" + "\n\n".join(NOTES) + "\n"
 

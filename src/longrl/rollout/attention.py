@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 
-def attention_lse_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                       valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_lse_math(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference attention with log-sum-exp: q [..., Lq, D], k/v [..., Lk, D] -> fp32
     (out [..., Lq, D], lse [..., Lq]). ``valid`` (bool, broadcast to [..., Lq, Lk]) masks keys."""
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
@@ -55,8 +56,9 @@ def _flash_with_lse(q, k, v, scale):
     return out, lse[..., : q.shape[2]]
 
 
-def prefix_partials(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def prefix_partials(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Unmerged attention of one prompt's samples ``q [n, Hq, D]`` over its prefix ``k/v [Hkv, P, D]``.
 
     Returns partials (out [Hkv, S, R, D], lse [Hkv, S, R]) over S disjoint key ranges, with the
@@ -81,12 +83,13 @@ def prefix_partials(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
         vs = v[:, : splits * split].view(hkv, splits, split, dim)
         parts.append(_flash_with_lse(qs, ks, vs, scale))
     if tail:
-        parts.append(_flash_with_lse(qs[:, :1], k[:, None, splits * split:], v[:, None, splits * split:], scale))
+        parts.append(_flash_with_lse(qs[:, :1], k[:, None, splits * split :], v[:, None, splits * split :], scale))
     return parts
 
 
-def prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merged :func:`prefix_partials`: (out [Hkv, n*G, D] fp32, lse [Hkv, n*G] fp32)."""
     parts = prefix_partials(q, k, v, scale)
     return merge_partials(torch.cat([o for o, _ in parts], 1), torch.cat([l for _, l in parts], 1), dim=1)
@@ -105,8 +108,9 @@ def unfold_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.view(hkv, n, -1, *rest).transpose(0, 1).reshape(n, -1, *rest)
 
 
-def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: torch.Tensor, scale: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def suffix_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's own response KV: q [B, Hq, D], k/v [B, Hkv, W, D] with the first ``length``
     (0-d tensor, >= 1) entries valid. Returns fp32 (out [B, Hq, D], lse [B, Hq])."""
     b, hq, dim = q.shape
@@ -123,9 +127,15 @@ def suffix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
     return out.reshape(b, hq, dim), lse.reshape(b, hq)
 
 
-def attention_epilogue(q: torch.Tensor, prefix_parts: list[list[tuple[torch.Tensor, torch.Tensor]]], n: int,
-                       suffix_k: torch.Tensor, suffix_v: torch.Tensor, length: torch.Tensor, scale: float
-                       ) -> torch.Tensor:
+def attention_epilogue(
+    q: torch.Tensor,
+    prefix_parts: list[list[tuple[torch.Tensor, torch.Tensor]]],
+    n: int,
+    suffix_k: torch.Tensor,
+    suffix_v: torch.Tensor,
+    length: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """Merge each prompt's prefix partials with every row's suffix attention: [B, Hq, D] in q's dtype.
 
     Pure tensor arithmetic with static shapes: on GPU it is compiled into a few fused kernels."""
@@ -140,22 +150,29 @@ def attention_epilogue(q: torch.Tensor, prefix_parts: list[list[tuple[torch.Tens
     return merge_partials(out, lse, dim=0)[0].to(q.dtype)
 
 
-def cascade_attention(q: torch.Tensor, prefixes: list[tuple[torch.Tensor, torch.Tensor]], n: int,
-                      suffix_k: torch.Tensor, suffix_v: torch.Tensor, length: torch.Tensor, scale: float
-                      ) -> torch.Tensor:
+def cascade_attention(
+    q: torch.Tensor,
+    prefixes: list[tuple[torch.Tensor, torch.Tensor]],
+    n: int,
+    suffix_k: torch.Tensor,
+    suffix_v: torch.Tensor,
+    length: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """Decode attention for rows grouped by prompt (prompt i owns rows [i*n, (i+1)*n)).
 
     q [B, Hq, D]; ``prefixes[i]`` = (k, v) [Hkv, P_i, D]; suffix k/v [B, Hkv, W, D] with ``length``
     valid entries. Returns [B, Hq, D] in q's dtype.
     """
-    parts = [prefix_partials(q[i * n:(i + 1) * n], pk, pv, scale) for i, (pk, pv) in enumerate(prefixes)]
+    parts = [prefix_partials(q[i * n : (i + 1) * n], pk, pv, scale) for i, (pk, pv) in enumerate(prefixes)]
     return attention_epilogue(q, parts, n, suffix_k, suffix_v, length, scale)
 
 
 def _cudnn_with_lse(q, k, v, causal: bool, scale: float):
     """cuDNN attention (Hopper-native, GQA without repeating KV) with the natural-log LSE [B, Hq, Lq]."""
-    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
-        q, k, v, None, True, 0.0, causal, False, scale=scale)[:2]
+    out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)[
+        :2
+    ]
     return out, lse.reshape(q.shape[0], q.shape[1], -1)[..., : q.shape[2]]
 
 
@@ -207,8 +224,11 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
             return split_prefill_attention(q, k, v, scale, bucket=PREFILL_BUCKET)
         except RuntimeError as error:
             _cudnn_prefill = False
-            warnings.warn(f"cuDNN attention unavailable ({str(error).splitlines()[0][:200]}); prefill uses "
-                          "flash attention with repeated KV heads (slower)", stacklevel=2)
+            warnings.warn(
+                f"cuDNN attention unavailable ({str(error).splitlines()[0][:200]}); prefill uses "
+                "flash attention with repeated KV heads (slower)",
+                stacklevel=2,
+            )
     if q.is_cuda:
         # Flash attention serves the bottom-right causal bias with equal head counts: repeat the
         # KV heads (transient, one layer) rather than fall back to a materialised [c, e] mask.
@@ -216,5 +236,6 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
             k = k.repeat_interleave(hq // hkv, dim=1)
             v = v.repeat_interleave(hq // hkv, dim=1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(c, e), scale=scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(c, e), scale=scale,
-                                          enable_gqa=hq != hkv)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=causal_lower_right(c, e), scale=scale, enable_gqa=hq != hkv
+    )

@@ -30,7 +30,8 @@ class RolloutConfig:
     finish_check_interval: int = 8  # decode steps between host checks for finished samples
 
     def __post_init__(self) -> None:
-        config_utils.at_least(self, 1, "n", "max_new_tokens", "prefill_chunk_tokens", "max_prompts_per_batch",
-                              "finish_check_interval")
+        config_utils.at_least(
+            self, 1, "n", "max_new_tokens", "prefill_chunk_tokens", "max_prompts_per_batch", "finish_check_interval"
+        )
         config_utils.at_least(self, 0, "temperature", "top_k", "max_batch_prefix_tokens", "max_context_tokens")
         config_utils.in_range(self, "top_p", 0, 1, low_open=True)

@@ -30,8 +30,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def pre_attention(h, ln_w, q_w, q_b, k_w, k_b, v_w, v_b, cos, sin, *, eps: float, num_heads: int,
-                  kv_heads: int):
+def pre_attention(h, ln_w, q_w, q_b, k_w, k_b, v_w, v_b, cos, sin, *, eps: float, num_heads: int, kv_heads: int):
     """h [B, L, H] -> rotary-embedded q [B, Hq, L, D], k and v [B, Hkv, L, D]."""
     b, length, _ = h.shape
     x = rms_norm(h, ln_w, eps)
@@ -95,7 +94,7 @@ class TextDecoder:
         self.hidden_size = cfg.hidden_size
         self.vocab_size = cfg.vocab_size
         self.eps = cfg.rms_norm_eps
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.act = F.silu if cfg.hidden_act == "silu" else ACT2FN[cfg.hidden_act]
         self.max_positions = cfg.max_position_embeddings
         self.video_token_id = model.config.video_token_id
@@ -109,10 +108,22 @@ class TextDecoder:
     def _weights(layer) -> LayerWeights:
         a, m = layer.self_attn, layer.mlp
         return LayerWeights(
-            attn=(layer.input_layernorm.weight, a.q_proj.weight, a.q_proj.bias, a.k_proj.weight,
-                  a.k_proj.bias, a.v_proj.weight, a.v_proj.bias),
-            mlp=(a.o_proj.weight, layer.post_attention_layernorm.weight, m.gate_proj.weight,
-                 m.up_proj.weight, m.down_proj.weight),
+            attn=(
+                layer.input_layernorm.weight,
+                a.q_proj.weight,
+                a.q_proj.bias,
+                a.k_proj.weight,
+                a.k_proj.bias,
+                a.v_proj.weight,
+                a.v_proj.bias,
+            ),
+            mlp=(
+                a.o_proj.weight,
+                layer.post_attention_layernorm.weight,
+                m.gate_proj.weight,
+                m.up_proj.weight,
+                m.down_proj.weight,
+            ),
         )
 
     @property

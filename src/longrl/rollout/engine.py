@@ -32,9 +32,18 @@ class DecodeBatch:
     response token ``step + 1``.
     """
 
-    def __init__(self, dec: TextDecoder, ops: DecodeOps, params: SamplingParams, prompt_index: list[int],
-                 prefixes: list[PrefixKV], next_position: torch.Tensor, keys: torch.Tensor,
-                 stop_ids: torch.Tensor, suffix_capacity: int):
+    def __init__(
+        self,
+        dec: TextDecoder,
+        ops: DecodeOps,
+        params: SamplingParams,
+        prompt_index: list[int],
+        prefixes: list[PrefixKV],
+        next_position: torch.Tensor,
+        keys: torch.Tensor,
+        stop_ids: torch.Tensor,
+        suffix_capacity: int,
+    ):
         self.dec, self.ops, self.params = dec, ops, params
         self.n = params.n
         self.prompt_index = prompt_index
@@ -55,7 +64,7 @@ class DecodeBatch:
         # Rotary cos/sin of every response index, per prompt ([prompts, T, D]; its n samples share
         # positions): a step reads index ``step`` instead of running the rotary module (a handful
         # of small kernels). Response tokens are text: all three M-RoPE axes advance together.
-        positions = next_position[::self.n, None] + torch.arange(params.max_new_tokens, device=dev)
+        positions = next_position[:: self.n, None] + torch.arange(params.max_new_tokens, device=dev)
         self.cos, self.sin = dec.rope(positions[:, :, None].to(dec.dtype), positions[None].expand(3, -1, -1))
         self.plan = ops.plan(dec, [len(p) for p in prefixes], self.n)
 
@@ -190,8 +199,9 @@ def prompt_batches(lengths: list[int], max_prompts: int, max_tokens: int) -> lis
     return batches
 
 
-def _decode(batch: DecodeBatch, config: RolloutConfig, use_graphs: bool, results: list, stats: dict,
-            timed: bool) -> None:
+def _decode(
+    batch: DecodeBatch, config: RolloutConfig, use_graphs: bool, results: list, stats: dict, timed: bool
+) -> None:
     steps = batch.params.max_new_tokens
     capacity = batch.suffix_k.shape[3]
     runner = StepRunner(batch, use_graphs, stats, timed)
@@ -228,8 +238,13 @@ def decode_ops(config: RolloutConfig, device: torch.device) -> DecodeOps:
     cuda = device.type == "cuda"
     pack = config.pack_weights and cuda
     pack_gate_up = pack and config.pack_gate_up
-    return DecodeOps(compile=config.compile and cuda, gpu_kernels=config.use_triton and cuda and _has_triton(),
-                     pack=pack, pack_gate_up=pack_gate_up, overlap=cuda and not pack_gate_up)
+    return DecodeOps(
+        compile=config.compile and cuda,
+        gpu_kernels=config.use_triton and cuda and _has_triton(),
+        pack=pack,
+        pack_gate_up=pack_gate_up,
+        overlap=cuda and not pack_gate_up,
+    )
 
 
 def _prefill(dec: TextDecoder, prompt, chunk: int, compiled: bool) -> tuple[PrefixKV, torch.Tensor, bool]:
@@ -241,8 +256,10 @@ def _prefill(dec: TextDecoder, prompt, chunk: int, compiled: bool) -> tuple[Pref
     except Exception as error:  # noqa: BLE001 -- a compiler failure; an eager error re-raises below
         if not compiled:
             raise
-        warnings.warn(f"compiled prefill failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-                      "prefilling eagerly", stacklevel=2)
+        warnings.warn(
+            f"compiled prefill failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); prefilling eagerly",
+            stacklevel=2,
+        )
         return (*prefill(dec, PromptEmbedder(dec, prompt), prompt.position_ids, chunk, False), False)
 
 
@@ -252,8 +269,9 @@ def _sync_time(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def generate(model, prompts: list, params: SamplingParams, *, config: RolloutConfig | None = None,
-             stats: dict | None = None) -> list[list[Sample]]:
+def generate(
+    model, prompts: list, params: SamplingParams, *, config: RolloutConfig | None = None, stats: dict | None = None
+) -> list[list[Sample]]:
     """Sample ``params.n`` responses for each prompt; returns one list of n Samples per prompt.
 
     ``stats``, when given, receives timings (the device is synchronised at phase boundaries only
@@ -271,8 +289,9 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
     ops = decode_ops(config, dec.device)
     timed = stats is not None
     stats = stats if timed else {}
-    stats.update(prefill_s=0.0, pack_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0, eager_steps=0,
-                 capture_s=0.0)
+    stats.update(
+        prefill_s=0.0, pack_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0, eager_steps=0, capture_s=0.0
+    )
     stop_ids = torch.tensor(list(params.stop_token_ids) or [-1], dtype=torch.long, device=dec.device)
     results: list = [None] * len(prompts)
     compiled_prefill = config.compile and dec.device.type == "cuda"
@@ -282,18 +301,29 @@ def generate(model, prompts: list, params: SamplingParams, *, config: RolloutCon
             t0 = _sync_time(dec.device) if timed else 0.0
             prefixes, last_hidden = [], []
             for i in members:
-                prefix, hidden, compiled_prefill = _prefill(dec, prompts[i], config.prefill_chunk_tokens,
-                                                            compiled_prefill)
+                prefix, hidden, compiled_prefill = _prefill(
+                    dec, prompts[i], config.prefill_chunk_tokens, compiled_prefill
+                )
                 prefixes.append(prefix)
                 last_hidden.append(hidden)
             t1 = _sync_time(dec.device) if timed else 0.0
             ops.prepare(dec)  # after the first prefill: the packed copies add nothing to its peak
             t_pack = _sync_time(dec.device) if timed else 0.0
             rows = torch.tensor([i * params.n + j for i in members for j in range(params.n)], device=dec.device)
-            next_position = torch.tensor([prompts[i].next_position for i in members],
-                                         device=dec.device).repeat_interleave(params.n)
-            batch = DecodeBatch(dec, ops, params, members, prefixes, next_position, row_keys(seed, rows), stop_ids,
-                                suffix_capacity=max(1, params.max_new_tokens - 1))
+            next_position = torch.tensor(
+                [prompts[i].next_position for i in members], device=dec.device
+            ).repeat_interleave(params.n)
+            batch = DecodeBatch(
+                dec,
+                ops,
+                params,
+                members,
+                prefixes,
+                next_position,
+                row_keys(seed, rows),
+                stop_ids,
+                suffix_capacity=max(1, params.max_new_tokens - 1),
+            )
             batch.start(torch.stack(last_hidden))
             _decode(batch, config, use_graphs, results, stats, timed)
             del batch, prefixes

@@ -78,10 +78,38 @@ def _online_block(q, k_ptrs, v_ptrs, key_ok, m, l, acc, scale_log2, IEEE: tl.con
 
 @triton.jit
 def _prefix_part(
-    q_ptr, cos_ptr, sin_ptr, pk_ptr, pv_ptr, o_ptr, lse_ptr, t, split, tile, head,
-    stride_q, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
-    stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, prefix_len, split_len, rows, scale_log2,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    q_ptr,
+    cos_ptr,
+    sin_ptr,
+    pk_ptr,
+    pv_ptr,
+    o_ptr,
+    lse_ptr,
+    t,
+    split,
+    tile,
+    head,
+    stride_q,
+    stride_ct,
+    stride_pkh,
+    stride_pkp,
+    stride_pvh,
+    stride_pvp,
+    stride_oh,
+    stride_os,
+    stride_or,
+    stride_lh,
+    stride_ls,
+    stride_lr,
+    prefix_len,
+    split_len,
+    rows,
+    scale_log2,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One KV split of the shared prefix for a tile of folded rows -> one partial."""
     dd = tl.arange(0, HEAD_DIM)
@@ -107,9 +135,17 @@ def _prefix_part(
     # end made the compiler spill (255 registers + 112 B of stack at 4 warps, vs 8 B).
     for i in range(0, split_len // BLOCK_N):
         n = start + i * BLOCK_N + tl.arange(0, BLOCK_N)
-        m, l, acc = _online_block(q, k_base + n[:, None] * stride_pkp + dd[None, :],
-                                  v_base + n[:, None] * stride_pvp + dd[None, :], n < end, m, l, acc,
-                                  scale_log2, IEEE)
+        m, l, acc = _online_block(
+            q,
+            k_base + n[:, None] * stride_pkp + dd[None, :],
+            v_base + n[:, None] * stride_pvp + dd[None, :],
+            n < end,
+            m,
+            l,
+            acc,
+            scale_log2,
+            IEEE,
+        )
     has = l > 0
     out = acc / tl.where(has, l, 1.0)[:, None]
     lse = tl.where(has, (m + tl.log2(tl.where(has, l, 1.0))) * LN2, float("-inf"))  # natural log, like flash's
@@ -120,10 +156,38 @@ def _prefix_part(
 
 @triton.jit
 def _suffix_part(
-    q_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr, sk_ptr, sv_ptr, o_ptr, lse_ptr, t, sample, head, part,
-    stride_q, stride_kn, stride_vn, stride_ct, stride_sb, stride_sh, stride_sp,
-    stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, scale_log2,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr, IEEE: tl.constexpr,
+    q_ptr,
+    kn_ptr,
+    vn_ptr,
+    cos_ptr,
+    sin_ptr,
+    sk_ptr,
+    sv_ptr,
+    o_ptr,
+    lse_ptr,
+    t,
+    sample,
+    head,
+    part,
+    stride_q,
+    stride_kn,
+    stride_vn,
+    stride_ct,
+    stride_sb,
+    stride_sh,
+    stride_sp,
+    stride_oh,
+    stride_os,
+    stride_or,
+    stride_lh,
+    stride_ls,
+    stride_lr,
+    scale_log2,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """One sample's G query heads over its own response KV -> partial ``part``; writes this
     step's rotated key and value into the suffix cache at slot t."""
@@ -132,13 +196,15 @@ def _suffix_part(
     g_ok = g < GROUP
     cos = tl.load(cos_ptr + t * stride_ct + dd).to(tl.float32)
     sin = tl.load(sin_ptr + t * stride_ct + dd).to(tl.float32)
-    q = _rotated(q_ptr, sample * stride_q + (head * GROUP + g) * HEAD_DIM, g_ok, cos, sin,
-                 HEAD_DIM).to(q_ptr.dtype.element_ty)
+    q = _rotated(q_ptr, sample * stride_q + (head * GROUP + g) * HEAD_DIM, g_ok, cos, sin, HEAD_DIM).to(
+        q_ptr.dtype.element_ty
+    )
     # this step's key (rotated) and value, loaded into every row of the tile (the same address:
     # cache hits) so they combine with q row by row; row 0 writes them into the cache at slot t
     kv_rows = 0 * g[:, None] + dd[None, :]
-    k = _rotated(kn_ptr, sample * stride_kn + head * HEAD_DIM + 0 * g, g >= 0, cos, sin,
-                 HEAD_DIM).to(sk_ptr.dtype.element_ty)
+    k = _rotated(kn_ptr, sample * stride_kn + head * HEAD_DIM + 0 * g, g >= 0, cos, sin, HEAD_DIM).to(
+        sk_ptr.dtype.element_ty
+    )
     v_new = tl.load(vn_ptr + sample * stride_vn + head * HEAD_DIM + kv_rows)
     s_off = sample * stride_sb + head * stride_sh
     first = (g == 0)[:, None]
@@ -150,9 +216,17 @@ def _suffix_part(
     acc = tl.zeros([BLOCK_G, HEAD_DIM], tl.float32)
     for w0 in range(0, t, BLOCK_W):  # earlier response tokens (none at step 0)
         n = w0 + tl.arange(0, BLOCK_W)
-        m, l, acc = _online_block(q, sk_ptr + s_off + n[:, None] * stride_sp + dd[None, :],
-                                  sv_ptr + s_off + n[:, None] * stride_sp + dd[None, :], n < t, m, l, acc,
-                                  scale_log2, IEEE)
+        m, l, acc = _online_block(
+            q,
+            sk_ptr + s_off + n[:, None] * stride_sp + dd[None, :],
+            sv_ptr + s_off + n[:, None] * stride_sp + dd[None, :],
+            n < t,
+            m,
+            l,
+            acc,
+            scale_log2,
+            IEEE,
+        )
     # the current token (always present, so every row ends with l > 0)
     s_cur = tl.sum(q.to(tl.float32) * k.to(tl.float32), 1) * scale_log2
     m_new = tl.maximum(m, s_cur)
@@ -170,15 +244,48 @@ def _suffix_part(
 
 @triton.jit
 def decode_attention_kernel(
-    q_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr, step_ptr,
-    pk_ptr, pv_ptr, sk_ptr, sv_ptr, o_ptr, lse_ptr,
-    stride_q, stride_kn, stride_vn, stride_ct,
-    stride_pkh, stride_pkp, stride_pvh, stride_pvp,
-    stride_sb, stride_sh, stride_sp,
-    stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr,
-    prefix_len, split_len, splits, row_tiles, rows, scale_log2,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_W: tl.constexpr, IEEE: tl.constexpr,
+    q_ptr,
+    kn_ptr,
+    vn_ptr,
+    cos_ptr,
+    sin_ptr,
+    step_ptr,
+    pk_ptr,
+    pv_ptr,
+    sk_ptr,
+    sv_ptr,
+    o_ptr,
+    lse_ptr,
+    stride_q,
+    stride_kn,
+    stride_vn,
+    stride_ct,
+    stride_pkh,
+    stride_pkp,
+    stride_pvh,
+    stride_pvp,
+    stride_sb,
+    stride_sh,
+    stride_sp,
+    stride_oh,
+    stride_os,
+    stride_or,
+    stride_lh,
+    stride_ls,
+    stride_lr,
+    prefix_len,
+    split_len,
+    splits,
+    row_tiles,
+    rows,
+    scale_log2,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     # grid: (splits * row_tiles prefix programs + n suffix programs, KV heads). The two parts
     # are separate functions: Triton requires names set in both branches of an `if` to agree in type.
@@ -186,22 +293,92 @@ def decode_attention_kernel(
     head = tl.program_id(1)
     t = tl.load(step_ptr).to(tl.int32)  # this step's suffix slot; slots [0, t) hold earlier tokens
     if pid < splits * row_tiles:
-        _prefix_part(q_ptr, cos_ptr, sin_ptr, pk_ptr, pv_ptr, o_ptr, lse_ptr, t, pid % splits, pid // splits, head,
-                     stride_q, stride_ct, stride_pkh, stride_pkp, stride_pvh, stride_pvp,
-                     stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, prefix_len, split_len, rows,
-                     scale_log2,
-                     GROUP, HEAD_DIM, BLOCK_R, BLOCK_N, IEEE)
+        _prefix_part(
+            q_ptr,
+            cos_ptr,
+            sin_ptr,
+            pk_ptr,
+            pv_ptr,
+            o_ptr,
+            lse_ptr,
+            t,
+            pid % splits,
+            pid // splits,
+            head,
+            stride_q,
+            stride_ct,
+            stride_pkh,
+            stride_pkp,
+            stride_pvh,
+            stride_pvp,
+            stride_oh,
+            stride_os,
+            stride_or,
+            stride_lh,
+            stride_ls,
+            stride_lr,
+            prefix_len,
+            split_len,
+            rows,
+            scale_log2,
+            GROUP,
+            HEAD_DIM,
+            BLOCK_R,
+            BLOCK_N,
+            IEEE,
+        )
     else:
-        _suffix_part(q_ptr, kn_ptr, vn_ptr, cos_ptr, sin_ptr, sk_ptr, sv_ptr, o_ptr, lse_ptr, t,
-                     pid - splits * row_tiles, head, splits,
-                     stride_q, stride_kn, stride_vn, stride_ct, stride_sb, stride_sh, stride_sp,
-                     stride_oh, stride_os, stride_or, stride_lh, stride_ls, stride_lr, scale_log2,
-                     GROUP, HEAD_DIM, BLOCK_G, BLOCK_W, IEEE)
+        _suffix_part(
+            q_ptr,
+            kn_ptr,
+            vn_ptr,
+            cos_ptr,
+            sin_ptr,
+            sk_ptr,
+            sv_ptr,
+            o_ptr,
+            lse_ptr,
+            t,
+            pid - splits * row_tiles,
+            head,
+            splits,
+            stride_q,
+            stride_kn,
+            stride_vn,
+            stride_ct,
+            stride_sb,
+            stride_sh,
+            stride_sp,
+            stride_oh,
+            stride_os,
+            stride_or,
+            stride_lh,
+            stride_ls,
+            stride_lr,
+            scale_log2,
+            GROUP,
+            HEAD_DIM,
+            BLOCK_G,
+            BLOCK_W,
+            IEEE,
+        )
 
 
 @triton.jit
-def merge_kernel(o_ptr, lse_ptr, out_ptr, stride_oh, stride_or, stride_lh, stride_lr, stride_ob, parts,
-                 GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+def merge_kernel(
+    o_ptr,
+    lse_ptr,
+    out_ptr,
+    stride_oh,
+    stride_or,
+    stride_lh,
+    stride_lr,
+    stride_ob,
+    parts,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     # A row's partials are contiguous ([parts, D] and [parts]): all loads go out at once (a
     # chunked loop was latency-bound, 6 us per layer for 2 MB).
     r = tl.program_id(0)  # folded row over all prompts: sample r // G, head h*G + r % G
@@ -210,12 +387,15 @@ def merge_kernel(o_ptr, lse_ptr, out_ptr, stride_oh, stride_or, stride_lh, strid
     dd = tl.arange(0, HEAD_DIM)
     ok = s < parts
     lse = tl.load(lse_ptr + head * stride_lh + r * stride_lr + s, mask=ok, other=float("-inf"))
-    o = tl.load(o_ptr + head * stride_oh + r * stride_or + s[:, None] * HEAD_DIM + dd[None, :], mask=ok[:, None],
-                other=0.0).to(tl.float32)
+    o = tl.load(
+        o_ptr + head * stride_oh + r * stride_or + s[:, None] * HEAD_DIM + dd[None, :], mask=ok[:, None], other=0.0
+    ).to(tl.float32)
     w = tl.exp(lse - tl.max(lse, 0))  # the max is finite: the suffix partial holds the current token
     out = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
-    tl.store(out_ptr + (r // GROUP) * stride_ob + (head * GROUP + r % GROUP) * HEAD_DIM + dd,
-             out.to(out_ptr.dtype.element_ty))
+    tl.store(
+        out_ptr + (r // GROUP) * stride_ob + (head * GROUP + r % GROUP) * HEAD_DIM + dd,
+        out.to(out_ptr.dtype.element_ty),
+    )
 
 
 @dataclass(frozen=True)
@@ -236,9 +416,17 @@ class AttentionPlan:
     num_warps: int
 
 
-def attention_plan(prefix_lens: list[int], n: int, num_heads: int, kv_heads: int, head_dim: int,
-                   device: torch.device, block_n: int = 64, num_warps: int = 4,
-                   programs: int | None = None) -> AttentionPlan:
+def attention_plan(
+    prefix_lens: list[int],
+    n: int,
+    num_heads: int,
+    kv_heads: int,
+    head_dim: int,
+    device: torch.device,
+    block_n: int = 64,
+    num_warps: int = 4,
+    programs: int | None = None,
+) -> AttentionPlan:
     """Splits sized so one prompt's prefix programs number about ``programs`` (the longest
     prefix decides the count; shorter prompts get shorter splits, trailing ones may be empty).
 
@@ -255,14 +443,25 @@ def attention_plan(prefix_lens: list[int], n: int, num_heads: int, kv_heads: int
     programs = programs or max(kv_heads * row_tiles, sms - n * kv_heads)
     splits = max(1, min(triton.cdiv(longest, block_n), triton.cdiv(programs, kv_heads * row_tiles), 255))
     split_lens = tuple(max(block_n, triton.cdiv(triton.cdiv(p, splits), block_n) * block_n) for p in prefix_lens)
-    return AttentionPlan(n, group, kv_heads, head_dim, splits, split_lens, tuple(prefix_lens), block_r, row_tiles,
-                         block_n, num_warps)
+    return AttentionPlan(
+        n, group, kv_heads, head_dim, splits, split_lens, tuple(prefix_lens), block_r, row_tiles, block_n, num_warps
+    )
 
 
-def decode_attention(plan: AttentionPlan, q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
-                     cos: torch.Tensor, sin: torch.Tensor, step: torch.Tensor,
-                     prefixes: list[tuple[torch.Tensor, torch.Tensor]], suffix_k: torch.Tensor,
-                     suffix_v: torch.Tensor, scale: float, block_w: int = 64) -> torch.Tensor:
+def decode_attention(
+    plan: AttentionPlan,
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    step: torch.Tensor,
+    prefixes: list[tuple[torch.Tensor, torch.Tensor]],
+    suffix_k: torch.Tensor,
+    suffix_v: torch.Tensor,
+    scale: float,
+    block_w: int = 64,
+) -> torch.Tensor:
     """Cascade attention of one decode token per row, rotary and suffix-cache write included.
 
     q [B, Hq*D], k_new/v_new [B, Hkv*D]: this step's projections before rotary (row-strided
@@ -286,28 +485,75 @@ def decode_attention(plan: AttentionPlan, q: torch.Tensor, k_new: torch.Tensor, 
     block_g = max(16, triton.next_power_of_2(group))
     for g, (pk, pv) in enumerate(prefixes):
         lo, hi = g * n, (g + 1) * n
-        o_g, l_g = out[:, lo * group:], lse[:, lo * group:]
+        o_g, l_g = out[:, lo * group :], lse[:, lo * group :]
         decode_attention_kernel[(splits * plan.row_tiles + n, hkv)](
-            q[lo:hi], k_new[lo:hi], v_new[lo:hi], cos[g], sin[g], step,
-            pk, pv, suffix_k[lo:hi], suffix_v[lo:hi], o_g, l_g,
-            q.stride(0), k_new.stride(0), v_new.stride(0), cos.stride(1),
-            pk.stride(0), pk.stride(1), pv.stride(0), pv.stride(1),
-            suffix_k.stride(0), suffix_k.stride(1), suffix_k.stride(2),
-            out.stride(0), out.stride(2), out.stride(1), lse.stride(0), lse.stride(2), lse.stride(1),
-            pk.shape[1], plan.split_lens[g], splits, plan.row_tiles, rows, scale * LOG2E,
-            GROUP=group, HEAD_DIM=dim, BLOCK_R=plan.block_r, BLOCK_N=plan.block_n, BLOCK_G=block_g,
-            BLOCK_W=block_w, IEEE=ieee, num_warps=plan.num_warps, num_stages=3,
+            q[lo:hi],
+            k_new[lo:hi],
+            v_new[lo:hi],
+            cos[g],
+            sin[g],
+            step,
+            pk,
+            pv,
+            suffix_k[lo:hi],
+            suffix_v[lo:hi],
+            o_g,
+            l_g,
+            q.stride(0),
+            k_new.stride(0),
+            v_new.stride(0),
+            cos.stride(1),
+            pk.stride(0),
+            pk.stride(1),
+            pv.stride(0),
+            pv.stride(1),
+            suffix_k.stride(0),
+            suffix_k.stride(1),
+            suffix_k.stride(2),
+            out.stride(0),
+            out.stride(2),
+            out.stride(1),
+            lse.stride(0),
+            lse.stride(2),
+            lse.stride(1),
+            pk.shape[1],
+            plan.split_lens[g],
+            splits,
+            plan.row_tiles,
+            rows,
+            scale * LOG2E,
+            GROUP=group,
+            HEAD_DIM=dim,
+            BLOCK_R=plan.block_r,
+            BLOCK_N=plan.block_n,
+            BLOCK_G=block_g,
+            BLOCK_W=block_w,
+            IEEE=ieee,
+            num_warps=plan.num_warps,
+            num_stages=3,
         )
     merged = torch.empty(b, group * hkv * dim, device=q.device, dtype=q.dtype)
     block_s = triton.next_power_of_2(parts)
     merge_kernel[(b * group, hkv)](
-        out, lse, merged, out.stride(0), out.stride(1), lse.stride(0), lse.stride(1), merged.stride(0), parts,
-        GROUP=group, HEAD_DIM=dim, BLOCK_S=block_s, num_warps=8 if block_s * dim >= 8192 else 4,
+        out,
+        lse,
+        merged,
+        out.stride(0),
+        out.stride(1),
+        lse.stride(0),
+        lse.stride(1),
+        merged.stride(0),
+        parts,
+        GROUP=group,
+        HEAD_DIM=dim,
+        BLOCK_S=block_s,
+        num_warps=8 if block_s * dim >= 8192 else 4,
     )
     return merged
 
 
 # ---- sampling: one token per row from the LM head's logits, with its log-prob ----
+
 
 @triton.jit
 def _hash32(x):
@@ -318,8 +564,20 @@ def _hash32(x):
 
 
 @triton.jit
-def sample_partials_kernel(logits_ptr, keys_ptr, step_ptr, vhash_ptr, part_ptr, idx_ptr, stride_l, vocab, chunk,
-                           temperature, GREEDY: tl.constexpr, BLOCK: tl.constexpr):
+def sample_partials_kernel(
+    logits_ptr,
+    keys_ptr,
+    step_ptr,
+    vhash_ptr,
+    part_ptr,
+    idx_ptr,
+    stride_l,
+    vocab,
+    chunk,
+    temperature,
+    GREEDY: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     # one program per (row, vocab chunk): running log-sum-exp of logits / T, and the argmax of
     # logits / T + Gumbel noise (of the logits when greedy), first index on ties like torch.argmax
     row = tl.program_id(0)
@@ -363,8 +621,17 @@ def sample_partials_kernel(logits_ptr, keys_ptr, step_ptr, vhash_ptr, part_ptr, 
 
 
 @triton.jit
-def sample_combine_kernel(logits_ptr, part_ptr, idx_ptr, tokens_ptr, logprobs_ptr, stride_l, temperature,
-                          CHUNKS: tl.constexpr, GREEDY: tl.constexpr):
+def sample_combine_kernel(
+    logits_ptr,
+    part_ptr,
+    idx_ptr,
+    tokens_ptr,
+    logprobs_ptr,
+    stride_l,
+    temperature,
+    CHUNKS: tl.constexpr,
+    GREEDY: tl.constexpr,
+):
     row = tl.program_id(0)
     c = tl.arange(0, CHUNKS)
     p = part_ptr + (row * CHUNKS + c) * 3
@@ -381,9 +648,16 @@ def sample_combine_kernel(logits_ptr, part_ptr, idx_ptr, tokens_ptr, logprobs_pt
     tl.store(logprobs_ptr + row, x - lse)
 
 
-def sample(logits: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, vocab_hash: torch.Tensor,
-           temperature: float, greedy: bool, chunks: int = 32, block: int = 1024
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    logits: torch.Tensor,
+    keys: torch.Tensor,
+    step: torch.Tensor,
+    vocab_hash: torch.Tensor,
+    temperature: float,
+    greedy: bool,
+    chunks: int = 32,
+    block: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``sampling.sample_tokens`` without top-k/top-p in two launches (the compiled version ran
     one program per row over the whole vocabulary: 90 us per step for 8 rows). Same integer
     noise as the torch sampler; tokens and log-probs [rows] (long, fp32)."""
@@ -392,10 +666,33 @@ def sample(logits: torch.Tensor, keys: torch.Tensor, step: torch.Tensor, vocab_h
     chunk = triton.cdiv(triton.cdiv(vocab, chunks), block) * block
     parts = torch.empty(rows, chunks, 3, device=logits.device, dtype=torch.float32)
     idx = torch.empty(rows, chunks, device=logits.device, dtype=torch.int32)
-    sample_partials_kernel[(rows, chunks)](logits, keys, step, vocab_hash, parts, idx, logits.stride(0), vocab,
-                                           chunk, float(temperature), GREEDY=greedy, BLOCK=block, num_warps=4)
+    sample_partials_kernel[(rows, chunks)](
+        logits,
+        keys,
+        step,
+        vocab_hash,
+        parts,
+        idx,
+        logits.stride(0),
+        vocab,
+        chunk,
+        float(temperature),
+        GREEDY=greedy,
+        BLOCK=block,
+        num_warps=4,
+    )
     tokens = torch.empty(rows, device=logits.device, dtype=torch.long)
     logprobs = torch.empty(rows, device=logits.device, dtype=torch.float32)
-    sample_combine_kernel[(rows,)](logits, parts, idx, tokens, logprobs, logits.stride(0), float(temperature),
-                                   CHUNKS=chunks, GREEDY=greedy, num_warps=1)
+    sample_combine_kernel[(rows,)](
+        logits,
+        parts,
+        idx,
+        tokens,
+        logprobs,
+        logits.stride(0),
+        float(temperature),
+        CHUNKS=chunks,
+        GREEDY=greedy,
+        num_warps=1,
+    )
     return tokens, logprobs

@@ -10,6 +10,7 @@ cuBLAS; the norms and SiLU are ``torch.compile``d glue. Weights are arguments, n
 attributes, so each compiled function serves every layer and every ``generate`` call. On CPU
 everything runs eagerly, op for op the same arithmetic as transformers.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -59,8 +60,9 @@ def sample_step(logits, keys, index, vocab_hash, *, sampling):
     return sample_tokens(logits, params, keys, index, vocab_hash)
 
 
-_GLUE = dict(norm_in=norm_in, rotary_and_store=rotary_and_store, attend=attend, silu_mul=silu_mul,
-             sample_step=sample_step)
+_GLUE = dict(
+    norm_in=norm_in, rotary_and_store=rotary_and_store, attend=attend, silu_mul=silu_mul, sample_step=sample_step
+)
 
 
 @dataclass
@@ -125,8 +127,14 @@ class DecodeOps:
 
     _compiled: dict[str, Callable] = {}
 
-    def __init__(self, compile: bool, gpu_kernels: bool, pack: bool = False, pack_gate_up: bool | None = None,
-                 overlap: bool = False):
+    def __init__(
+        self,
+        compile: bool,
+        gpu_kernels: bool,
+        pack: bool = False,
+        pack_gate_up: bool | None = None,
+        overlap: bool = False,
+    ):
         self.compiled = compile
         self.gpu_kernels = gpu_kernels
         self.pack = pack
@@ -157,23 +165,34 @@ class DecodeOps:
             self.layers = decode_weights(dec, self.pack, self.pack_gate_up)
 
     def packed_bytes(self) -> int:
-        packed = [t for lw in self.layers or [] for t in (
-            *(lw.qkv[0] if len(lw.qkv) == 1 else ()), *(lw.mlp_in if len(lw.mlp_in) == 1 else ()))]
+        packed = [
+            t
+            for lw in self.layers or []
+            for t in (*(lw.qkv[0] if len(lw.qkv) == 1 else ()), *(lw.mlp_in if len(lw.mlp_in) == 1 else ()))
+        ]
         return sum(t.numel() * t.element_size() for t in packed if t is not None)
 
     def plan(self, dec: TextDecoder, prefix_lens: list[int], n: int):
         if not self.gpu_kernels:
             return None
-        return self.kernels.attention_plan(prefix_lens, n, dec.decode_heads, dec.decode_kv_heads, dec.head_dim,
-                                           dec.device)
+        return self.kernels.attention_plan(
+            prefix_lens, n, dec.decode_heads, dec.decode_kv_heads, dec.head_dim, dec.device
+        )
 
     def fall_back_to_eager(self, error: Exception) -> None:
-        warnings.warn(f"the compiled decode step failed ({type(error).__name__}: {error}); decoding with "
-                      "eager PyTorch ops instead (set rollout compile=false / use_triton=false to choose)",
-                      stacklevel=3)
+        warnings.warn(
+            f"the compiled decode step failed ({type(error).__name__}: {error}); decoding with "
+            "eager PyTorch ops instead (set rollout compile=false / use_triton=false to choose)",
+            stacklevel=3,
+        )
         layers = self.layers
-        self.__init__(compile=False, gpu_kernels=False, pack=self.pack, pack_gate_up=self.pack_gate_up,
-                      overlap=self.side is not None)
+        self.__init__(
+            compile=False,
+            gpu_kernels=False,
+            pack=self.pack,
+            pack_gate_up=self.pack_gate_up,
+            overlap=self.side is not None,
+        )
         self.layers = layers
 
     def _qkv(self, dec: TextDecoder, x, lw: DecodeLayer):
@@ -211,9 +230,19 @@ class DecodeOps:
             for i, lw in enumerate(self.layers):
                 h, x = self.norm_in(h, delta, lw.ln1, eps=dec.eps)
                 q, k, v = dec.sp.decode_qkv(*self._qkv(dec, x, lw), dec.head_dim)
-                attn = self.kernels.decode_attention(batch.plan, q, k, v, batch.cos, batch.sin, t,
-                                                     [p.layer(i) for p in prefixes], suffix_k[i], suffix_v[i],
-                                                     dec.scale)
+                attn = self.kernels.decode_attention(
+                    batch.plan,
+                    q,
+                    k,
+                    v,
+                    batch.cos,
+                    batch.sin,
+                    t,
+                    [p.layer(i) for p in prefixes],
+                    suffix_k[i],
+                    suffix_v[i],
+                    dec.scale,
+                )
                 attn = dec.sp.decode_output(attn)
                 h, x = self.norm_in(h, self.linear(attn, lw.o_w), lw.ln2, eps=dec.eps)
                 delta = self._mlp(dec, x, lw)
@@ -224,9 +253,17 @@ class DecodeOps:
         for i, lw in enumerate(self.layers):
             h, x = self.norm_in(h, delta, lw.ln1, eps=dec.eps)
             q, k, v = self._qkv(dec, x, lw)
-            q = self.rotary_and_store(*dec.sp.decode_qkv(q, k, v, dec.head_dim), cos, sin, suffix_k[i], suffix_v[i],
-                                      slot, num_heads=dec.decode_heads, kv_heads=dec.decode_kv_heads)
-            parts = [prefix_partials(q[g * n:(g + 1) * n], *p.layer(i), dec.scale) for g, p in enumerate(prefixes)]
+            q = self.rotary_and_store(
+                *dec.sp.decode_qkv(q, k, v, dec.head_dim),
+                cos,
+                sin,
+                suffix_k[i],
+                suffix_v[i],
+                slot,
+                num_heads=dec.decode_heads,
+                kv_heads=dec.decode_kv_heads,
+            )
+            parts = [prefix_partials(q[g * n : (g + 1) * n], *p.layer(i), dec.scale) for g, p in enumerate(prefixes)]
             sk, sv = suffix_k[i][:, :, :window], suffix_v[i][:, :, :window]
             if compiled:  # one compiled kernel set for every prefix split count and suffix window
                 for o, l in (part for prompt_parts in parts for part in prompt_parts):

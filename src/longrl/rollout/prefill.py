@@ -31,8 +31,13 @@ class PrefixKV:
         return self.k[i], self.v[i]
 
 
-def prefill(dec: TextDecoder, embed: Callable[[int, int], torch.Tensor], position_ids: torch.Tensor,
-            chunk: int, compiled: bool = False) -> tuple[PrefixKV, torch.Tensor]:
+def prefill(
+    dec: TextDecoder,
+    embed: Callable[[int, int], torch.Tensor],
+    position_ids: torch.Tensor,
+    chunk: int,
+    compiled: bool = False,
+) -> tuple[PrefixKV, torch.Tensor]:
     """Run a prompt at M-RoPE ``position_ids [3, L]``; ``embed(start, end)`` gives the input
     embeddings [end - start, H] of a chunk. Returns the prefix KV and the final
     hidden state [H] of the last prompt token (it predicts the first response token).
@@ -56,15 +61,13 @@ def prefill(dec: TextDecoder, embed: Callable[[int, int], torch.Tensor], positio
         h = sp.shard(embed(start, end).to(dec.dtype)[None], dim=1)
         cos, sin = dec.rope(h, sp.shard(position_ids[:, None, start:end], dim=2))
         for i, w in enumerate(dec.layers):
-            q, k, v = pre_attention(h, *w.attn, cos, sin, eps=dec.eps, num_heads=dec.num_heads,
-                                    kv_heads=dec.kv_heads)
+            q, k, v = pre_attention(h, *w.attn, cos, sin, eps=dec.eps, num_heads=dec.num_heads, kv_heads=dec.kv_heads)
             q, k, v = sp.heads(q, k, v, end - start)
             k_store[i, :, start:end] = k[0]
             v_store[i, :, start:end] = v[0]
             attn = prefill_attention(q, k_store[i, None, :, :end], v_store[i, None, :, :end], dec.scale)
             attn = sp.tokens(attn, seq_dim=2, head_dim=1)
-            h = post_attention(h, attn.transpose(1, 2).reshape(1, h.shape[1], -1), *w.mlp, eps=dec.eps,
-                               act=dec.act)
+            h = post_attention(h, attn.transpose(1, 2).reshape(1, h.shape[1], -1), *w.mlp, eps=dec.eps, act=dec.act)
     # the last prompt token's hidden state, from the rank that holds it
     rows, owned = sp.local_rows(torch.tensor([end - start - 1], device=dec.device), end - start)
     last = sp.combine(h[0].index_select(0, rows), owned)[0]

@@ -20,46 +20,65 @@ def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_tokens: in
         where = f"prompt {i}"
         for name in ("input_ids", "position_ids", "video_embeds", "next_position"):
             if not hasattr(p, name):
-                raise ValueError(f"{where} is a {type(p).__name__}, not a Prompt (no {name!r}); "
-                                 "build it with longrl.models.qwen2_5_vl.build_prompt")
+                raise ValueError(
+                    f"{where} is a {type(p).__name__}, not a Prompt (no {name!r}); "
+                    "build it with longrl.models.qwen2_5_vl.build_prompt"
+                )
         ids = p.input_ids
         if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype not in (torch.long, torch.int):
-            raise ValueError(f"{where}: input_ids must be a 1-D integer tensor, got "
-                             f"{getattr(ids, 'dtype', type(ids))} of shape {tuple(getattr(ids, 'shape', ()))}")
+            raise ValueError(
+                f"{where}: input_ids must be a 1-D integer tensor, got "
+                f"{getattr(ids, 'dtype', type(ids))} of shape {tuple(getattr(ids, 'shape', ()))}"
+            )
         length = ids.numel()
         if length == 0:
-            raise ValueError(f"{where} is empty (0 tokens): every prompt needs at least one token, "
-                             "e.g. the chat template's generation prompt")
+            raise ValueError(
+                f"{where} is empty (0 tokens): every prompt needs at least one token, "
+                "e.g. the chat template's generation prompt"
+            )
         if max_tokens and length + max_new_tokens > max_tokens:
-            raise ValueError(f"{where} is too long: {length} prompt tokens + max_new_tokens={max_new_tokens} > "
-                             f"rollout max_context_tokens={max_tokens}; sample fewer frames, lower "
-                             "max_new_tokens, or raise max_context_tokens")
+            raise ValueError(
+                f"{where} is too long: {length} prompt tokens + max_new_tokens={max_new_tokens} > "
+                f"rollout max_context_tokens={max_tokens}; sample fewer frames, lower "
+                "max_new_tokens, or raise max_context_tokens"
+            )
         last = int(p.next_position) + max_new_tokens
         if last > dec.max_positions:
-            raise ValueError(f"{where} is too long: its response would reach M-RoPE position {last} > the model's "
-                             f"max_position_embeddings={dec.max_positions}; sample fewer frames or lower max_new_tokens")
+            raise ValueError(
+                f"{where} is too long: its response would reach M-RoPE position {last} > the model's "
+                f"max_position_embeddings={dec.max_positions}; sample fewer frames or lower max_new_tokens"
+            )
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= dec.vocab_size:
             raise ValueError(f"{where}: token ids span [{lo}, {hi}], outside the vocabulary [0, {dec.vocab_size})")
         pos = p.position_ids
         if not isinstance(pos, torch.Tensor) or tuple(pos.shape) != (3, length):
-            raise ValueError(f"{where}: position_ids must be [3, {length}] (M-RoPE t/h/w per token), got "
-                             f"{tuple(getattr(pos, 'shape', ()))}")
+            raise ValueError(
+                f"{where}: position_ids must be [3, {length}] (M-RoPE t/h/w per token), got "
+                f"{tuple(getattr(pos, 'shape', ()))}"
+            )
         if int(p.next_position) <= int(pos.max()):
-            raise ValueError(f"{where}: next_position={p.next_position} must exceed the largest prompt "
-                             f"position {int(pos.max())}")
+            raise ValueError(
+                f"{where}: next_position={p.next_position} must exceed the largest prompt position {int(pos.max())}"
+            )
         if int((ids == dec.image_token_id).sum()):
-            raise ValueError(f"{where} holds image placeholders; rollout takes video prompts (an image is a "
-                             "one-frame video: build it as a video)")
+            raise ValueError(
+                f"{where} holds image placeholders; rollout takes video prompts (an image is a "
+                "one-frame video: build it as a video)"
+            )
         n_video = int((ids == dec.video_token_id).sum())
         emb = p.video_embeds
         n_emb = 0 if emb is None else emb.shape[0]
         if n_video != n_emb:
-            raise ValueError(f"{where} has {n_video} video placeholder tokens but {n_emb} video embeddings; "
-                             "rebuild it with build_prompt so the placeholder is expanded to one token per embedding")
+            raise ValueError(
+                f"{where} has {n_video} video placeholder tokens but {n_emb} video embeddings; "
+                "rebuild it with build_prompt so the placeholder is expanded to one token per embedding"
+            )
         if emb is not None and (emb.dim() != 2 or emb.shape[1] != dec.hidden_size):
-            raise ValueError(f"{where}: video_embeds must be [{n_video}, {dec.hidden_size}], got {tuple(emb.shape)} "
-                             "(embeddings from another model?)")
+            raise ValueError(
+                f"{where}: video_embeds must be [{n_video}, {dec.hidden_size}], got {tuple(emb.shape)} "
+                "(embeddings from another model?)"
+            )
 
 
 class PromptEmbedder:

@@ -50,8 +50,10 @@ def api_key_from_env(cfg: ServeConfig) -> str:
         return ""
     key = os.environ.get(cfg.api_key_env, "")
     if not key:
-        raise ValueError(f"--api-key-env {cfg.api_key_env}: that environment variable is unset or empty; "
-                         "export it or drop the flag to serve without a key")
+        raise ValueError(
+            f"--api-key-env {cfg.api_key_env}: that environment variable is unset or empty; "
+            "export it or drop the flag to serve without a key"
+        )
     return key
 
 
@@ -59,8 +61,9 @@ def create_app(model, tokenizer, cfg: ServeConfig) -> FastAPI:
     name = cfg.served_model_name or Path(cfg.model or "longrl-policy").name
     api_key = api_key_from_env(cfg)
     policy = Policy(model, tokenizer, cfg)
-    batcher = Batcher(policy.run, wait_s=cfg.batch_wait_ms / 1000, max_prompts=cfg.max_batch_prompts,
-                      max_queue=cfg.max_queue)
+    batcher = Batcher(
+        policy.run, wait_s=cfg.batch_wait_ms / 1000, max_prompts=cfg.max_batch_prompts, max_queue=cfg.max_queue
+    )
     started = int(time.time())
 
     @asynccontextmanager
@@ -80,8 +83,7 @@ def create_app(model, tokenizer, cfg: ServeConfig) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, error: StarletteHTTPException):
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        return APIError(error.status_code, f"{request.method} {request.url.path}: {error.detail}",
-                        type=kind).response()
+        return APIError(error.status_code, f"{request.method} {request.url.path}: {error.detail}", type=kind).response()
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, error: RequestValidationError):
@@ -98,14 +100,23 @@ def create_app(model, tokenizer, cfg: ServeConfig) -> FastAPI:
         header = request.headers.get("authorization", "")
         given = header[7:] if header.lower().startswith("bearer ") else ""
         if not hmac.compare_digest(given.encode(), api_key.encode()):
-            raise APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                           type="invalid_request_error", code="invalid_api_key")
+            raise APIError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                type="invalid_request_error",
+                code="invalid_api_key",
+            )
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": name, "queued": batcher.queue.qsize() if batcher.queue else 0,
-                "batches": batcher.batches, "generate_calls": policy.generate_calls,
-                "prompts_generated": policy.prompts_generated}
+        return {
+            "status": "ok",
+            "model": name,
+            "queued": batcher.queue.qsize() if batcher.queue else 0,
+            "batches": batcher.batches,
+            "generate_calls": policy.generate_calls,
+            "prompts_generated": policy.prompts_generated,
+        }
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -124,32 +135,48 @@ def create_app(model, tokenizer, cfg: ServeConfig) -> FastAPI:
         cid = completion_id()
         if chat.stream:
             include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            return StreamingResponse(sse_events(cid, name, completion, chat.logprobs, include_usage),
-                                     media_type="text/event-stream")
-        choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                    "logprobs": logprobs_block(c.pieces, c.logprobs) if chat.logprobs else None,
-                    "finish_reason": c.finish_reason} for i, c in enumerate(completion.choices)]
+            return StreamingResponse(
+                sse_events(cid, name, completion, chat.logprobs, include_usage), media_type="text/event-stream"
+            )
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": logprobs_block(c.pieces, c.logprobs) if chat.logprobs else None,
+                "finish_reason": c.finish_reason,
+            }
+            for i, c in enumerate(completion.choices)
+        ]
         return completion_body(cid, name, choices, usage(completion))
 
     return app
 
 
 def usage(completion: Completion) -> dict:
-    return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-            "total_tokens": completion.prompt_tokens + completion.completion_tokens}
+    return {
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+    }
 
 
 async def read_json(request: Request, limit: int):
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"the request body is {int(declared)} bytes, over this server's limit of {limit} "
-                            "(--max-request-bytes)", code="request_too_large")
+        raise APIError(
+            413,
+            f"the request body is {int(declared)} bytes, over this server's limit of {limit} (--max-request-bytes)",
+            code="request_too_large",
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise APIError(413, f"the request body is over this server's limit of {limit} bytes "
-                                "(--max-request-bytes)", code="request_too_large")
+            raise APIError(
+                413,
+                f"the request body is over this server's limit of {limit} bytes (--max-request-bytes)",
+                code="request_too_large",
+            )
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
@@ -168,13 +195,22 @@ def sse_events(cid: str, model: str, completion: Completion, logprobs: bool, inc
         return f"data: {json.dumps(chunk_body(cid, model, created, choices, usage_body))}\n\n"
 
     for i, choice in enumerate(completion.choices):
-        yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                      "finish_reason": None}])
+        yield event(
+            [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+        )
         for piece, lp in zip(choice.pieces, choice.logprobs):
             if not piece and not logprobs:
                 continue
-            yield event([{"index": i, "delta": {"content": piece},
-                          "logprobs": logprobs_block([piece], [lp]) if logprobs else None, "finish_reason": None}])
+            yield event(
+                [
+                    {
+                        "index": i,
+                        "delta": {"content": piece},
+                        "logprobs": logprobs_block([piece], [lp]) if logprobs else None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
         yield event([{"index": i, "delta": {}, "logprobs": None, "finish_reason": choice.finish_reason}])
     if include_usage:
         yield event([], usage(completion))
@@ -191,8 +227,10 @@ def load_policy(cfg: ServeConfig):
     from longrl.models.qwen2_5_vl import load_model
 
     if not cfg.model or not Path(cfg.model).is_dir():
-        raise FileNotFoundError(f"--model {cfg.model!r} is not a directory; point it at a model saved by longrl "
-                                "(runs/NAME/model, or `longrl export` output)")
+        raise FileNotFoundError(
+            f"--model {cfg.model!r} is not a directory; point it at a model saved by longrl "
+            "(runs/NAME/model, or `longrl export` output)"
+        )
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     # ModelConfig checks the dtype string itself
     model, tokenizer = load_model(ModelConfig(path=cfg.model, dtype=cast(Any, cfg.dtype)), device=device)
@@ -206,8 +244,13 @@ def run_server(cfg: ServeConfig) -> None:
 
     model, tokenizer = load_policy(cfg)
     app = create_app(model, tokenizer, cfg)
-    log.info("serving %s on http://%s:%d/v1 (API key %s)", cfg.model, cfg.host, cfg.port,
-             f"from ${cfg.api_key_env}" if cfg.api_key_env else "not required")
+    log.info(
+        "serving %s on http://%s:%d/v1 (API key %s)",
+        cfg.model,
+        cfg.host,
+        cfg.port,
+        f"from ${cfg.api_key_env}" if cfg.api_key_env else "not required",
+    )
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
 
 

@@ -25,8 +25,12 @@ class Batcher:
 
     async def submit(self, job):
         if self.queue.qsize() >= self.max_queue:
-            raise APIError(429, f"the server has {self.max_queue} requests waiting (--max-queue); retry shortly",
-                           type="rate_limit_error", code="queue_full")
+            raise APIError(
+                429,
+                f"the server has {self.max_queue} requests waiting (--max-queue); retry shortly",
+                type="rate_limit_error",
+                code="queue_full",
+            )
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((job, future))
         return await future
@@ -58,8 +62,12 @@ class Batcher:
                 results = await loop.run_in_executor(self.executor, self.run_batch, [job for job, _ in live])
             except Exception as error:  # noqa: BLE001 -- a bug or an out-of-memory: fail this batch, keep serving
                 log.exception("generation failed for a batch of %d requests", len(live))
-                failure = APIError(500, f"generation failed: {type(error).__name__}: {str(error)[:300]}",
-                                   type="server_error", code="generation_failed")
+                failure = APIError(
+                    500,
+                    f"generation failed: {type(error).__name__}: {str(error)[:300]}",
+                    type="server_error",
+                    code="generation_failed",
+                )
                 results = [failure] * len(live)
             self.batches += 1
             for (_, future), result in zip(live, results):

@@ -60,13 +60,15 @@ def template_messages(messages, cfg: ServeConfig) -> tuple[list[dict], MediaRef 
                 parts.append({"type": "text", "text": part["text"]})
                 continue
             if kind not in ("image_url", "video", "video_url"):
-                raise bad_request(f"{param}: unknown content part type {kind!r}; use text, image_url, video or "
-                                  "video_url", param=param)
+                raise bad_request(
+                    f"{param}: unknown content part type {kind!r}; use text, image_url, video or video_url", param=param
+                )
             if role != "user":
                 raise bad_request(f"{param}: images and videos go in user messages, not {role}", param=param)
             if media is not None:
-                raise bad_request(f"{param}: a request holds at most one image or video (the first is "
-                                  f"{media.param})", param=param)
+                raise bad_request(
+                    f"{param}: a request holds at most one image or video (the first is {media.param})", param=param
+                )
             media = _media_ref(part, kind, param, cfg)
             parts.append({"type": "video"})
         if role != "user":  # the template renders system/assistant content as text only
@@ -87,8 +89,9 @@ def _media_ref(part: dict, kind: str, param: str, cfg: ServeConfig) -> MediaRef:
     if not isinstance(target, str) or not target:
         raise bad_request(f"{param}: a {kind} part needs a URL or path string", param=param)
     if not isinstance(num_frames, int) or isinstance(num_frames, bool) or not 1 <= num_frames <= cfg.max_frames:
-        raise bad_request(f"{param}: num_frames must be an integer in [1, {cfg.max_frames}], got {num_frames!r}",
-                          param=param)
+        raise bad_request(
+            f"{param}: num_frames must be an integer in [1, {cfg.max_frames}], got {num_frames!r}", param=param
+        )
     kind_out = "image" if kind == "image_url" else "video"
     if target.startswith("data:"):
         if kind_out != "image":
@@ -110,8 +113,9 @@ def _data_url(url: str, param: str) -> bytes:
 def _local_path(target: str, param: str, cfg: ServeConfig) -> Path:
     parsed = urlparse(target)
     if parsed.scheme not in ("", "file"):
-        raise bad_request(f"{param}: {parsed.scheme}:// URLs are not fetched; send a data URL or a local file "
-                          "path", param=param)
+        raise bad_request(
+            f"{param}: {parsed.scheme}:// URLs are not fetched; send a data URL or a local file path", param=param
+        )
     root = Path(cfg.media_root).resolve()
     raw = Path(unquote(parsed.path) if parsed.scheme == "file" else target).expanduser()
     path = (raw if raw.is_absolute() else root / raw).resolve()
@@ -129,7 +133,10 @@ def load_media(ref: MediaRef, cfg: ServeConfig) -> VisionInputs:
             video = decode_video(cast(Path, ref.path), num_frames=ref.num_frames)  # a video is always a file
             frames, sample_fps = video.frames, video.sample_fps
         else:
-            frames, sample_fps = _decode_image(ref.data if ref.data is not None else cast(Path, ref.path).read_bytes()), 1.0
+            frames, sample_fps = (
+                _decode_image(ref.data if ref.data is not None else cast(Path, ref.path).read_bytes()),
+                1.0,
+            )
         return preprocess_video(frames, sample_fps=sample_fps, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     except VideoError as error:
         raise bad_request(f"{ref.param}: {error}", param=ref.param) from None

@@ -56,7 +56,7 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
         if text.endswith("\ufffd") and k < len(ids):
             pieces.append("")
             continue
-        pieces.append(text[len(shown):])
+        pieces.append(text[len(shown) :])
         shown = text
     return pieces
 
@@ -81,11 +81,18 @@ class Policy:
         length, limit = len(prompt), self.cfg.max_context_tokens
         asked = job.request.max_completion_tokens or job.request.max_tokens
         if length >= limit or (asked and length + asked > limit):
-            size = f"{length + asked} tokens ({length} in the prompt + max_tokens={asked})" if asked else \
-                f"{length} prompt tokens"
-            raise APIError(400, f"this request is {size}, more than this server's context of {limit} tokens (--max-context-tokens); send "
-                                "fewer frames or less text, or lower max_tokens", param="messages",
-                           code="context_length_exceeded")
+            size = (
+                f"{length + asked} tokens ({length} in the prompt + max_tokens={asked})"
+                if asked
+                else f"{length} prompt tokens"
+            )
+            raise APIError(
+                400,
+                f"this request is {size}, more than this server's context of {limit} tokens (--max-context-tokens); send "
+                "fewer frames or less text, or lower max_tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
         max_tokens = asked or min(self.cfg.default_max_tokens, limit - length)
         return prompt, max_tokens
 
@@ -103,16 +110,28 @@ class Policy:
                 continue
             r = job.request
             greedy = r.temperature == 0
-            key = (r.n, 0.0 if greedy else r.temperature, 1.0 if greedy else r.top_p,
-                   i if r.seed is not None and not greedy else -1)
+            key = (
+                r.n,
+                0.0 if greedy else r.temperature,
+                1.0 if greedy else r.top_p,
+                i if r.seed is not None and not greedy else -1,
+            )
             groups.setdefault(key, []).append((i, prompt, max_tokens))
         for (n, temperature, top_p, _), members in groups.items():
-            params = SamplingParams(n=n, temperature=temperature, top_p=top_p, stop_token_ids=self.stop_ids,
-                                    max_new_tokens=max(m for _, _, m in members),
-                                    seed=jobs[members[0][0]].request.seed)
+            params = SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                stop_token_ids=self.stop_ids,
+                max_new_tokens=max(m for _, _, m in members),
+                seed=jobs[members[0][0]].request.seed,
+            )
             for (i, prompt, max_tokens), samples in zip(members, self._generate([p for _, p, _ in members], params)):
-                results[i] = samples if isinstance(samples, APIError) else \
-                    self._completion(jobs[i], len(prompt), samples, max_tokens)
+                results[i] = (
+                    samples
+                    if isinstance(samples, APIError)
+                    else self._completion(jobs[i], len(prompt), samples, max_tokens)
+                )
         return cast(list[Completion | APIError], results)  # every job got one
 
     def _generate(self, prompts: list, params: SamplingParams) -> list:

@@ -18,8 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from longrl.serve.errors import APIError, bad_request
 
 # Fields whose meaning the engine cannot honour: refused when set to anything but their default.
-UNSUPPORTED = {"tools": None, "tool_choice": None, "functions": None, "function_call": None,
-               "response_format": None, "logit_bias": None, "frequency_penalty": 0, "presence_penalty": 0}
+UNSUPPORTED = {
+    "tools": None,
+    "tool_choice": None,
+    "functions": None,
+    "function_call": None,
+    "response_format": None,
+    "logit_bias": None,
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+}
 
 
 class Message(BaseModel):
@@ -60,8 +68,11 @@ def parse_request(body: Any, max_n: int) -> ChatRequest:
         raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}")
     for name, default in UNSUPPORTED.items():
         if body.get(name) not in (default, None, [], {}):  # an empty tools list asks for nothing
-            raise bad_request(f"{name} is not supported by longrl serve; remove it from the request", param=name,
-                              code="unsupported_parameter")
+            raise bad_request(
+                f"{name} is not supported by longrl serve; remove it from the request",
+                param=name,
+                code="unsupported_parameter",
+            )
     try:
         request = ChatRequest.model_validate(body)
     except ValidationError as error:
@@ -72,8 +83,12 @@ def parse_request(body: Any, max_n: int) -> ChatRequest:
     if request.n > max_n:
         raise bad_request(f"n={request.n} is above this server's limit of {max_n} (--max-n)", param="n")
     if request.top_logprobs:
-        raise bad_request("top_logprobs is not supported (the engine reports the sampled token's log-prob only); "
-                          "set logprobs=true and top_logprobs=0", param="top_logprobs", code="unsupported_parameter")
+        raise bad_request(
+            "top_logprobs is not supported (the engine reports the sampled token's log-prob only); "
+            "set logprobs=true and top_logprobs=0",
+            param="top_logprobs",
+            code="unsupported_parameter",
+        )
     if len(request.stop_strings) > 4:
         raise bad_request(f"stop takes at most 4 strings, got {len(request.stop_strings)}", param="stop")
     return request
@@ -91,13 +106,24 @@ def completion_id() -> str:
 
 
 def logprobs_block(tokens: list[str], logprobs: list[float]) -> dict:
-    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-                        for t, lp in zip(tokens, logprobs)]}
+    return {
+        "content": [
+            {"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+            for t, lp in zip(tokens, logprobs)
+        ]
+    }
 
 
 def completion_body(cid: str, model: str, choices: list[dict], usage: dict) -> dict:
-    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": choices, "usage": usage, "system_fingerprint": "longrl"}
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+        "system_fingerprint": "longrl",
+    }
 
 
 def chunk_body(cid: str, model: str, created: int, choices: list[dict], usage: dict | None = None) -> dict:
@@ -108,5 +134,9 @@ def chunk_body(cid: str, model: str, created: int, choices: list[dict], usage: d
 
 
 def not_found_model(name: str, served: str) -> APIError:
-    return APIError(404, f"the model {name!r} does not exist; this server serves {served!r} (GET /v1/models)",
-                    param="model", code="model_not_found")
+    return APIError(
+        404,
+        f"the model {name!r} does not exist; this server serves {served!r} (GET /v1/models)",
+        param="model",
+        code="model_not_found",
+    )

@@ -61,9 +61,9 @@ class GroupPacking:
     def segment_ids(self, device: torch.device | str = "cpu", pad_to: int | None = None) -> torch.Tensor:
         """int32 [T]: 0 for prefix tokens, i+1 for tokens of response i, -1 for padding."""
         seg = torch.zeros(pad_to or self.total_len, dtype=torch.int32, device=device)
-        seg[self.total_len:] = -1
+        seg[self.total_len :] = -1
         for i, (start, n) in enumerate(zip(self.response_starts, self.response_lens)):
-            seg[start:start + n] = i + 1
+            seg[start : start + n] = i + 1
         return seg
 
     def predictor_index(self, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -98,8 +98,9 @@ def group_mask_mod(seg: torch.Tensor, q_start: int = 0):
     return mask_mod
 
 
-def group_block_counts(packing: GroupPacking, block: int = FLEX_BLOCK, device="cpu",
-                       q_start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def group_block_counts(
+    packing: GroupPacking, block: int = FLEX_BLOCK, device="cpu", q_start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per (query block, key block): how many (q, kv) pairs the layout allows, and how many exist.
     Query blocks cover packed rows [q_start, T); key blocks cover [0, T).
 
@@ -120,7 +121,9 @@ def group_block_counts(packing: GroupPacking, block: int = FLEX_BLOCK, device="c
     own_lo = torch.where(seg > 0, starts, q + 1)  # prefix rows: the first interval covers it all
     allowed = overlap(torch.zeros_like(q), prefix_hi) + overlap(own_lo, q + 1)
     allowed = F.pad(allowed, (0, 0, 0, nq * block - q.numel())).view(nq, block, nk).sum(1)
-    rows = (torch.arange(1, nq + 1, device=device) * block).clamp(max=T - q_start) - torch.arange(nq, device=device) * block
+    rows = (torch.arange(1, nq + 1, device=device) * block).clamp(max=T - q_start) - torch.arange(
+        nq, device=device
+    ) * block
     total = rows[:, None] * (k1 - k0)[None, :]  # the last blocks may be short
     return allowed, total
 
@@ -147,8 +150,13 @@ def group_block_mask(packing: GroupPacking, device, block: int = FLEX_BLOCK, q_s
     nk, nq = -(-T // block), -(-(T - q_start) // block)
     seg = packing.segment_ids(device, pad_to=max(nk * block, q_start + nq * block))
     return BlockMask.from_kv_blocks(
-        kv_num, kv_idx, full_num, full_idx,
-        BLOCK_SIZE=block, mask_mod=group_mask_mod(seg, q_start), seq_lengths=(T - q_start, T),
+        kv_num,
+        kv_idx,
+        full_num,
+        full_idx,
+        BLOCK_SIZE=block,
+        mask_mod=group_mask_mod(seg, q_start),
+        seq_lengths=(T - q_start, T),
     )
 
 
@@ -157,8 +165,9 @@ def hybrid_attention(packing: GroupPacking, block_mask, query, key, value, scali
     (block mask from ``group_block_mask(..., q_start=P)``). Inputs [1, H, T, D]; output [1, Hq, T, D]."""
     P = packing.prefix_len
     gqa = query.shape[1] != key.shape[1]
-    prefix_out = F.scaled_dot_product_attention(query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True,
-                                                scale=scaling, enable_gqa=gqa)
+    prefix_out = F.scaled_dot_product_attention(
+        query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True, scale=scaling, enable_gqa=gqa
+    )
     resp_out = _flex_attention()(query[:, :, P:], key, value, block_mask=block_mask, scale=scaling, enable_gqa=gqa)
     return _cat_rows(prefix_out, resp_out)
 
@@ -202,16 +211,30 @@ class GroupAttention(AttentionLayout):
         if backend == "flex":
             if "block_mask" not in self._cache:
                 self._cache["block_mask"] = group_block_mask(self.packing, query.device)
-            out = _flex_attention()(query, key, value, block_mask=self._cache["block_mask"], scale=scaling,
-                                    enable_gqa=query.shape[1] != key.shape[1])
+            out = _flex_attention()(
+                query,
+                key,
+                value,
+                block_mask=self._cache["block_mask"],
+                scale=scaling,
+                enable_gqa=query.shape[1] != key.shape[1],
+            )
         elif backend == "dense":
             if "dense" not in self._cache:
                 self._cache["dense"] = self.packing.dense_mask(query.device)
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=self._cache["dense"], scale=scaling,
-                                                 enable_gqa=query.shape[1] != key.shape[1])
+            out = F.scaled_dot_product_attention(
+                query,
+                key,
+                value,
+                attn_mask=self._cache["dense"],
+                scale=scaling,
+                enable_gqa=query.shape[1] != key.shape[1],
+            )
         elif backend == "hybrid":
             if "hybrid_mask" not in self._cache:
-                self._cache["hybrid_mask"] = group_block_mask(self.packing, query.device, q_start=self.packing.prefix_len)
+                self._cache["hybrid_mask"] = group_block_mask(
+                    self.packing, query.device, q_start=self.packing.prefix_len
+                )
             out = hybrid_attention(self.packing, self._cache["hybrid_mask"], query, key, value, scaling)
         elif backend == "split":
             out = split_attention(self.packing, query, key, value, scaling)
@@ -228,8 +251,9 @@ def split_attention(packing: GroupPacking, query, key, value, scaling) -> torch.
     P, lens = packing.prefix_len, packing.response_lens
     n, longest = len(lens), max(lens)
     groups = query.shape[1] // key.shape[1]
-    prefix_out = F.scaled_dot_product_attention(query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True,
-                                                scale=scaling, enable_gqa=groups > 1)
+    prefix_out = F.scaled_dot_product_attention(
+        query[:, :, :P], key[:, :, :P], value[:, :, :P], is_causal=True, scale=scaling, enable_gqa=groups > 1
+    )
     # response token j of response i sits at packed position start_i + j; pads repeat a real index
     # (their rows and keys come after every real token of the response, so no real query sees them)
     j = torch.arange(longest, device=query.device)
@@ -243,8 +267,13 @@ def split_attention(packing: GroupPacking, query, key, value, scaling) -> torch.
         x = torch.cat([x[:, :, :P].expand(n, -1, -1, -1), responses(x)], dim=2)
         return x.repeat_interleave(groups, dim=1) if groups > 1 else x
 
-    resp_out = F.scaled_dot_product_attention(responses(query), with_prefix(key), with_prefix(value),
-                                              attn_mask=causal_lower_right(longest, P + longest), scale=scaling)
+    resp_out = F.scaled_dot_product_attention(
+        responses(query),
+        with_prefix(key),
+        with_prefix(value),
+        attn_mask=causal_lower_right(longest, P + longest),
+        scale=scaling,
+    )
     real = j[None] < torch.tensor(lens, device=query.device)[:, None]  # [n, longest]
     resp_out = resp_out.transpose(1, 2)[real]  # [sum R, Hq, D], in packed order
     return _cat_rows(prefix_out, resp_out.permute(1, 0, 2)[None])
@@ -297,8 +326,11 @@ def unfusable_reason(text_model) -> str | None:
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
         if attn is None or mlp is None or not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj")):
             return f"unknown layer {type(layer).__name__}"
-        if attn.q_proj.bias is None or attn.o_proj.bias is not None or any(
-                getattr(mlp, n).bias is not None for n in ("gate_proj", "up_proj", "down_proj")):
+        if (
+            attn.q_proj.bias is None
+            or attn.o_proj.bias is not None
+            or any(getattr(mlp, n).bias is not None for n in ("gate_proj", "up_proj", "down_proj"))
+        ):
             return "unexpected biases"
     return None
 
@@ -320,16 +352,37 @@ def decoder_layer(layer, layout: AttentionLayout, fns, hidden, cos, sin):
     pre, post = fns
     attn, mlp = layer.self_attn, layer.mlp
     ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
-    q, k, v = pre(hidden, ln1.weight, attn.q_proj.weight, attn.q_proj.bias, attn.k_proj.weight, attn.k_proj.bias,
-                  attn.v_proj.weight, attn.v_proj.bias, cos, sin, eps=ln1.variance_epsilon,
-                  num_heads=attn.q_proj.out_features // attn.head_dim,
-                  kv_heads=attn.k_proj.out_features // attn.head_dim)
+    q, k, v = pre(
+        hidden,
+        ln1.weight,
+        attn.q_proj.weight,
+        attn.q_proj.bias,
+        attn.k_proj.weight,
+        attn.k_proj.bias,
+        attn.v_proj.weight,
+        attn.v_proj.bias,
+        cos,
+        sin,
+        eps=ln1.variance_epsilon,
+        num_heads=attn.q_proj.out_features // attn.head_dim,
+        kv_heads=attn.k_proj.out_features // attn.head_dim,
+    )
     out = layout.attend(attn, q, k, v, attn.scaling)  # [1, T, Hq, D]
-    return post(hidden, out.flatten(2), attn.o_proj.weight, ln2.weight, mlp.gate_proj.weight,
-                mlp.up_proj.weight, mlp.down_proj.weight, eps=ln2.variance_epsilon, act=F.silu)
+    return post(
+        hidden,
+        out.flatten(2),
+        attn.o_proj.weight,
+        ln2.weight,
+        mlp.gate_proj.weight,
+        mlp.up_proj.weight,
+        mlp.down_proj.weight,
+        eps=ln2.variance_epsilon,
+        act=F.silu,
+    )
 
 
 # ---- how many layers to checkpoint ------------------------------------------------------------------
+
 
 def kept_layer_bytes(text_config, tokens: int, dtype_bytes: int) -> int:
     """Activations one non-checkpointed layer keeps for backward, over ``tokens`` packed tokens, as
@@ -387,9 +440,20 @@ class ActivationBudget:
         return self.usable - self.missing_grads - self.head - self.final_norm - self.margin
 
 
-def activation_budget(*, driver_free: int, total: int, reserved: int, allocated: int, inactive_split: int,
-                      missing_grads: int, tokens: int, response_tokens: int, hidden_size: int, vocab: int,
-                      chunk_tokens: int = 1024) -> ActivationBudget:
+def activation_budget(
+    *,
+    driver_free: int,
+    total: int,
+    reserved: int,
+    allocated: int,
+    inactive_split: int,
+    missing_grads: int,
+    tokens: int,
+    response_tokens: int,
+    hidden_size: int,
+    vocab: int,
+    chunk_tokens: int = 1024,
+) -> ActivationBudget:
     """:class:`ActivationBudget` from allocator numbers (``torch.cuda.mem_get_info`` and ``memory_stats``).
 
     Cached blocks count as usable only when the allocator can release them whole: a free piece of a
@@ -411,15 +475,23 @@ def _activation_budget(model, device: torch.device, tokens: int, response_tokens
     stats = torch.cuda.memory_stats(device)
     grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
     cfg = model.config.text_config
-    return activation_budget(driver_free=driver_free, total=total, reserved=torch.cuda.memory_reserved(device),
-                             allocated=torch.cuda.memory_allocated(device),
-                             inactive_split=stats.get("inactive_split_bytes.all.current", 0), missing_grads=grads,
-                             tokens=tokens, response_tokens=response_tokens, hidden_size=cfg.hidden_size,
-                             vocab=cfg.vocab_size)
+    return activation_budget(
+        driver_free=driver_free,
+        total=total,
+        reserved=torch.cuda.memory_reserved(device),
+        allocated=torch.cuda.memory_allocated(device),
+        inactive_split=stats.get("inactive_split_bytes.all.current", 0),
+        missing_grads=grads,
+        tokens=tokens,
+        response_tokens=response_tokens,
+        hidden_size=cfg.hidden_size,
+        vocab=cfg.vocab_size,
+    )
 
 
-def replan_after_kept_layer(flags: list[bool], flagged: list[bool], index: int, measured: int, estimate: int,
-                            checkpointed: int, room: int) -> list[bool]:
+def replan_after_kept_layer(
+    flags: list[bool], flagged: list[bool], index: int, measured: int, estimate: int, checkpointed: int, room: int
+) -> list[bool]:
     """The plan, corrected once layer ``index`` (kept) has run: when it kept more than ``estimate``
     (``measured`` bytes), the layers after it are planned again with the measured size over the
     ``room`` left (the same rule as :func:`plan_checkpointing`, so one kept layer's worth stays
@@ -427,7 +499,7 @@ def replan_after_kept_layer(flags: list[bool], flagged: list[bool], index: int, 
     nothing (every later layer is kept already: checkpointed layers come first)."""
     if measured <= estimate or index + 1 >= len(flags):
         return flags
-    return flags[:index + 1] + plan_checkpointing(flagged[index + 1:], measured, checkpointed, room)
+    return flags[: index + 1] + plan_checkpointing(flagged[index + 1 :], measured, checkpointed, room)
 
 
 def flagged_layers(model) -> list[bool]:
@@ -454,15 +526,30 @@ def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.dev
     flags = plan_checkpointing(flagged, kept, tokens * cfg.hidden_size * elem, budget.available)
     allocated = torch.cuda.memory_allocated(device)
     text.longrl_checkpoint_plan = dict(
-        flagged=flagged, allocated=allocated, limit=allocated + budget.available, kept_estimate=kept,
-        checkpointed_bytes=tokens * cfg.hidden_size * elem, budget=dataclasses.asdict(budget),
-        available=budget.available, planned_checkpointed=sum(flags), kept_measured=None, replanned=False)
+        flagged=flagged,
+        allocated=allocated,
+        limit=allocated + budget.available,
+        kept_estimate=kept,
+        checkpointed_bytes=tokens * cfg.hidden_size * elem,
+        budget=dataclasses.asdict(budget),
+        available=budget.available,
+        planned_checkpointed=sum(flags),
+        kept_measured=None,
+        replanned=False,
+    )
     return flags
 
 
-def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vision: bool = False,
-                 backend: Backend = "auto", layers: LayerImpl = "auto",
-                 stats: dict | None = None) -> tuple[torch.Tensor, GroupPacking]:
+def group_hidden(
+    model,
+    prompt: Prompt,
+    responses: list[torch.Tensor],
+    *,
+    train_vision: bool = False,
+    backend: Backend = "auto",
+    layers: LayerImpl = "auto",
+    stats: dict | None = None,
+) -> tuple[torch.Tensor, GroupPacking]:
     """Final hidden states [T, H] of the packed group, and its packing. Under sequence parallelism
     (``longrl.dist``) the rows this rank holds: ``sequence_parallel(model).local_rows`` maps
     packed rows to them.
@@ -496,8 +583,15 @@ def group_hidden(model, prompt: Prompt, responses: list[torch.Tensor], *, train_
                 # the first kept layer: what it really keeps (its saved tensors and its output)
                 now = torch.cuda.memory_allocated(embeds.device)
                 plan["kept_measured"] = now - before
-                new = replan_after_kept_layer(flags, plan["flagged"], i, now - before, plan["kept_estimate"],
-                                              plan["checkpointed_bytes"], plan["limit"] - now)
+                new = replan_after_kept_layer(
+                    flags,
+                    plan["flagged"],
+                    i,
+                    now - before,
+                    plan["kept_estimate"],
+                    plan["checkpointed_bytes"],
+                    plan["limit"] - now,
+                )
                 plan["replanned"] = new != flags
                 flags = new
         if plan is not None:

@@ -59,8 +59,14 @@ def token_logprobs(
     grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
     logps, ents = [], []
     for start in range(0, max(hidden.shape[0], 1), chunk_tokens):  # no rows: one empty chunk (the head is used)
-        args = (hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens], head.weight, head.bias,
-                temperature, with_entropy)
+        args = (
+            hidden[start : start + chunk_tokens],
+            targets[start : start + chunk_tokens],
+            head.weight,
+            head.bias,
+            temperature,
+            with_entropy,
+        )
         logp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False) if grad else _chunk_logprobs(*args)
         logps.append(logp)
         ents.append(ent)
@@ -86,21 +92,48 @@ def group_logprobs(
     ``backend``: group attention (see ``GroupAttention``); ``layers``: decoder layer implementation
     (see ``group_hidden``; compiled fused layers on CUDA by default)."""
     # entered through the FSDP2 root when the model is sharded (longrl.dist): embeddings and head gathered
-    return root_forward(model, _group_logprobs, prompt, responses, temperature=temperature, train_vision=train_vision,
-                        with_entropy=with_entropy, chunk_tokens=chunk_tokens, backend=backend, layers=layers)
+    return root_forward(
+        model,
+        _group_logprobs,
+        prompt,
+        responses,
+        temperature=temperature,
+        train_vision=train_vision,
+        with_entropy=with_entropy,
+        chunk_tokens=chunk_tokens,
+        backend=backend,
+        layers=layers,
+    )
 
 
-def _group_logprobs(model, prompt: Prompt, responses: list[torch.Tensor], *, temperature: float, train_vision: bool,
-                    with_entropy: bool, chunk_tokens: int, backend: Backend, layers: LayerImpl) -> GroupLogprobs:
+def _group_logprobs(
+    model,
+    prompt: Prompt,
+    responses: list[torch.Tensor],
+    *,
+    temperature: float,
+    train_vision: bool,
+    with_entropy: bool,
+    chunk_tokens: int,
+    backend: Backend,
+    layers: LayerImpl,
+) -> GroupLogprobs:
     info: dict = {}
-    hidden, packing = group_hidden(model, prompt, responses, train_vision=train_vision, backend=backend,
-                                   layers=layers, stats=info)
+    hidden, packing = group_hidden(
+        model, prompt, responses, train_vision=train_vision, backend=backend, layers=layers, stats=info
+    )
     # under sequence parallelism each rank scores the predictor rows it holds, then all ranks get all
     sp = sequence_parallel(model)
     rows, owned = sp.local_rows(packing.predictor_index(hidden.device), packing.total_len)
     targets = torch.cat([r.to(hidden.device) for r in responses])[owned]
-    logp, ent = token_logprobs(lm_head(model), hidden.index_select(0, rows), targets, temperature=temperature,
-                               with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+    logp, ent = token_logprobs(
+        lm_head(model),
+        hidden.index_select(0, rows),
+        targets,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        chunk_tokens=chunk_tokens,
+    )
     logp, ent = sp.combine(logp, owned), (sp.combine(ent, owned) if ent is not None else None)
     sizes = packing.response_lens
     return GroupLogprobs(list(logp.split(sizes)), list(ent.split(sizes)) if ent is not None else None, info)
@@ -120,12 +153,19 @@ def sequence_logprobs(
     (the prefix is recomputed for every response). Returns (logp, entropy) when ``with_entropy``."""
     device = prompt.input_ids.device
     response = response.to(device)
-    embeds = torch.cat([prompt_embeds(model, prompt, grad_through_vision=train_vision),
-                        model.get_input_embeddings()(response)])
+    embeds = torch.cat(
+        [prompt_embeds(model, prompt, grad_through_vision=train_vision), model.get_input_embeddings()(response)]
+    )
     positions = torch.cat([prompt.position_ids, prompt.response_positions(response.numel())], dim=1)
     hidden = decoder_forward(model, embeds[None], positions[:, None])[0]
     P = len(prompt)
-    predictors = hidden[P - 1:P - 1 + response.numel()]
-    logp, ent = token_logprobs(lm_head(model), predictors, response, temperature=temperature,
-                               with_entropy=with_entropy, chunk_tokens=chunk_tokens)
+    predictors = hidden[P - 1 : P - 1 + response.numel()]
+    logp, ent = token_logprobs(
+        lm_head(model),
+        predictors,
+        response,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        chunk_tokens=chunk_tokens,
+    )
     return (logp, ent) if with_entropy else logp

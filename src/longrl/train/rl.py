@@ -8,19 +8,23 @@ GRPO by default; DAPO, REINFORCE++, RLOO, Dr.GRPO and GSPO are settings of the s
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from longrl.data.dataset import Example, PromptSampler, draw_examples
-from longrl.dist import data_parallel as dp
-from longrl.dist import current as dist_env, gathered, parallelize
+from longrl.data.prompt import encode_prompts
+from longrl.dist import current as dist_env, data_parallel as dp, gathered, parallelize
 from longrl.dist.env import all_true, max_int, sum_floats
 from longrl.dist.gather import gather_to_main
-from longrl.data.prompt import encode_prompts
+from longrl.infra.checkpoint import Checkpointer
+from longrl.infra.guard import NonFiniteGuard
+from longrl.infra.hf_files import ProcessorSpec
+from longrl.infra.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
+from longrl.infra.run_dir import claim_run_dir
 from longrl.models.inputs import Prompt
 from longrl.rewards.model import build_reward
 from longrl.rewards.registry import RewardInput
@@ -28,14 +32,9 @@ from longrl.rl.advantages import compute_advantages
 from longrl.rl.dynamic_sampling import BatchFiller, overlong_penalty
 from longrl.rl.losses import kl_penalty, policy_loss
 from longrl.rollout import SamplingParams, generate
-from longrl.infra.checkpoint import Checkpointer
-from longrl.infra.hf_files import ProcessorSpec
-from longrl.infra.guard import NonFiniteGuard
 from longrl.train.logprobs import group_logprobs
-from longrl.infra.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
 from longrl.train.microbatch import accumulation_normalizer, pad_ragged, split_group
 from longrl.train.optim import build_optimizer, build_scheduler
-from longrl.infra.run_dir import claim_run_dir
 
 log = logging.getLogger("longrl.rl")
 
@@ -56,29 +55,42 @@ class Group:
 
 def rollout(model, tokenizer, prompts: list[Prompt], examples: list[Example], cfg, seed: int) -> list[Group]:
     params = SamplingParams(
-        n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-        max_new_tokens=cfg.rollout.max_new_tokens, seed=seed,
+        n=cfg.rollout.n,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        top_k=cfg.rollout.top_k,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        seed=seed,
         stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),),
     )
     groups = []
     for prompt, example, samples in zip(prompts, examples, generate(model, prompts, params, config=cfg.rollout)):
         device = prompt.input_ids.device
-        groups.append(Group(
-            prompt=prompt, example=example,
-            responses=[torch.tensor(s.token_ids, dtype=torch.long, device=device) for s in samples],
-            old_logp=[torch.tensor(s.logprobs, dtype=torch.float32, device=device) for s in samples],
-            finished=[s.finish_reason == "stop" for s in samples],
-        ))
+        groups.append(
+            Group(
+                prompt=prompt,
+                example=example,
+                responses=[torch.tensor(s.token_ids, dtype=torch.long, device=device) for s in samples],
+                old_logp=[torch.tensor(s.logprobs, dtype=torch.float32, device=device) for s in samples],
+                finished=[s.finish_reason == "stop" for s in samples],
+            )
+        )
     return groups
 
 
 def score(groups: list[Group], tokenizer, reward_model, cfg) -> None:
     """Fill ``rewards`` and ``components`` of each group (DAPO's overlong penalty included)."""
     inputs = [
-        RewardInput(sample_id=f"{g.example.row.id}#{i}", response=tokenizer.decode(r, skip_special_tokens=True),
-                    answer=g.example.row.answer, options=g.example.row.options or None, question=g.example.row.question,
-                    row=g.example.row.to_dict())
-        for g in groups for i, r in enumerate(g.responses)
+        RewardInput(
+            sample_id=f"{g.example.row.id}#{i}",
+            response=tokenizer.decode(r, skip_special_tokens=True),
+            answer=g.example.row.answer,
+            options=g.example.row.options or None,
+            question=g.example.row.question,
+            row=g.example.row.to_dict(),
+        )
+        for g in groups
+        for i, r in enumerate(g.responses)
     ]
     results = iter(reward_model(inputs))
     algo = cfg.algorithm
@@ -87,13 +99,15 @@ def score(groups: list[Group], tokenizer, reward_model, cfg) -> None:
         rewards = torch.tensor([r.score for r in scored], dtype=torch.float32)
         if algo.overlong_buffer > 0:
             lengths = [len(r) for r in g.responses]
-            rewards = rewards - overlong_penalty(lengths, cfg.rollout.max_new_tokens, algo.overlong_buffer,
-                                                 algo.overlong_penalty)
+            rewards = rewards - overlong_penalty(
+                lengths, cfg.rollout.max_new_tokens, algo.overlong_buffer, algo.overlong_penalty
+            )
         g.rewards, g.components = rewards, [r.components for r in scored]
 
 
-def collect(model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, step: int,
-            timer) -> tuple[list[Group], list[Group], dict[str, float]]:
+def collect(
+    model, tokenizer, data, sampler: PromptSampler, reward_model, cfg, step: int, timer
+) -> tuple[list[Group], list[Group], dict[str, float]]:
     """Sample and score one step's groups. With DAPO dynamic sampling, groups whose rewards are all
     equal (no learning signal) are dropped and sampling goes on until the batch is full or
     ``max_tries`` rounds have run."""
@@ -124,8 +138,16 @@ def mini_batches(num_groups: int, count: int) -> list[list[int]]:
     return [list(range(start, min(start + size, num_groups))) for start in range(0, num_groups, size)]
 
 
-def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: list[torch.Tensor], cfg,
-                  guard: NonFiniteGuard, step: int) -> dict[str, float]:
+def policy_update(
+    model,
+    optimizer,
+    scheduler,
+    groups: list[Group],
+    advantages: list[torch.Tensor],
+    cfg,
+    guard: NonFiniteGuard,
+    step: int,
+) -> dict[str, float]:
     """``ppo_epochs`` passes of ``mini_batches`` optimizer steps over the groups; each group is one
     (or, over the token budget, a few) group forward(s) with gradient accumulation."""
     algo = cfg.algorithm
@@ -138,15 +160,24 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
             normalizer = accumulation_normalizer(algo.loss_agg, dp.global_lengths(lens))
             optimizer.zero_grad(set_to_none=True)
             total_loss = torch.zeros(())
-            micro = [(i, sub) for i in batch
-                     for sub in split_group(len(groups[i].prompt), [len(r) for r in groups[i].responses],
-                                            cfg.rl.micro_batch_tokens)]
+            micro = [
+                (i, sub)
+                for i in batch
+                for sub in split_group(
+                    len(groups[i].prompt), [len(r) for r in groups[i].responses], cfg.rl.micro_batch_tokens
+                )
+            ]
             runs_vision = lambda m: cfg.model.train_vision and groups[m[0]].prompt.vision is not None  # noqa: E731
             for (i, sub), scale in dp.pad_micro_batches(micro, (0, [0]), runs_vision):  # scale 0: padding
                 g = groups[i]
-                out = group_logprobs(model, g.prompt, [g.responses[j] for j in sub],
-                                     temperature=cfg.rollout.temperature, train_vision=cfg.model.train_vision,
-                                     with_entropy=True)
+                out = group_logprobs(
+                    model,
+                    g.prompt,
+                    [g.responses[j] for j in sub],
+                    temperature=cfg.rollout.temperature,
+                    train_vision=cfg.model.train_vision,
+                    with_entropy=True,
+                )
                 logp, mask = pad_ragged(out.logprobs)
                 old, _ = pad_ragged([g.old_logp[j] for j in sub])
                 ref = pad_ragged([g.ref_logp[j] for j in sub])[0] if g.ref_logp is not None else None
@@ -154,8 +185,9 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
                 adv = advantages[i][sub].to(logp.device)  # rewards (so advantages) are CPU tensors
                 if adv.dim() == 2:  # token-level (REINFORCE++): padded to the step's longest response
                     adv = adv[:, : logp.shape[1]]
-                loss, metrics = policy_loss(logp, old, adv, mask, algo, normalizer=normalizer,
-                                            ref_logp=ref, entropy=entropy)
+                loss, metrics = policy_loss(
+                    logp, old, adv, mask, algo, normalizer=normalizer, ref_logp=ref, entropy=entropy
+                )
                 (loss * scale).backward()
                 if scale == 0:
                     continue
@@ -181,8 +213,13 @@ def policy_update(model, optimizer, scheduler, groups: list[Group], advantages: 
 def reference_logprobs(ref_model, groups: list[Group], cfg) -> None:
     with torch.no_grad():
         for g in groups:
-            g.ref_logp = group_logprobs(ref_model, g.prompt, g.responses, temperature=cfg.rollout.temperature,
-                                        train_vision=cfg.model.train_vision).logprobs
+            g.ref_logp = group_logprobs(
+                ref_model,
+                g.prompt,
+                g.responses,
+                temperature=cfg.rollout.temperature,
+                train_vision=cfg.model.train_vision,
+            ).logprobs
 
 
 def step_advantages(groups: list[Group], cfg) -> tuple[list[torch.Tensor], dict[str, float]]:
@@ -205,16 +242,28 @@ def step_advantages(groups: list[Group], cfg) -> tuple[list[torch.Tensor], dict[
 def rollout_metrics(groups: list[Group], seen: list[Group], gather_chunks: int = 0) -> dict[str, float]:
     """Over every dp rank's samples (gathered to rank 0 in pieces); an empty dict on other ranks."""
     kept, groups_seen, tokens = sum_floats([len(groups), len(seen), sum(len(r) for g in seen for r in g.responses)])
-    records = gather_to_main([(float(g.rewards[i]), len(r), g.finished[i], g.components[i])
-                              for g in seen for i, r in enumerate(g.responses)], gather_chunks)
+    records = gather_to_main(
+        [
+            (float(g.rewards[i]), len(r), g.finished[i], g.components[i])
+            for g in seen
+            for i, r in enumerate(g.responses)
+        ],
+        gather_chunks,
+    )
     if records is None:
         return {}
     rewards = torch.tensor([r[0] for r in records])
     lengths = torch.tensor([float(r[1]) for r in records])
-    out = {"reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
-           "response/length_mean": lengths.mean().item(), "response/length_max": lengths.max().item(),
-           "response/clipped_frac": 1.0 - sum(r[2] for r in records) / lengths.numel(),
-           "rollout/groups_kept": int(kept), "rollout/groups_seen": int(groups_seen), "rollout/tokens": int(tokens)}
+    out = {
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+        "response/length_mean": lengths.mean().item(),
+        "response/length_max": lengths.max().item(),
+        "response/clipped_frac": 1.0 - sum(r[2] for r in records) / lengths.numel(),
+        "rollout/groups_kept": int(kept),
+        "rollout/groups_seen": int(groups_seen),
+        "rollout/tokens": int(tokens),
+    }
     names = {k for r in records for k in r[3]}
     for name in sorted(names):
         values = [r[3].get(name, 0.0) for r in records]
@@ -237,8 +286,12 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
     optimizer = build_optimizer(model, cfg.rl.optim)
     scheduler = build_scheduler(optimizer, cfg.rl.optim, cfg.rl.steps * updates_per_step)
     sampler = PromptSampler(len(data), seed=cfg.trainer.seed, rank=env.dp_rank, world=env.dp_size)
-    checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last, tokenizer=tokenizer,
-                                processor=ProcessorSpec.from_model(model, cfg.data.min_pixels, cfg.data.max_pixels))
+    checkpointer = Checkpointer(
+        run_dir,
+        keep_last=cfg.trainer.keep_last,
+        tokenizer=tokenizer,
+        processor=ProcessorSpec.from_model(model, cfg.data.min_pixels, cfg.data.max_pixels),
+    )
     guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps, checkpointer)
     start = 0
     if cfg.trainer.resume == "auto":
@@ -248,10 +301,17 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
             sampler.load_state_dict(state["sampler"])
             guard.load_state_dict(state.get("guard", {}))  # older checkpoints hold no guard state
             log.info("resumed from step %d", start)
-    logger = MetricsLogger(run_dir, total_steps=cfg.rl.steps, log_every=cfg.trainer.log_every,
-                           tensorboard=cfg.trainer.tensorboard, wandb=cfg.trainer.wandb,
-                           wandb_project=cfg.trainer.wandb_project, desc="rl", start_step=start,
-                           progress=progress and cfg.trainer.progress)
+    logger = MetricsLogger(
+        run_dir,
+        total_steps=cfg.rl.steps,
+        log_every=cfg.trainer.log_every,
+        tensorboard=cfg.trainer.tensorboard,
+        wandb=cfg.trainer.wandb,
+        wandb_project=cfg.trainer.wandb_project,
+        desc="rl",
+        start_step=start,
+        progress=progress and cfg.trainer.progress,
+    )
     timer = PhaseTimer()
     last: dict[str, float] = {}
     for step in range(start, cfg.rl.steps):
@@ -268,16 +328,29 @@ def train_rl(model, tokenizer, data, cfg, run_dir: str | Path, *, progress: bool
             with timer("update"):
                 actor |= policy_update(model, optimizer, scheduler, groups, advantages, cfg, guard, step + 1)
         times = timer.pop()
-        last = {**info, **rollout_metrics(groups, seen, env.config.gather_chunks), **actor, **times,
-                **reward_model.pop_metrics(), "data/skipped_rows": data.num_skipped}
+        last = {
+            **info,
+            **rollout_metrics(groups, seen, env.config.gather_chunks),
+            **actor,
+            **times,
+            **reward_model.pop_metrics(),
+            "data/skipped_rows": data.num_skipped,
+        }
         tokens = last.get("rollout/tokens", 0)  # over all dp ranks
-        last |= {"perf/rollout_tok_s": tokens / max(times.get("time/rollout", 0.0), 1e-9),
-                 "perf/step_tok_s": tokens / max(sum(times.values()), 1e-9),
-                 "perf/peak_mem_gb": peak_memory_gb(reset=True)}
+        last |= {
+            "perf/rollout_tok_s": tokens / max(times.get("time/rollout", 0.0), 1e-9),
+            "perf/step_tok_s": tokens / max(sum(times.values()), 1e-9),
+            "perf/peak_mem_gb": peak_memory_gb(reset=True),
+        }
         logger.log(step + 1, last)
         if step + 1 == cfg.rl.steps or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
-            checkpointer.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                              extra={"sampler": sampler.state_dict(), "guard": guard.state_dict()})
+            checkpointer.save(
+                step + 1,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                extra={"sampler": sampler.state_dict(), "guard": guard.state_dict()},
+            )
     logger.close()
     model.eval()
     return last

@@ -35,22 +35,26 @@ def run_training(stage: str, config_path, overrides) -> None:
     env = init_distributed(cfg.dist, cfg.trainer.device)  # torchrun's ranks, or one process
     if env.world_size > 1:
         if stage != "rl":
-            raise ValueError(f"longrl train {stage} runs in one process; start it without torchrun "
-                             f"(WORLD_SIZE={env.world_size}); only longrl train rl scales out")
+            raise ValueError(
+                f"longrl train {stage} runs in one process; start it without torchrun "
+                f"(WORLD_SIZE={env.world_size}); only longrl train rl scales out"
+            )
         device = env.device
     rows, bad_rows = read_split(cfg.data.train_path, cfg, "train_path")
     model, tokenizer = load_run_model(cfg, device, rows)
     if stage == "sft":
-        sft_stage(model, tokenizer, ExampleSet(rows, cfg.data, progress=cfg.trainer.progress, bad_rows=bad_rows),
-                  cfg, out)
+        sft_stage(
+            model, tokenizer, ExampleSet(rows, cfg.data, progress=cfg.trainer.progress, bad_rows=bad_rows), cfg, out
+        )
     else:
         embedder = None
         if cfg.data.embed_cache_dir:
             from longrl.data.embed_cache import EmbedCache, VideoEmbedder
 
             embedder = VideoEmbedder(model, cfg.data, EmbedCache(cfg.data.embed_cache_dir), cfg.model.train_vision)
-        train_rl(model, tokenizer, ExampleSet(rows, cfg.data, preload=False, embedder=embedder, bad_rows=bad_rows),
-                 cfg, out)
+        train_rl(
+            model, tokenizer, ExampleSet(rows, cfg.data, preload=False, embedder=embedder, bad_rows=bad_rows), cfg, out
+        )
     if env.world_size > 1:  # sharded weights: the last checkpoint (DCP, written by every rank) becomes the model
         from longrl.infra.checkpoint import CheckpointError, latest_complete
         from longrl.infra.export import export_hf

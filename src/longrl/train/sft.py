@@ -48,8 +48,12 @@ def sft_batch(model, tokenizer, examples: list[Example]) -> dict[str, torch.Tens
         input_ids[i, : len(s)] = s
         attention_mask[i, : len(s)] = 1
         loss_mask[i, : len(s)] = m
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask,
-             "mm_token_type_ids": (input_ids == model.config.video_token_id).int() * 2}
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "loss_mask": loss_mask,
+        "mm_token_type_ids": (input_ids == model.config.video_token_id).int() * 2,
+    }
     videos = [ex.vision for ex in examples if ex.vision is not None]
     if videos:
         batch["pixel_values_videos"] = torch.cat([v.pixel_values for v in videos])
@@ -99,16 +103,21 @@ class BatchOrder:
 
     def state_dict(self) -> dict:
         version, state, gauss = self.rng.getstate()
-        return {"rng_version": version, "rng_state": torch.tensor(state, dtype=torch.int64), "rng_gauss": gauss,
-                "pending": torch.tensor(self.pending, dtype=torch.int64)}
+        return {
+            "rng_version": version,
+            "rng_state": torch.tensor(state, dtype=torch.int64),
+            "rng_gauss": gauss,
+            "pending": torch.tensor(self.pending, dtype=torch.int64),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.setstate((state["rng_version"], tuple(state["rng_state"].tolist()), state["rng_gauss"]))
         self.pending = state["pending"].tolist()
 
 
-def train_sft(model, tokenizer, examples: list[Example], cfg, run_dir: str | Path, *,
-              skipped_rows: int = 0) -> list[float]:
+def train_sft(
+    model, tokenizer, examples: list[Example], cfg, run_dir: str | Path, *, skipped_rows: int = 0
+) -> list[float]:
     """Train for ``cfg.sft.epochs`` over ``examples`` (``cfg`` a Config), logging and
     checkpointing in ``run_dir`` and resuming from it; returns the losses of the steps run here.
     ``skipped_rows`` (bad rows left out of ``examples``) is logged as ``data/skipped_rows``."""
@@ -120,8 +129,12 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, run_dir: str | Pat
     optimizer = build_optimizer(model, cfg.sft.optim)
     scheduler = build_scheduler(optimizer, cfg.sft.optim, total)
     order = BatchOrder(len(examples), cfg.sft.batch_size, seed=cfg.trainer.seed)
-    checkpointer = Checkpointer(run_dir, keep_last=cfg.trainer.keep_last, tokenizer=tokenizer,
-                                processor=ProcessorSpec.from_model(model, cfg.data.min_pixels, cfg.data.max_pixels))
+    checkpointer = Checkpointer(
+        run_dir,
+        keep_last=cfg.trainer.keep_last,
+        tokenizer=tokenizer,
+        processor=ProcessorSpec.from_model(model, cfg.data.min_pixels, cfg.data.max_pixels),
+    )
     guard = NonFiniteGuard(cfg.trainer.max_nonfinite_steps, checkpointer)
     start = 0
     if cfg.trainer.resume == "auto":
@@ -131,8 +144,15 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, run_dir: str | Pat
             order.load_state_dict(state["order"])
             guard.load_state_dict(state["guard"])
             log.info("resumed SFT from step %d of %d", start, total)
-    logger = MetricsLogger(run_dir, total_steps=total, log_every=cfg.trainer.log_every,
-                           tensorboard=cfg.trainer.tensorboard, desc="sft", start_step=start, progress=False)
+    logger = MetricsLogger(
+        run_dir,
+        total_steps=total,
+        log_every=cfg.trainer.log_every,
+        tensorboard=cfg.trainer.tensorboard,
+        desc="sft",
+        start_step=start,
+        progress=False,
+    )
     losses = []
     model.train()
     try:
@@ -145,14 +165,26 @@ def train_sft(model, tokenizer, examples: list[Example], cfg, run_dir: str | Pat
                 optimizer.step()
             scheduler.step()
             losses.append(loss.item())
-            logger.log(step + 1, {"sft/loss": loss.item(), "sft/grad_norm": float(grad_norm),
-                                  "sft/lr": scheduler.get_last_lr()[0], "sft/tokens": tokens,
-                                  "sft/skipped_updates": guard.skipped,
-                                  "data/skipped_rows": skipped_rows})
+            logger.log(
+                step + 1,
+                {
+                    "sft/loss": loss.item(),
+                    "sft/grad_norm": float(grad_norm),
+                    "sft/lr": scheduler.get_last_lr()[0],
+                    "sft/tokens": tokens,
+                    "sft/skipped_updates": guard.skipped,
+                    "data/skipped_rows": skipped_rows,
+                },
+            )
             if step + 1 == total or (cfg.trainer.save_every and (step + 1) % cfg.trainer.save_every == 0):
                 require_finite_weights(model, f"checkpoint step_{step + 1}")
-                checkpointer.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                                  extra={"order": order.state_dict(), "guard": guard.state_dict()})
+                checkpointer.save(
+                    step + 1,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    extra={"order": order.state_dict(), "guard": guard.state_dict()},
+                )
     finally:
         logger.close()
     model.eval()
