@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Callable, Iterator
 from types import MethodType
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -43,8 +43,10 @@ def parallelize(model: nn.Module, mesh: DeviceMesh | None, cfg: DistConfig) -> n
     if mesh is None:
         return model
     if cfg.cpu_offload and mesh.device_type != "cuda":
-        raise ConfigError("dist.cpu_offload=true offloads GPU training state to host memory; on CPU it already "
-                          "lives there: set dist.cpu_offload=false")
+        raise ConfigError(
+            "dist.cpu_offload=true offloads GPU training state to host memory; on CPU it already "
+            "lives there: set dist.cpu_offload=false"
+        )
     if cfg.sp > 1:
         apply_sp(model, mesh["sp"], cfg)
     if cfg.fsdp and mesh.size() > 1:
@@ -66,9 +68,14 @@ def apply_sp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
     apply_sequence_parallel(model, mesh, SequenceParallelConfig(shard_vision=cfg.sp_shard_vision, decode=cfg.sp_decode))
     if torch.distributed.get_rank() == 0:
         which = "the model" if any(p.requires_grad for p in model.parameters()) else "the frozen model"
-        log.info("sequence parallel over %d ranks for %s: packed groups and prefill sharded by tokens (Ulysses), "
-                 "vision frames %s, decode %s", cfg.sp, which, "sharded" if cfg.sp_shard_vision else "replicated",
-                 cfg.sp_decode)
+        log.info(
+            "sequence parallel over %d ranks for %s: packed groups and prefill sharded by tokens (Ulysses), "
+            "vision frames %s, decode %s",
+            cfg.sp,
+            which,
+            "sharded" if cfg.sp_shard_vision else "replicated",
+            cfg.sp_decode,
+        )
 
 
 def fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh:

@@ -78,7 +78,7 @@ def gather_rows(local: torch.Tensor, shares: list[FrameShare], group: dist.Proce
     longest = max(counts)
     padded = torch.cat([local, local.new_zeros(longest - local.shape[0], *local.shape[1:])])
     full = funcol.wait_tensor(all_gather_autograd(padded.contiguous(), 0, group))
-    return torch.cat([full[r * longest:r * longest + n] for r, n in enumerate(counts)])
+    return torch.cat([full[r * longest : r * longest + n] for r, n in enumerate(counts)])
 
 
 def frame_sharded_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs):
@@ -95,8 +95,7 @@ def frame_sharded_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Ten
     start, end = mine.patch_rows
     grid = torch.tensor(mine.grid_thw, dtype=grid_thw.dtype, device=grid_thw.device)
     local = type(self).forward(self, hidden_states[start:end], grid, **kwargs).pooler_output
-    return BaseModelOutputWithPooling(last_hidden_state=None,
-                                      pooler_output=gather_rows(local, shares, shards.group))
+    return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=gather_rows(local, shares, shards.group))
 
 
 def shard_vision_frames(visual: torch.nn.Module, group: dist.ProcessGroup) -> None:
