@@ -44,7 +44,7 @@ class Group:
     """One prompt and its n sampled responses, with everything the update needs."""
 
     prompt: Prompt
-    example: Example
+    example: Example | None  # None where the group is not scored (the benchmarks' step, tests)
     responses: list[torch.Tensor]
     old_logp: list[torch.Tensor]  # sampling log-probs, stored at rollout time
     finished: list[bool]  # False where the response hit max_new_tokens
@@ -80,18 +80,21 @@ def rollout(model, tokenizer, prompts: list[Prompt], examples: list[Example], cf
 
 def score(groups: list[Group], tokenizer, reward_model, cfg) -> None:
     """Fill ``rewards`` and ``components`` of each group (DAPO's overlong penalty included)."""
-    inputs = [
-        RewardInput(
-            sample_id=f"{g.example.row.id}#{i}",
-            response=tokenizer.decode(r, skip_special_tokens=True),
-            answer=g.example.row.answer,
-            options=g.example.row.options or None,
-            question=g.example.row.question,
-            row=g.example.row.to_dict(),
-        )
-        for g in groups
-        for i, r in enumerate(g.responses)
-    ]
+    inputs: list[RewardInput] = []
+    for g in groups:
+        assert g.example is not None, "a scored group keeps its dataset example"
+        row = g.example.row
+        inputs += [
+            RewardInput(
+                sample_id=f"{row.id}#{i}",
+                response=tokenizer.decode(r, skip_special_tokens=True),
+                answer=row.answer,
+                options=row.options or None,
+                question=row.question,
+                row=row.to_dict(),
+            )
+            for i, r in enumerate(g.responses)
+        ]
     results = iter(reward_model(inputs))
     algo = cfg.algorithm
     for g in groups:
