@@ -16,17 +16,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from longrl.rollout.attention import attention_epilogue, prefix_partials
 from longrl.rollout.decoder import TextDecoder, rms_norm, rotate_half
+from longrl.rollout.prefill import PrefixKV
 from longrl.rollout.sampling import SamplingParams, sample_tokens
-
-if TYPE_CHECKING:
-    from longrl.rollout.engine import DecodeBatch
 
 
 def norm_in(h, delta, weight, *, eps: float):
@@ -231,11 +229,12 @@ class DecodeOps:
             gate, up = (self.linear(x, w) for w in lw.mlp_in)
         return self.linear(self.silu_mul(gate, up, act=dec.act), lw.down_w)
 
-    def decode_layers(self, batch: DecodeBatch, h, window: int):
-        """All layers for one token per row of ``batch``: h [B, H] -> (residual
+    def decode_layers(self, batch, h, window: int):
+        """All layers for one token per row of ``batch`` (a DecodeBatch): h [B, H] -> (residual
         stream, last MLP output) [B, H]. ``window``: suffix slots read (unfused path only)."""
         dec, n, t = batch.dec, batch.n, batch.step
-        suffix_k, suffix_v, prefixes = batch.suffix_k, batch.suffix_v, batch.prefixes
+        suffix_k, suffix_v = batch.suffix_k, batch.suffix_v
+        prefixes: list[PrefixKV] = batch.prefixes  # typed: prefix_partials takes each one's (k, v) unpacked
         delta = None
         layers = self.layers
         assert layers is not None, "prepare() takes the layers' weights first"
