@@ -35,6 +35,7 @@ import itertools
 import json
 import time
 from types import SimpleNamespace
+from typing import Any, cast
 
 import torch
 
@@ -47,6 +48,7 @@ from longrl.bench.common import (
     tiny_bench_config,
 )
 from longrl.models.attention import use_longrl_attention
+from longrl.models.inputs import VisionInputs
 from longrl.models.qwen2_5_vl import Prompt
 from longrl.models.vision_attention import transformers_vision_attention
 from longrl.rollout import RolloutConfig, SamplingParams, generate
@@ -76,7 +78,8 @@ def video_prompt(model, frames: int, seed: int = 0) -> Prompt:
         ids[None], mm_token_type_ids=mm_type[None], video_grid_thw=grid, second_per_grid_ts=torch.tensor([1.0])
     )
     embeds = torch.randn(n_video, cfg.text_config.hidden_size, generator=g) * 0.02
-    vision = SimpleNamespace(pixel_values=None, grid_thw=grid, second_per_grid=1.0)
+    # a stand-in for VisionInputs without pixels (the embeddings are given): the grid and its timing
+    vision = cast(VisionInputs, SimpleNamespace(pixel_values=None, grid_thw=grid, second_per_grid=1.0))
     return Prompt(
         ids.to(model.device),
         positions[:, 0].to(model.device),
@@ -104,8 +107,10 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
     argmax (transformers refuses greedy with num_return_sequences > 1); otherwise n sequences
     are sampled at temperature 1."""
     cfg, device = model.config, model.device
+    vision = prompt.vision
+    assert vision is not None  # a video prompt
     ids = prompt.input_ids[None]
-    grid = prompt.vision.grid_thw.to(device)
+    grid = vision.grid_thw.to(device)
     inner = model.model
     vc = cfg.vision_config
     if video:
@@ -128,7 +133,7 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
                 attention_mask=torch.ones_like(ids),
                 pixel_values_videos=pixels,
                 video_grid_thw=grid,
-                second_per_grid_ts=torch.tensor([prompt.vision.second_per_grid], device=device),
+                second_per_grid_ts=torch.tensor([vision.second_per_grid], device=device),
                 mm_token_type_ids=(ids == cfg.video_token_id).int() * 2,
                 num_return_sequences=n,
                 max_new_tokens=new_tokens,
@@ -197,8 +202,8 @@ def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: 
         plan = kernels.attention_plan([prefix], n, hq, hkv, d, device)
         sk_k, sv_k = sk.clone(), sv.clone()
         out = kernels.decode_attention(plan, q.flatten(1), k_new, v_new, cos, sin, t, [(pk, pv)], sk_k, sv_k, scale)
-        c, s = cos[:, length - 1, None].float(), sin[:, length - 1, None].float()
-        rot = lambda x: x * c + rotate_half(x) * s  # noqa: E731
+        cos_t, sin_t = cos[:, length - 1, None].float(), sin[:, length - 1, None].float()
+        rot = lambda x: x * cos_t + rotate_half(x) * sin_t  # noqa: E731
         sk_ref, sv_ref = sk.float(), sv.float()
         sk_ref[:, :, length - 1] = rot(k_new.float().view(n, hkv, d))
         sv_ref[:, :, length - 1] = v_new.float().view(n, hkv, d)
@@ -318,7 +323,7 @@ def attention_sweep(
         "w4_2ctas_per_sm": dict(num_warps=4, programs=2 * sms),
         "w8_bn32_sm_minus_suffix": dict(num_warps=8, block_n=32, programs=sms - n * hkv),
     }
-    out = {}
+    out: dict[str, dict[str, Any] | str] = {}
     for name, kw in variants.items():
         plan = kernels.attention_plan([prefix], n, hq, hkv, d, device, **kw)
 
@@ -368,6 +373,7 @@ def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32)
     model = random_model(tiny_bench_config(), device=device, dtype=torch.float32, seed=1)
     use_longrl_attention(model.config.text_config)
     prompt = video_prompt(model, frames, seed=1)
+    assert prompt.video_embeds is not None  # video_prompt gives the embeddings
     prompt.video_embeds = prompt.video_embeds * 50  # a distinctive prefix keeps logits away from ties
     hf = hf_generate(model, prompt, 1, new_tokens, greedy=True)[0].tolist()
     ours = generate(
@@ -386,7 +392,9 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
     # --prompts P: P different videos of F frames in one generate call (an RL step's batch)
     prompts = [prompt] + [video_prompt(model, frames, seed=i) for i in range(1, args.prompts)]
     config = rollout_config(args)
-    result = dict(frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens, prompts=len(prompts))
+    result: dict[str, Any] = dict(
+        frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens, prompts=len(prompts)
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     hf_skip = (
@@ -398,7 +406,7 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
         hf_skip = "--prompts > 1 (transformers runs one prompt's group per generate call: see the --prompts 1 line)"
     # The first call at a new prompt length builds cuDNN's attention plans for its shapes (one
     # length bucket, attention.PREFILL_BUCKET); an RL run pays that once per bucket. Timed apart.
-    stats = {}
+    stats: dict = {}
     generate(model, prompts, SamplingParams(n=n, max_new_tokens=2, seed=1), config=config, stats=stats)
     result["cold_prefill_s"] = round(stats["prefill_s"], 3)
     runs = {}
@@ -406,7 +414,7 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
     if not hf_skip:  # the greedy run is there to compare with transformers
         variants.insert(0, ("greedy", SamplingParams(n=n, greedy=True, max_new_tokens=new_tokens)))
     for name, params in variants:
-        stats: dict = {}
+        stats = {}
         t0 = _sync(device)
         out = generate(model, prompts if name == "sampled" else [prompt], params, config=config, stats=stats)
         runs[name] = (_sync(device) - t0, stats, out[0])
@@ -541,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    common = dict(
+    common: dict[str, Any] = dict(
         device=device.type,
         gpu=device_name(device),
         dtype=str(dtype).removeprefix("torch."),

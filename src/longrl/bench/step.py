@@ -38,6 +38,7 @@ import math
 import sys
 import time
 from contextlib import contextmanager
+from typing import TypedDict
 
 import torch
 
@@ -144,6 +145,15 @@ def _rewards(prompts: int, n: int, seed: int) -> list[torch.Tensor]:
     return [torch.randn(n, generator=g) for _ in range(prompts)]
 
 
+class StepMemory(TypedDict, total=False):
+    """GPU memory of longrl's step (CUDA only; empty on CPU)."""
+
+    pre_update_peak: int  # bytes: the peak before the update (``measured`` folds it into the step's peak)
+    update_start_gb: float  # resident when the update starts
+    update_peak_gb: float  # the update's own peak
+    plan: dict  # the adaptive checkpointing plan (``plan_summary``), when one was made
+
+
 def longrl_step(
     model, ref_model, optimizer, scheduler, prompts: list[Prompt], cfg, seed: int, timer: StepTimer | None = None
 ) -> dict:
@@ -153,6 +163,7 @@ def longrl_step(
     with torch.no_grad():
         with timer("encode"):
             for p in prompts:
+                assert p.vision is not None  # the bench's prompts are videos
                 p.video_embeds = encode_video(model, p.vision)
         with timer("rollout"):
             params = SamplingParams(
@@ -178,7 +189,7 @@ def longrl_step(
         g.rewards = rewards
     advantages, _ = step_advantages(groups, cfg)
     model.train()
-    memory = {}
+    memory: StepMemory = {}
     cuda = model.device.type == "cuda"
     if cuda:  # the update's own peak, and what is resident when it starts
         torch.cuda.synchronize(model.device)
@@ -243,11 +254,12 @@ def naive_step(
                     ]
                 )
             with timer("encode"):
+                assert prompt.vision is not None  # the bench's prompts are videos
                 prompt = dataclasses.replace(
                     prompt, video_embeds=encode_video(model, prompt.vision, batched_attention=False)
                 )
         tokens += responses.numel()
-        ref = [None] * n
+        ref: list[torch.Tensor | None] = [None] * n
         if ref_model is not None:
             with timer("ref_logprobs"), torch.no_grad():
                 ref = [sequence_logprobs(ref_model, prompt, r)[None] for r in responses]

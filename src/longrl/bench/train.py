@@ -25,6 +25,8 @@ import itertools
 import json
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -34,6 +36,8 @@ from longrl.models.inputs import VisionInputs
 from longrl.models.qwen2_5_vl import Prompt
 from longrl.train.group_forward import enable_gradient_checkpointing
 from longrl.train.logprobs import group_logprobs, sequence_logprobs
+
+T = TypeVar("T")
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 FRAME_TOKENS = 128  # a 448x448 frame: 32x32 patches, merged 2x2 -> 256 tokens per 2 frames
@@ -112,7 +116,7 @@ def run_longrl(model, prompt, responses, weights, backend, layers="auto") -> tup
     return [lp.detach() for lp in out.logprobs], out.info
 
 
-def timed(fn, device) -> tuple[float, object]:
+def timed(fn: Callable[[], T], device) -> tuple[float, T]:
     _sync(device)
     start = time.perf_counter()
     out = fn()
@@ -197,7 +201,9 @@ def bench_config(
         "packed_tokens": len(prompt) + n * length,
     }
 
-    naive_result, naive_logps, naive_grads = {"naive_s": None, "speedup": None}, None, None
+    naive_result: dict[str, Any] = {"naive_s": None, "speedup": None}
+    naive_logps: list[torch.Tensor] | None = None
+    naive_grads: dict[str, torch.Tensor] | None = None
     if naive:
         try:
             run_naive(model, prompt, responses[:1], weights[:1])  # warm-up: one sample
@@ -253,6 +259,7 @@ def bench_config(
         result["tflops"] = flops / result["longrl_s"] / 1e12
         result["mfu"] = flops / result["longrl_s"] / peak if peak else None
         if naive_grads is not None:
+            assert naive_logps is not None and grads is not None  # the naive run and the repeats (>= 1) ran
             result["speedup"] = result["naive_s"] / result["longrl_s"]
             result["max_logprob_diff"] = max((a - b).abs().max().item() for a, b in zip(logps, naive_logps))
             result.update(grad_difference(grads, naive_grads))

@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
+from collections.abc import Callable, Iterator
 from types import MethodType
-from typing import Callable, Iterator
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -43,8 +44,10 @@ def parallelize(model: nn.Module, mesh: DeviceMesh | None, cfg: DistConfig) -> n
     if mesh is None:
         return model
     if cfg.cpu_offload and mesh.device_type != "cuda":
-        raise ConfigError("dist.cpu_offload=true offloads GPU training state to host memory; on CPU it already "
-                          "lives there: set dist.cpu_offload=false")
+        raise ConfigError(
+            "dist.cpu_offload=true offloads GPU training state to host memory; on CPU it already "
+            "lives there: set dist.cpu_offload=false"
+        )
     if cfg.sp > 1:
         apply_sp(model, mesh["sp"], cfg)
     if cfg.fsdp and mesh.size() > 1:
@@ -58,17 +61,24 @@ def apply_sp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
     from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel
     from longrl.dist.ulysses import check_heads
 
-    text = model.config.text_config
+    qwen: Any = model  # a Qwen2.5-VL; nn.Module types its attributes Tensor | Module, its config is neither
+    text = qwen.config.text_config
     try:
         check_heads(cfg.sp, text.num_attention_heads, text.num_key_value_heads)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    apply_sequence_parallel(model, mesh, SequenceParallelConfig(shard_vision=cfg.sp_shard_vision, decode=cfg.sp_decode))
+    decode = cast(Literal["gathered", "sharded"], cfg.sp_decode)  # DistConfig.resolved checked it
+    apply_sequence_parallel(model, mesh, SequenceParallelConfig(shard_vision=cfg.sp_shard_vision, decode=decode))
     if torch.distributed.get_rank() == 0:
         which = "the model" if any(p.requires_grad for p in model.parameters()) else "the frozen model"
-        log.info("sequence parallel over %d ranks for %s: packed groups and prefill sharded by tokens (Ulysses), "
-                 "vision frames %s, decode %s", cfg.sp, which, "sharded" if cfg.sp_shard_vision else "replicated",
-                 cfg.sp_decode)
+        log.info(
+            "sequence parallel over %d ranks for %s: packed groups and prefill sharded by tokens (Ulysses), "
+            "vision frames %s, decode %s",
+            cfg.sp,
+            which,
+            "sharded" if cfg.sp_shard_vision else "replicated",
+            cfg.sp_decode,
+        )
 
 
 def fsdp_mesh(mesh: DeviceMesh) -> DeviceMesh:
@@ -99,7 +109,13 @@ def mixed_precision(model: nn.Module, device_type: str):
 
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
     """FSDP2 ``fully_shard`` per vision block, the vision tower, per decoder layer, and the root."""
-    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        FSDPModule,
+        OffloadPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     from longrl.train.group_forward import decoder_layer
 
@@ -108,27 +124,29 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
         model.to(torch.float32)  # the sharded parameters are the fp32 master weights
     common = dict(mesh=mesh, mp_policy=mp, offload_policy=CPUOffloadPolicy() if cfg.cpu_offload else OffloadPolicy())
 
-    def shard(module: nn.Module, reshard: bool) -> None:
-        fully_shard(module, reshard_after_forward=reshard, **common)
+    def shard(module: nn.Module, reshard: bool) -> FSDPModule:
+        sharded = fully_shard(module, reshard_after_forward=reshard, **common)  # ``module``, now an FSDPModule
         setattr(module, _RESHARD_ATTR, reshard)
+        return sharded
 
-    visual = model.model.visual
+    qwen: Any = model  # a Qwen2.5-VL; nn.Module types its submodules Tensor | Module
+    visual = qwen.model.visual
     for block in visual.blocks:
         shard(block, cfg.reshard_after_forward)
     shard(visual, cfg.reshard_after_forward)  # patch embedding and merger
-    for layer in model.model.language_model.layers:
+    for layer in qwen.model.language_model.layers:
         setattr(layer, LAYER_METHOD, MethodType(decoder_layer, layer))
         shard(layer, cfg.reshard_after_forward)
         register_fsdp_forward_method(layer, LAYER_METHOD)
     # The root keeps its parameters gathered from its forward through its backward (FSDP2's rule
     # for the root, whose embeddings and head are needed at both ends of the pass).
     setattr(model, ROOT_METHOD, MethodType(_call_with_module, model))
-    shard(model, False)
+    root = shard(model, False)
     register_fsdp_forward_method(model, ROOT_METHOD)
     # One empty pass through the root makes it FSDP2's root (lazy init names the root as the first
     # unit to run forward; here a vision block or a layer could otherwise run first and claim it).
     getattr(model, ROOT_METHOD)(lambda module: None)
-    model.reshard()
+    root.reshard()
 
 
 def _call_with_module(module: nn.Module, fn: Callable, *args, **kwargs):

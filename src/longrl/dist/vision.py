@@ -21,6 +21,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from longrl.dist.ulysses import all_gather_autograd
 
+_SHARDS_ATTR = "longrl_frame_shards"  # a frame-sharded tower's FrameShards
+
 
 @dataclass
 class FrameShare:
@@ -78,14 +80,14 @@ def gather_rows(local: torch.Tensor, shares: list[FrameShare], group: dist.Proce
     longest = max(counts)
     padded = torch.cat([local, local.new_zeros(longest - local.shape[0], *local.shape[1:])])
     full = funcol.wait_tensor(all_gather_autograd(padded.contiguous(), 0, group))
-    return torch.cat([full[r * longest:r * longest + n] for r, n in enumerate(counts)])
+    return torch.cat([full[r * longest : r * longest + n] for r, n in enumerate(counts)])
 
 
 def frame_sharded_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs):
     """The vision tower's forward over this rank's frames, gathered: ``pooler_output`` holds the
     merged embeddings of every frame (as the unsharded tower returns them); ``last_hidden_state``
     (per-patch, window-ordered) is not gathered and is None."""
-    shards: FrameShards = self.longrl_frame_shards
+    shards: FrameShards = getattr(self, _SHARDS_ATTR)
     shares = split_frames(grid_thw.tolist(), shards.size, self.spatial_merge_size)
     if not all(s.grid_thw for s in shares):
         # Fewer temporal groups than ranks: every rank encodes all frames (the same result), so that
@@ -95,13 +97,14 @@ def frame_sharded_forward(self, hidden_states: torch.Tensor, grid_thw: torch.Ten
     start, end = mine.patch_rows
     grid = torch.tensor(mine.grid_thw, dtype=grid_thw.dtype, device=grid_thw.device)
     local = type(self).forward(self, hidden_states[start:end], grid, **kwargs).pooler_output
-    return BaseModelOutputWithPooling(last_hidden_state=None,
-                                      pooler_output=gather_rows(local, shares, shards.group))
+    gathered = gather_rows(local, shares, shards.group)
+    # transformers annotates the field FloatTensor (the legacy CPU float32 class); any float tensor is meant
+    return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=gathered)  # type: ignore[arg-type]
 
 
 def shard_vision_frames(visual: torch.nn.Module, group: dist.ProcessGroup) -> None:
     """Make ``visual`` (a Qwen2.5-VL vision tower) encode its frames sharded over ``group``. Its
     parameters and state dict are untouched (FSDP2 can shard it as before); a deep copy stays
     sharded over the same group."""
-    visual.longrl_frame_shards = FrameShards(group)
+    setattr(visual, _SHARDS_ATTR, FrameShards(group))  # nn.Module's __setattr__ is typed for tensors and modules only
     visual.forward = types.MethodType(frame_sharded_forward, visual)

@@ -187,7 +187,9 @@ def suffix_window(length: int, capacity: int, smallest: int = 256) -> int:
 
 def prompt_batches(lengths: list[int], max_prompts: int, max_tokens: int) -> list[list[int]]:
     """Consecutive prompts grouped under a prompt count and a prefix-token budget (0 = none)."""
-    batches, cur, cur_tokens = [], [], 0
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    cur_tokens = 0
     for i, length in enumerate(lengths):
         if cur and (len(cur) >= max_prompts or (max_tokens and cur_tokens + length > max_tokens)):
             batches.append(cur)
@@ -288,7 +290,7 @@ def generate(
     use_graphs = config.cuda_graphs and dec.device.type == "cuda"
     ops = decode_ops(config, dec.device)
     timed = stats is not None
-    stats = stats if timed else {}
+    stats = stats if stats is not None else {}
     stats.update(
         prefill_s=0.0, pack_s=0.0, decode_s=0.0, decode_steps=0, graph_captures=0, eager_steps=0, capture_s=0.0
     )

@@ -16,12 +16,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from longrl.rollout.attention import attention_epilogue, prefix_partials
 from longrl.rollout.decoder import TextDecoder, rms_norm, rotate_half
+from longrl.rollout.prefill import PrefixKV
 from longrl.rollout.sampling import SamplingParams, sample_tokens
 
 
@@ -60,7 +62,7 @@ def sample_step(logits, keys, index, vocab_hash, *, sampling):
     return sample_tokens(logits, params, keys, index, vocab_hash)
 
 
-_GLUE = dict(
+_GLUE: dict[str, Callable[..., Any]] = dict(
     norm_in=norm_in, rotary_and_store=rotary_and_store, attend=attend, silu_mul=silu_mul, sample_step=sample_step
 )
 
@@ -126,6 +128,12 @@ class DecodeOps:
     """
 
     _compiled: dict[str, Callable] = {}
+    # the glue functions of ``_GLUE``, compiled or eager (set per instance in ``__init__``)
+    norm_in: Callable[..., Any]
+    rotary_and_store: Callable[..., Any]
+    attend: Callable[..., Any]
+    silu_mul: Callable[..., Any]
+    sample_step: Callable[..., Any]
 
     def __init__(
         self,
@@ -186,7 +194,8 @@ class DecodeOps:
             stacklevel=3,
         )
         layers = self.layers
-        self.__init__(
+        type(self).__init__(
+            self,
             compile=False,
             gpu_kernels=False,
             pack=self.pack,
@@ -224,10 +233,13 @@ class DecodeOps:
         """All layers for one token per row of ``batch`` (a DecodeBatch): h [B, H] -> (residual
         stream, last MLP output) [B, H]. ``window``: suffix slots read (unfused path only)."""
         dec, n, t = batch.dec, batch.n, batch.step
-        suffix_k, suffix_v, prefixes = batch.suffix_k, batch.suffix_v, batch.prefixes
+        suffix_k, suffix_v = batch.suffix_k, batch.suffix_v
+        prefixes: list[PrefixKV] = batch.prefixes  # typed: prefix_partials takes each one's (k, v) unpacked
         delta = None
+        layers = self.layers
+        assert layers is not None, "prepare() takes the layers' weights first"
         if self.gpu_kernels:
-            for i, lw in enumerate(self.layers):
+            for i, lw in enumerate(layers):
                 h, x = self.norm_in(h, delta, lw.ln1, eps=dec.eps)
                 q, k, v = dec.sp.decode_qkv(*self._qkv(dec, x, lw), dec.head_dim)
                 attn = self.kernels.decode_attention(
@@ -250,7 +262,7 @@ class DecodeOps:
         slot, length = t.view(1), t + 1
         cos, sin = (c.index_select(1, slot).repeat_interleave(n, 0) for c in (batch.cos, batch.sin))  # [B, 1, D]
         compiled = self.compiled
-        for i, lw in enumerate(self.layers):
+        for i, lw in enumerate(layers):
             h, x = self.norm_in(h, delta, lw.ln1, eps=dec.eps)
             q, k, v = self._qkv(dec, x, lw)
             q = self.rotary_and_store(

@@ -68,6 +68,7 @@ def prefill(
             attn = prefill_attention(q, k_store[i, None, :, :end], v_store[i, None, :, :end], dec.scale)
             attn = sp.tokens(attn, seq_dim=2, head_dim=1)
             h = post_attention(h, attn.transpose(1, 2).reshape(1, h.shape[1], -1), *w.mlp, eps=dec.eps, act=dec.act)
+    assert h is not None, "a prompt has at least one token"
     # the last prompt token's hidden state, from the rank that holds it
     rows, owned = sp.local_rows(torch.tensor([end - start - 1], device=dec.device), end - start)
     last = sp.combine(h[0].index_select(0, rows), owned)[0]

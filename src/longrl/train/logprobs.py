@@ -12,6 +12,7 @@ where ``h_{t-1}`` is the hidden state before it (the last prefix position for t 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +140,39 @@ def _group_logprobs(
     return GroupLogprobs(list(logp.split(sizes)), list(ent.split(sizes)) if ent is not None else None, info)
 
 
+@overload
+def sequence_logprobs(
+    model,
+    prompt: Prompt,
+    response: torch.Tensor,
+    *,
+    temperature: float = ...,
+    train_vision: bool = ...,
+    with_entropy: Literal[False] = ...,
+    chunk_tokens: int = ...,
+) -> torch.Tensor: ...
+@overload
+def sequence_logprobs(
+    model,
+    prompt: Prompt,
+    response: torch.Tensor,
+    *,
+    temperature: float = ...,
+    train_vision: bool = ...,
+    with_entropy: Literal[True],
+    chunk_tokens: int = ...,
+) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+@overload
+def sequence_logprobs(
+    model,
+    prompt: Prompt,
+    response: torch.Tensor,
+    *,
+    temperature: float = ...,
+    train_vision: bool = ...,
+    with_entropy: bool,
+    chunk_tokens: int = ...,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]: ...
 def sequence_logprobs(
     model,
     prompt: Prompt,

@@ -44,7 +44,7 @@ class Group:
     """One prompt and its n sampled responses, with everything the update needs."""
 
     prompt: Prompt
-    example: Example
+    example: Example | None  # None where the group is not scored (the benchmarks' step, tests)
     responses: list[torch.Tensor]
     old_logp: list[torch.Tensor]  # sampling log-probs, stored at rollout time
     finished: list[bool]  # False where the response hit max_new_tokens
@@ -80,18 +80,21 @@ def rollout(model, tokenizer, prompts: list[Prompt], examples: list[Example], cf
 
 def score(groups: list[Group], tokenizer, reward_model, cfg) -> None:
     """Fill ``rewards`` and ``components`` of each group (DAPO's overlong penalty included)."""
-    inputs = [
-        RewardInput(
-            sample_id=f"{g.example.row.id}#{i}",
-            response=tokenizer.decode(r, skip_special_tokens=True),
-            answer=g.example.row.answer,
-            options=g.example.row.options or None,
-            question=g.example.row.question,
-            row=g.example.row.to_dict(),
-        )
-        for g in groups
-        for i, r in enumerate(g.responses)
-    ]
+    inputs: list[RewardInput] = []
+    for g in groups:
+        assert g.example is not None, "a scored group keeps its dataset example"
+        row = g.example.row
+        inputs += [
+            RewardInput(
+                sample_id=f"{row.id}#{i}",
+                response=tokenizer.decode(r, skip_special_tokens=True),
+                answer=row.answer,
+                options=row.options or None,
+                question=row.question,
+                row=row.to_dict(),
+            )
+            for i, r in enumerate(g.responses)
+        ]
     results = iter(reward_model(inputs))
     algo = cfg.algorithm
     for g in groups:
@@ -127,7 +130,7 @@ def collect(
         if not cfg.algorithm.dynamic_sampling:
             return groups, seen, {"rollout/groups_seen": len(seen), "rollout/tries": 1}
         filler.add(groups, rewards=[g.rewards for g in groups])
-    info = {"rollout/groups_seen": len(seen), "rollout/tries": filler.tries}
+    info: dict[str, float] = {"rollout/groups_seen": len(seen), "rollout/tries": filler.tries}
     return filler.take(), seen, info
 
 
@@ -170,7 +173,7 @@ def policy_update(
             runs_vision = lambda m: cfg.model.train_vision and groups[m[0]].prompt.vision is not None  # noqa: E731
             for (i, sub), scale in dp.pad_micro_batches(micro, (0, [0]), runs_vision):  # scale 0: padding
                 g = groups[i]
-                out = group_logprobs(
+                fwd = group_logprobs(
                     model,
                     g.prompt,
                     [g.responses[j] for j in sub],
@@ -178,10 +181,11 @@ def policy_update(
                     train_vision=cfg.model.train_vision,
                     with_entropy=True,
                 )
-                logp, mask = pad_ragged(out.logprobs)
+                assert fwd.entropy is not None  # with_entropy=True
+                logp, mask = pad_ragged(fwd.logprobs)
                 old, _ = pad_ragged([g.old_logp[j] for j in sub])
                 ref = pad_ragged([g.ref_logp[j] for j in sub])[0] if g.ref_logp is not None else None
-                entropy = pad_ragged([e.detach() if algo.entropy_coef == 0 else e for e in out.entropy])[0]
+                entropy = pad_ragged([e.detach() if algo.entropy_coef == 0 else e for e in fwd.entropy])[0]
                 adv = advantages[i][sub].to(logp.device)  # rewards (so advantages) are CPU tensors
                 if adv.dim() == 2:  # token-level (REINFORCE++): padded to the step's longest response
                     adv = adv[:, : logp.shape[1]]
@@ -230,7 +234,11 @@ def step_advantages(groups: list[Group], cfg) -> tuple[list[torch.Tensor], dict[
     if fold_kl or algo.advantage == "reinforce_pp":  # REINFORCE++ whitens over response tokens, KL or not
         logp, mask = pad_ragged([lp for g in groups for lp in g.old_logp])
     if fold_kl:
-        ref, _ = pad_ragged([lp for g in groups for lp in g.ref_logp])
+        ref_logp: list[torch.Tensor] = []
+        for g in groups:
+            assert g.ref_logp is not None, "the KL in the reward needs the reference log-probs (kl_coef > 0)"
+            ref_logp += g.ref_logp
+        ref, _ = pad_ragged(ref_logp)
         token_kl = kl_penalty(logp, ref, algo.kl_estimator)
         metrics["actor/kl_in_reward"] = dp.global_mean(token_kl[mask])
     # REINFORCE++ whitens over the global batch (statistics summed over the dp ranks)
