@@ -15,9 +15,9 @@ class DistConfig:
     sp_decode: str = "gathered"  # rollout decode under dist.sp > 1: gathered (prefix KV all-gathered, every sp rank decodes as one process) or sharded (KV kept by heads, one all-gather per layer)
     sp_shard_vision: bool = True  # under dist.sp > 1 each sp rank encodes its share of the frames (exact; false: every rank encodes all of them)
     fsdp: bool = True  # shard parameters, gradients and optimizer state over all dp x sp ranks (FSDP2); needed (true) when more than one process runs
-    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: sharded parameters, gradients and optimizer state live in host memory
-    reshard_after_forward: bool = True  # free each layer's gathered parameters after its forward (less memory, one more all-gather in backward)
-    gather_chunks: int = 256  # per-sample items per piece when gathering to one rank (host memory stays bounded); 0 = all at once
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: sharded params, grads, optimizer state in host memory
+    reshard_after_forward: bool = True  # free gathered layer params after forward (less memory, +1 all-gather)
+    gather_chunks: int = 256  # per-sample items per piece of a gather to one rank (bounded memory); 0 = one piece
 
     def resolved(self, world_size: int) -> DistConfig:
         """This config with ``dp`` filled in for ``world_size`` processes; raises ConfigError when
@@ -38,6 +38,8 @@ class DistConfig:
                 f"their product is {world_size}, or dist.dp=0 to fill it in"
             )
         if world_size > 1 and not self.fsdp:
-            raise ConfigError(f"dist.fsdp=false with {world_size} processes: gradients are reduced over the ranks by "
-                              "FSDP2, so without it every rank would train on its own; set dist.fsdp=true")
+            raise ConfigError(
+                f"dist.fsdp=false with {world_size} processes: gradients are reduced over the ranks by "
+                "FSDP2, so without it every rank would train on its own; set dist.fsdp=true"
+            )
         return dataclasses.replace(self, dp=dp)

@@ -11,7 +11,8 @@ ranks' gradients: the sum over ranks is then exactly the single-process gradient
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 

@@ -10,7 +10,8 @@ the consumer takes each piece as it arrives (:func:`iter_gathered`) or keeps the
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch.distributed as dist
 
@@ -23,13 +24,13 @@ def iter_gathered(items: list[Any], chunk: int) -> Iterator[list[Any]]:
     0 = one piece per rank."""
     e = env.current()
     if e.mesh is None or e.dp_size == 1:
-        yield from (items[i:i + chunk] for i in range(0, len(items), chunk)) if chunk else [items]
+        yield from (items[i : i + chunk] for i in range(0, len(items), chunk)) if chunk else [items]
         return
     rounds = env.max_int(math.ceil(len(items) / chunk) if chunk else 1)
     group = e.dp_group()
     main = dist.get_global_rank(group, 0)
     for k in range(rounds):
-        piece = items[k * chunk:(k + 1) * chunk] if chunk else items
+        piece = items[k * chunk : (k + 1) * chunk] if chunk else items
         received = [None] * e.dp_size if e.rank == main else None
         dist.gather_object(piece, received, dst=main, group=group)
         if received is not None:

@@ -31,7 +31,9 @@ from longrl.dist.vision import shard_vision_frames
 @dataclass
 class SequenceParallelConfig:
     shard_vision: bool = True  # each sp rank encodes its share of the frames (exact); False: every rank encodes all
-    decode: Literal["gathered", "sharded"] = "gathered"  # rollout decode: prefix KV gathered on every sp rank, or kept sharded by heads (1/sp of the KV per rank, one all-gather per layer)
+    # rollout decode: prefix KV gathered on every sp rank, or kept sharded by heads (1/sp of the KV per
+    # rank, one all-gather per layer)
+    decode: Literal["gathered", "sharded"] = "gathered"
 
 
 def sp_group(group_or_mesh) -> dist.ProcessGroup:
@@ -44,8 +46,10 @@ def sp_group(group_or_mesh) -> dist.ProcessGroup:
     if mesh.ndim == 1:
         return mesh.get_group()
     if "sp" not in (mesh.mesh_dim_names or ()):
-        raise ValueError(f"the device mesh has dimensions {mesh.mesh_dim_names}, none named 'sp'; "
-                         "pass mesh['sp'] or name the sequence-parallel dimension 'sp'")
+        raise ValueError(
+            f"the device mesh has dimensions {mesh.mesh_dim_names}, none named 'sp'; "
+            "pass mesh['sp'] or name the sequence-parallel dimension 'sp'"
+        )
     return mesh["sp"].get_group()
 
 
@@ -71,8 +75,9 @@ def average_gradients(model, group_or_mesh) -> None:
     without frames for its vision tower) counts as a zero gradient where unused."""
     group = sp_group(group_or_mesh)
     params = [p for p in model.parameters() if p.requires_grad]
-    used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32,
-                        device=params[0].device if params else "cpu")
+    used = torch.tensor(
+        [p.grad is not None for p in params], dtype=torch.int32, device=params[0].device if params else "cpu"
+    )
     dist.all_reduce(used, group=group)
     size = dist.get_world_size(group)
     for p, n in zip(params, used.tolist()):

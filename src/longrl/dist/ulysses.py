@@ -20,7 +20,6 @@ includes the sp dimension is then exact with no special divide factor.
 
 from __future__ import annotations
 
-
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
@@ -176,7 +175,7 @@ class Ulysses(SequenceParallel):
         if self.decode == "sharded":
             return kv
         full = funcol.wait_tensor(all_gather(kv.movedim(1, 0).contiguous(), 0, self.group)).movedim(0, 1)
-        return full[:, ::self.kv_copies].contiguous() if self.kv_copies > 1 else full.contiguous()
+        return full[:, :: self.kv_copies].contiguous() if self.kv_copies > 1 else full.contiguous()
 
     # "sharded" decode, head-parallel: the prefix KV stays as the Ulysses prefill left it (each rank
     # all tokens of its heads). Every rank computes the step's q/k/v for all heads (a few rows: cheap),
@@ -195,12 +194,14 @@ class Ulysses(SequenceParallel):
         heads = q.shape[1] // head_dim // self.size
         kv_heads = k.shape[1] // head_dim
         kv_local, kv_start = self.local_kv_heads(kv_heads), self.rank * kv_heads // self.size
-        q = q[:, self.rank * heads * head_dim:(self.rank + 1) * heads * head_dim]
-        k, v = (t[:, kv_start * head_dim:(kv_start + kv_local) * head_dim] for t in (k, v))
+        q = q[:, self.rank * heads * head_dim : (self.rank + 1) * heads * head_dim]
+        k, v = (t[:, kv_start * head_dim : (kv_start + kv_local) * head_dim] for t in (k, v))
         return q, k, v  # column slices: row-strided views, as the unsharded step's split of packed q/k/v
 
     def all_true(self, flag):
-        t = torch.tensor([int(flag)], dtype=torch.int32, device="cuda" if dist.get_backend(self.group) == "nccl" else "cpu")
+        t = torch.tensor(
+            [int(flag)], dtype=torch.int32, device="cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+        )
         dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.group)
         return bool(t.item())
 
@@ -226,9 +227,13 @@ class UlyssesAttention(AttentionLayout):
 def check_heads(size: int, num_heads: int, kv_heads: int) -> None:
     """Raise ValueError unless ``size`` ranks can split the query heads and share the KV heads."""
     if num_heads % size:
-        raise ValueError(f"dist.sp={size} does not divide the model's {num_heads} attention heads; "
-                         f"use an sp degree that divides {num_heads}")
+        raise ValueError(
+            f"dist.sp={size} does not divide the model's {num_heads} attention heads; "
+            f"use an sp degree that divides {num_heads}"
+        )
     if kv_heads % size and size % kv_heads:
-        raise ValueError(f"dist.sp={size} and the model's {kv_heads} KV heads: one must divide the other "
-                         f"(KV heads are split over the ranks, or replicated when sp exceeds them); "
-                         f"use sp in {sorted(d for d in range(1, num_heads + 1) if num_heads % d == 0 and (kv_heads % d == 0 or d % kv_heads == 0))}")
+        raise ValueError(
+            f"dist.sp={size} and the model's {kv_heads} KV heads: one must divide the other "
+            f"(KV heads are split over the ranks, or replicated when sp exceeds them); "
+            f"use sp in {sorted(d for d in range(1, num_heads + 1) if num_heads % d == 0 and (kv_heads % d == 0 or d % kv_heads == 0))}"
+        )
