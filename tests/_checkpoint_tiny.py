@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from longrl.config import OptimConfig
+from longrl.models.adapter import load_model
 from longrl.models.config import ModelConfig, TinyModelConfig
-from longrl.models.qwen2_5_vl import load_model
 from longrl.train.optim import build_optimizer, build_scheduler
 
 TEXTS = ["red enters top-left at 0.5s. blue moves right, then green leaves. <think>a</think><answer>B</answer>"] * 8

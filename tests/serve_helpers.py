@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from longrl.models.adapter import load_model, save_pretrained
 from longrl.models.config import ModelConfig
-from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from longrl.serve.app import ServerThread, create_app, load_policy
 from longrl.serve.config import ServeConfig
 

@@ -14,8 +14,8 @@ from longrl.data.synth import SynthConfig, generate_synth
 from longrl.datagen import prompts
 from longrl.datagen.config import CATEGORIES, DatagenConfig
 from longrl.datagen.run import report_table, run_datagen
+from longrl.models.adapter import load_model, save_pretrained
 from longrl.models.config import ModelConfig
-from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from serve_helpers import serve_tiny, split_rows, teach
 
 QUESTION = json.dumps(

@@ -21,7 +21,7 @@ WORLD = 2
 
 def video_prompt(model, tokenizer, seed: int = 1, frames: int = 4):
     from longrl.data.vision_preprocess import preprocess_video
-    from longrl.models.qwen2_5_vl import build_prompt
+    from longrl.models.adapter import build_prompt
 
     g = torch.Generator().manual_seed(seed)
     video = torch.randint(0, 255, (frames, 56, 56, 3), generator=g, dtype=torch.uint8).numpy()

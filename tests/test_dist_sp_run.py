@@ -106,8 +106,8 @@ def test_invalid_degrees_are_config_errors_naming_dist_sp_and_dp():
     from longrl.config_utils import ConfigError
     from longrl.dist.config import DistConfig
     from longrl.dist.parallelize import apply_sp
+    from longrl.models.adapter import load_model
     from longrl.models.config import ModelConfig
-    from longrl.models.qwen2_5_vl import load_model
 
     model, _ = load_model(ModelConfig(dtype="float32"), tokenizer_texts=["a b c"], seed=0)
     with pytest.raises(ConfigError, match=r"^dist.sp=3 does not divide the model's 4 attention heads"):

@@ -20,8 +20,9 @@ from longrl.data.embed_cache import (
     vision_fingerprint,
 )
 from longrl.data.rows import Row
+from longrl.models.adapter import build_prompt, load_model
 from longrl.models.config import ModelConfig
-from longrl.models.qwen2_5_vl import build_prompt, encode_video, load_model
+from longrl.models.qwen2_5_vl import encode_video
 
 SPEC = {"num_frames": 8, "fps": 0.0, "max_frames": 768, "min_pixels": 3136, "max_pixels": 200704}
 

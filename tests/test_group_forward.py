@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longrl.models.adapter import build_prompt, load_model
 from longrl.models.config import ModelConfig
 from longrl.models.inputs import VisionInputs
-from longrl.models.qwen2_5_vl import build_prompt, load_model
 from longrl.train.group_forward import (
     GroupAttention,
     GroupPacking,
@@ -224,7 +224,7 @@ def test_layer_implementations_agree(checkpointed, monkeypatch):
     """longrl's layer functions (eager, and compiled through AOTAutograd as on the GPU, where
     inductor replaces aot_eager) equal transformers' layers in log-probs and every gradient, also
     under gradient checkpointing (the compiled functions re-run in backward)."""
-    import longrl.rollout.decoder as decoder
+    import longrl.models.decoder as decoder
 
     monkeypatch.setattr(decoder, "_compile", lambda fn: torch.compile(fn, backend="aot_eager", dynamic=True))
     monkeypatch.setattr(decoder, "_compiled_layer_fns", None)

@@ -15,10 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "longrl"
 
 # Edges that close a cycle today, each with what removes it. Keep this empty; an entry that no
 # longer exists fails the test, so it is deleted with the code that needed it.
-KNOWN: dict[tuple[str, str], str] = {
-    ("dist", "train"): "dist/parallelize.py installs train.group_forward.decoder_layer as the FSDP2 forward "
-    "method; issue 11 item 1 (the decoder layer written once, in models/) removes it",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

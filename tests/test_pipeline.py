@@ -11,7 +11,7 @@ from longrl.data.prompt import corpus_texts
 from longrl.data.rows import load_rows
 from longrl.data.synth import SynthConfig, generate_synth
 from longrl.data.video import VideoError
-from longrl.models.qwen2_5_vl import load_model
+from longrl.models.adapter import load_model
 from longrl.train.rl import train_rl
 from longrl.train.sft import sft_batch, sft_loss
 

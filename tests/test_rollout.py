@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from longrl.models.adapter import build_prompt, decoder_forward, load_model, prompt_embeds
 from longrl.models.config import ModelConfig
 from longrl.models.inputs import VisionInputs
-from longrl.models.qwen2_5_vl import build_prompt, decoder_forward, load_model, prompt_embeds
 from longrl.rollout import RolloutConfig, SamplingParams, generate
 from longrl.rollout.attention import (
     cascade_attention,
@@ -239,7 +239,7 @@ def test_split_prefill_attention_equals_bottom_right_causal(chunk, keys):
 def test_compiled_prefill_equals_eager(tiny, monkeypatch):
     """The prefill through the compiled layer functions (aot_eager here; inductor on the GPU),
     across chunks of two lengths (the second compile is length-generic)."""
-    import longrl.rollout.decoder as decoder
+    import longrl.models.decoder as decoder
 
     monkeypatch.setattr(decoder, "_compile", lambda fn: torch.compile(fn, backend="aot_eager"))
     monkeypatch.setattr(decoder, "_compiled_layer_fns", None)

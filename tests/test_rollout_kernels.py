@@ -12,9 +12,9 @@ if DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels are defined: they run interpreted
 triton = pytest.importorskip("triton")
 
+from longrl.models.decoder import rotate_half  # noqa: E402
 from longrl.rollout import RolloutConfig, SamplingParams, engine, generate, kernels  # noqa: E402
 from longrl.rollout.attention import cascade_attention  # noqa: E402
-from longrl.rollout.decoder import rotate_half  # noqa: E402
 from longrl.rollout.ops import DecodeOps  # noqa: E402
 from longrl.rollout.sampling import SamplingParams as SP, hashed_vocab, row_keys, sample_tokens  # noqa: E402
 
@@ -69,9 +69,9 @@ def test_fused_decode_attention_equals_cascade_reference(eight_sms, n, hq, hkv, 
 def test_generate_with_fused_kernels_and_packed_weights(monkeypatch, eight_sms):
     """The GPU decode path end to end on the CPU interpreter: packed q/k/v and gate/up GEMMs, the
     fused attention and sampling kernels: same tokens, log-probs within 1e-5, as the eager path."""
+    from longrl.models.adapter import build_prompt, load_model
     from longrl.models.config import ModelConfig
     from longrl.models.inputs import VisionInputs
-    from longrl.models.qwen2_5_vl import build_prompt, load_model
 
     model, tok = load_model(ModelConfig(dtype="float32"), DEVICE, tokenizer_texts=["a red square moves."] * 4, seed=0)
     g = torch.Generator().manual_seed(0)

@@ -22,9 +22,9 @@ from torch.distributed.device_mesh import init_device_mesh
 from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel, average_gradients
 from longrl.dist.ulysses import LOCAL, check_heads, sequence_parallel
 from longrl.dist.vision import split_frames
+from longrl.models.adapter import build_prompt, load_model
 from longrl.models.config import ModelConfig, TinyModelConfig
 from longrl.models.inputs import VisionInputs
-from longrl.models.qwen2_5_vl import build_prompt, load_model
 from longrl.rollout import RolloutConfig, SamplingParams, generate
 from longrl.rollout.decoder import TextDecoder
 from longrl.rollout.prefill import prefill

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from longrl.data.video import write_video
-from longrl.models.qwen2_5_vl import build_prompt
+from longrl.models.adapter import build_prompt
 from longrl.rollout import SamplingParams, generate
 from longrl.serve.media import _decode_image
 from serve_helpers import save_tiny, serve_tiny

@@ -3,8 +3,8 @@ scores open-ended answers through JudgeClient (the same path a training run's re
 
 from __future__ import annotations
 
+from longrl.models.adapter import load_model, save_pretrained
 from longrl.models.config import ModelConfig
-from longrl.models.qwen2_5_vl import load_model, save_pretrained
 from longrl.rewards import RewardConfig, RewardInput, build_reward
 from longrl.rewards.judge import SYSTEM_PROMPT, judge_messages
 from serve_helpers import serve_tiny, teach

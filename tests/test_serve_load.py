@@ -11,7 +11,7 @@ import time
 import httpx
 import torch
 
-from longrl.models.qwen2_5_vl import build_prompt
+from longrl.models.adapter import build_prompt
 from longrl.rollout import SamplingParams, generate
 from serve_helpers import save_tiny, serve_tiny
 

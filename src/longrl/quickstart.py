@@ -23,7 +23,7 @@ from longrl.eval.blind import majority_accuracy, swap_videos
 from longrl.eval.evaluate import evaluate, write_report
 from longrl.eval.trend import metric_trend
 from longrl.infra.setup import setup_run
-from longrl.models.qwen2_5_vl import load_model, save_pretrained
+from longrl.models.adapter import load_model, save_pretrained
 from longrl.train.rl import train_rl
 from longrl.train.run import sft_stage
 

@@ -48,8 +48,7 @@ from longrl.bench.common import (
     tiny_bench_config,
 )
 from longrl.models.attention import use_longrl_attention
-from longrl.models.inputs import VisionInputs
-from longrl.models.qwen2_5_vl import Prompt
+from longrl.models.inputs import Prompt, VisionInputs
 from longrl.models.vision_attention import transformers_vision_attention
 from longrl.rollout import RolloutConfig, SamplingParams, generate
 from longrl.rollout.attention import attention_lse_math, cascade_attention, prefill_attention
@@ -191,8 +190,8 @@ def kernel_checks(device: torch.device, dtype: torch.dtype, triton: bool, seed: 
     )
     checks["attn_prefill_rel_err"] = rel(prefill_attention(qc, kc, vc, scale), ref)
     if triton:
+        from longrl.models.decoder import rotate_half
         from longrl.rollout import kernels
-        from longrl.rollout.decoder import rotate_half
 
         # raw (pre-rotary) projections of step t = length - 1; the kernel rotates and caches them
         k_new, v_new = rnd(n, hkv * d), rnd(n, hkv * d)
@@ -342,7 +341,7 @@ def teacher_forced_checks(model, prompt: Prompt, greedy, sampled) -> dict:
     """Tie-proof checks of longrl's outputs against one teacher-forced transformers forward of the
     prompt + response: is each greedy token the forward's argmax (and by how much it loses where
     not: a near-tie), and do the reported sampling log-probs match the forward's?"""
-    from longrl.models.qwen2_5_vl import decoder_forward, prompt_embeds
+    from longrl.models.adapter import decoder_forward, prompt_embeds
 
     out = {}
     for name, sample in (("greedy", greedy), ("sampled", sampled)):

@@ -48,8 +48,8 @@ from longrl.config import Config
 from longrl.infra.guard import NonFiniteGuard
 from longrl.infra.metrics import PhaseTimer
 from longrl.models.attention import use_longrl_attention
-from longrl.models.inputs import VisionInputs
-from longrl.models.qwen2_5_vl import Prompt, encode_video, mrope_positions
+from longrl.models.inputs import Prompt, VisionInputs
+from longrl.models.qwen2_5_vl import encode_video, mrope_positions
 from longrl.rl.losses import policy_loss
 from longrl.rollout import SamplingParams, generate
 from longrl.train.group_forward import enable_gradient_checkpointing

@@ -32,8 +32,7 @@ import torch
 
 from longrl.bench.common import qwen25vl_3b_config, random_model, tiny_bench_config
 from longrl.models.attention import use_longrl_attention
-from longrl.models.inputs import VisionInputs
-from longrl.models.qwen2_5_vl import Prompt
+from longrl.models.inputs import Prompt, VisionInputs
 from longrl.train.group_forward import enable_gradient_checkpointing
 from longrl.train.logprobs import group_logprobs, sequence_logprobs
 

@@ -89,7 +89,9 @@ def vision_fingerprint(model, *, full: bool | None = None) -> str:
     plus the float64 sum and sum of squares of all of them: any retrained, fine-tuned or other
     checkpoint changes it, yet it costs milliseconds on the GPU. (A change confined to unsampled
     elements that preserves both sums would go unnoticed; pass ``full=True`` to rule that out.)"""
-    visual = model.model.visual
+    from longrl.models.family import family_of
+
+    visual = family_of(model).vision_tower(model)
     params = sorted(visual.state_dict().items())
     if full is None:
         full = sum(p.numel() for _, p in params) <= FULL_HASH_MAX_ELEMENTS

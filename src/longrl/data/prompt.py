@@ -30,12 +30,12 @@ def question_text(row: Row) -> str:
 
 
 def messages_for(row: Row) -> list[dict]:
-    content: list[dict] = []
-    if row.video:
-        content.append({"type": "video"})
-    elif row.image:
-        content.append({"type": "image"})
-    content.append({"type": "text", "text": question_text(row)})
+    """Chat messages of ``row``: a row with a video or image gets a list of parts, a text-only row
+    plain string content (text-only checkpoints' chat templates, Qwen2.5's and Llama 3's, print
+    ``content`` as it is)."""
+    content: str | list[dict] = question_text(row)
+    if row.video or row.image:
+        content = [{"type": "video" if row.video else "image"}, {"type": "text", "text": question_text(row)}]
     return [
         {"role": "system", "content": system_prompt(row)},
         {"role": "user", "content": content},
@@ -61,7 +61,7 @@ def corpus_texts(rows: list[Row]) -> list[str]:
 def encode_prompts(model, tokenizer, examples: list[Example]) -> list[Prompt]:
     """One Prompt per :class:`~longrl.data.dataset.Example` in this chat template: tokens, M-RoPE
     positions, and one vision-tower pass (or the example's cached embeddings)."""
-    from longrl.models.qwen2_5_vl import build_prompt  # transformers loads only when prompts are built
+    from longrl.models.adapter import build_prompt  # transformers loads only when prompts are built
 
     return [
         build_prompt(

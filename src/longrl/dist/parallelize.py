@@ -21,7 +21,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator
 from types import MethodType
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -29,6 +29,8 @@ from torch.distributed.device_mesh import DeviceMesh
 
 from longrl.config_utils import ConfigError
 from longrl.dist.config import DistConfig
+from longrl.models.decoder import decoder_layer
+from longrl.models.family import family_of
 
 ROOT_METHOD = "longrl_root_forward"
 LAYER_METHOD = "longrl_group_layer"
@@ -61,8 +63,7 @@ def apply_sp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
     from longrl.dist.sequence_parallel import SequenceParallelConfig, apply_sequence_parallel
     from longrl.dist.ulysses import check_heads
 
-    qwen: Any = model  # a Qwen2.5-VL; nn.Module types its attributes Tensor | Module, its config is neither
-    text = qwen.config.text_config
+    text = family_of(model).text_config(model)
     try:
         check_heads(cfg.sp, text.num_attention_heads, text.num_key_value_heads)
     except ValueError as err:
@@ -117,8 +118,6 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
         register_fsdp_forward_method,
     )
 
-    from longrl.train.group_forward import decoder_layer
-
     mp = mixed_precision(model, mesh.device_type)
     if mp.param_dtype is not None:
         model.to(torch.float32)  # the sharded parameters are the fp32 master weights
@@ -129,12 +128,13 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, cfg: DistConfig) -> None:
         setattr(module, _RESHARD_ATTR, reshard)
         return sharded
 
-    qwen: Any = model  # a Qwen2.5-VL; nn.Module types its submodules Tensor | Module
-    visual = qwen.model.visual
-    for block in visual.blocks:
-        shard(block, cfg.reshard_after_forward)
-    shard(visual, cfg.reshard_after_forward)  # patch embedding and merger
-    for layer in qwen.model.language_model.layers:
+    family = family_of(model)
+    visual = family.vision_tower(model)
+    if visual is not None:
+        for block in visual.blocks:
+            shard(block, cfg.reshard_after_forward)
+        shard(visual, cfg.reshard_after_forward)  # patch embedding and merger
+    for layer in family.decoder(model).layers:
         setattr(layer, LAYER_METHOD, MethodType(decoder_layer, layer))
         shard(layer, cfg.reshard_after_forward)
         register_fsdp_forward_method(layer, LAYER_METHOD)

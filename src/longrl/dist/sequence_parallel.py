@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from longrl.dist.ulysses import ATTRIBUTE, Ulysses, check_heads
 from longrl.dist.vision import shard_vision_frames
+from longrl.models.family import family_of
 
 
 @dataclass
@@ -61,11 +62,12 @@ def apply_sequence_parallel(model, group_or_mesh, cfg: SequenceParallelConfig | 
     size = dist.get_world_size(group)
     if size == 1:
         return model
-    text = model.config.text_config
+    family = family_of(model)
+    text = family.text_config(model)
     check_heads(size, text.num_attention_heads, text.num_key_value_heads)
     setattr(model, ATTRIBUTE, Ulysses(group, text.num_attention_heads, text.num_key_value_heads, cfg.decode))
-    if cfg.shard_vision:
-        shard_vision_frames(model.model.visual, group)
+    if cfg.shard_vision and family.vision_tower(model) is not None:
+        shard_vision_frames(family.vision_tower(model), group)
     return model
 
 

@@ -21,6 +21,7 @@ from longrl.data.prompt import encode_prompts
 from longrl.data.rows import load_rows
 from longrl.eval import longvideo_reason as lvr
 from longrl.infra.setup import load_run_model, setup_run
+from longrl.models.adapter import end_of_turn_id
 from longrl.rewards.multiple_choice import extract_choice, parse_response
 from longrl.rollout import SamplingParams, generate
 
@@ -48,7 +49,7 @@ def predict(model, tokenizer, data: ExampleSet, *, max_new_tokens: int, batch_pr
         n=1,
         temperature=0.0,
         max_new_tokens=max_new_tokens,
-        stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),),
+        stop_token_ids=(end_of_turn_id(tokenizer),),
     )
     model.eval()
     out = []

@@ -18,6 +18,7 @@ import torch
 from longrl.data.dataset import Example
 from longrl.data.prompt import encode_prompts
 from longrl.data.rows import Row
+from longrl.models.adapter import end_of_turn_id
 from longrl.rewards.math import extract_math_answer, math_equal
 from longrl.rewards.multiple_choice import extract_choice, parse_response
 from longrl.rollout import SamplingParams, generate
@@ -47,7 +48,7 @@ def evaluate(
         n=1,
         temperature=0.0,
         max_new_tokens=max_new_tokens,
-        stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),),
+        stop_token_ids=(end_of_turn_id(tokenizer),),
     )
     per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     correct = formatted = tokens = 0

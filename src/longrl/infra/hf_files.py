@@ -38,11 +38,13 @@ class ProcessorSpec:
     merge_size: int = 2
 
     @classmethod
-    def from_model(cls, model_or_config, min_pixels: int, max_pixels: int) -> ProcessorSpec:
+    def from_model(cls, model_or_config, min_pixels: int, max_pixels: int) -> ProcessorSpec | None:
         """The run's per-frame pixel bounds (``data.min_pixels``/``data.max_pixels``) for videos and
-        images, patch geometry from the model's vision config."""
+        images, patch geometry from the model's vision config; None for a text-only model."""
         config = getattr(model_or_config, "config", model_or_config)
-        vision = config.vision_config
+        vision = getattr(config, "vision_config", None)
+        if vision is None:
+            return None
         return cls(
             video_min_pixels=min_pixels,
             video_max_pixels=max_pixels,

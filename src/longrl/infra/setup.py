@@ -13,7 +13,7 @@ from longrl.config import Config, load_config, save_config
 from longrl.data.prompt import corpus_texts
 from longrl.data.rows import Row, read_rows
 from longrl.infra.run_dir import claim_run_dir
-from longrl.models.qwen2_5_vl import check_model_path, load_model
+from longrl.models.adapter import check_model_path, load_model
 
 
 def resolve_device(name: str) -> torch.device:

@@ -11,8 +11,9 @@ from longrl import config_utils
 
 @dataclass
 class TinyModelConfig:
-    """Shape of the offline default: a real Qwen2.5-VL architecture, a few hundred K parameters."""
+    """Shape of the offline default: a real architecture of ``family``, a few hundred K parameters."""
 
+    family: Literal["qwen2_5_vl", "qwen2", "llama"] = "qwen2_5_vl"  # qwen2 and llama are text-only
     hidden_size: int = 128  # text decoder width
     intermediate_size: int = 384  # text MLP width
     num_layers: int = 4  # text decoder layers
@@ -25,7 +26,7 @@ class TinyModelConfig:
     vocab_size: int = 1024  # the in-process tokenizer's vocabulary
 
     def __post_init__(self) -> None:
-        config_utils.at_least(self, 1, *(f.name for f in dataclasses.fields(self)))
+        config_utils.at_least(self, 1, *(f.name for f in dataclasses.fields(self) if f.name != "family"))
         for whole, part in (
             ("hidden_size", "num_heads"),
             ("num_heads", "num_kv_heads"),

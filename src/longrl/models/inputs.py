@@ -2,7 +2,7 @@
 
 :class:`VisionInputs` is one video (or image) as the vision tower reads it, produced by
 :mod:`longrl.data.vision_preprocess`; :class:`Prompt` is one prompt built from it by a model
-adapter (:func:`longrl.models.qwen2_5_vl.build_prompt`). Neither imports ``longrl.data``."""
+adapter (:func:`longrl.models.adapter.build_prompt`). Neither imports ``longrl.data``."""
 
 from __future__ import annotations
 

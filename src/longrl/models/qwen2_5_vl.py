@@ -1,39 +1,70 @@
-"""Qwen2.5-VL adapter: loading, the tiny offline model, and building the Prompt every phase shares
-(:class:`longrl.models.inputs.Prompt`).
+"""The Qwen2.5-VL family: the tiny offline model, the vision tower, and M-RoPE prompt positions.
 
-A Prompt is built once per dataset row per step: token ids, the video embeddings from one pass of
-the vision tower, and 3-D M-RoPE positions. Rollout, old/reference log-probs and the update all
-read it, so nothing re-decodes a video or re-runs the tower within a step (unless the tower trains;
-then :func:`prompt_embeds` re-encodes once per group, with gradients). Chat messages come from the
-caller (longrl's template: :func:`longrl.data.prompt.encode_prompts`).
+A Prompt (:class:`longrl.models.inputs.Prompt`) is built once per dataset row per step
+(``longrl.models.adapter.build_prompt``): token ids with one placeholder per video embedding, the
+embeddings from one pass of the vision tower, and 3-D M-RoPE positions by the reference rule
+(``longrl.models.rope``). Rollout, old/reference log-probs and the update all read it, so nothing
+re-decodes a video or re-runs the tower within a step (unless the tower trains).
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
-from transformers import (
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-)
+from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from longrl.config_utils import ConfigError
-from longrl.models.attention import AttentionLayout, use_longrl_attention
-from longrl.models.config import ModelConfig, TinyModelConfig
-from longrl.models.inputs import Prompt, VisionInputs
+from longrl.models.base import ModelFamily
+from longrl.models.config import TinyModelConfig
+from longrl.models.inputs import VisionInputs
 from longrl.models.rope import use_reference_rope_index
-from longrl.models.tokenizer import train_tokenizer
+
+VIDEO_PAD = "<|video_pad|>"
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+class Qwen25VL(ModelFamily):
+    name = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+    has_vision = True
+    mrope = True
+
+    def model_class(self) -> Any:
+        return Qwen2_5_VLForConditionalGeneration
+
+    def tiny_config(self, tiny: Any, tokenizer: Any) -> Any:
+        return tiny_config(tiny, tokenizer)
+
+    def decoder(self, model: Any) -> Any:
+        return model.model.language_model
+
+    def text_config(self, model: Any) -> Any:
+        return model.config.text_config
+
+    def vision_tower(self, model: Any) -> Any:
+        return model.model.visual
+
+    def media_token_ids(self, model: Any) -> tuple[int | None, int | None]:
+        return model.config.image_token_id, model.config.video_token_id
+
+    def expand_placeholders(self, model: Any, text: str, vision: VisionInputs | None) -> str:
+        if vision is None:
+            return text
+        if text.count(VIDEO_PAD) != 1:
+            raise ValueError(f"prompt must hold exactly one video placeholder, found {text.count(VIDEO_PAD)}")
+        return text.replace(VIDEO_PAD, VIDEO_PAD * vision_tokens(model, vision))
+
+    def positions(self, model: Any, input_ids: torch.Tensor, vision: VisionInputs | None) -> torch.Tensor:
+        return mrope_positions(model, input_ids, vision)
+
+    def encode_video(self, model: Any, vision: VisionInputs) -> torch.Tensor:
+        return encode_video(model, vision)
+
+    def prepare(self, model: Any) -> None:
+        super().prepare(model)
+        use_reference_rope_index(model)
+
+
+QWEN2_5_VL = Qwen25VL()
 
 
 def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
@@ -82,89 +113,6 @@ def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwe
     )
 
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def check_model_path(path: str) -> None:
-    """Fail in one line, before anything loads, when ``model.path`` is not "tiny", a directory
-    holding a model (config.json), or something shaped like a hub id (``owner/name``)."""
-    if path == "tiny":
-        return
-    local = Path(path).expanduser()
-    if local.is_dir():
-        if (local / "config.json").is_file():
-            return
-        if (local / "model" / "config.json").is_file():
-            hint = f"a run directory? its model is model.path={(local / 'model').as_posix()}"
-        elif (local / "checkpoints").is_dir() or (local / "trainer_state.pt").exists():
-            hint = f"a checkpoint? export it first: longrl export --ckpt {path} --out DIR, then model.path=DIR"
-        else:
-            hint = "point it at a model directory (a run's OUT/model or `longrl export --out`), a hub id, or tiny"
-        raise ConfigError(f"model.path={path!r} holds no model (no config.json in it); {hint}")
-    if local.exists():
-        raise ConfigError(f"model.path={path!r} is a file; point it at a model directory (with config.json)")
-    # owner/name with no local folder called owner is a hub id; anything else was meant as a local path
-    if _HUB_ID.fullmatch(path) and not Path(path.split("/")[0]).exists():
-        return
-    raise ConfigError(
-        f"model.path={path!r} does not exist; point it at a model directory (a run's OUT/model or "
-        "`longrl export --out`), a hub id (owner/name), or tiny"
-    )
-
-
-def load_model(
-    cfg: ModelConfig,
-    device: torch.device | str = "cpu",
-    tokenizer_texts: list[str] | None = None,
-    seed: int = 0,
-) -> tuple[Qwen2_5_VLForConditionalGeneration, PreTrainedTokenizerBase]:
-    """Load ``cfg.path`` (a local checkpoint dir or hub id), or build the tiny model when it is "tiny".
-
-    The tiny model's tokenizer is trained on ``tokenizer_texts``; save both with
-    :func:`save_pretrained` and later runs reload them from that directory, offline.
-    """
-    device = torch.device(device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    tokenizer: PreTrainedTokenizerBase
-    if cfg.path == "tiny":
-        if not tokenizer_texts:
-            raise ValueError("the tiny model trains its tokenizer on the run's text: pass tokenizer_texts")
-        tokenizer = train_tokenizer(tokenizer_texts, vocab_size=cfg.tiny.vocab_size)
-        config = tiny_config(cfg.tiny, tokenizer)
-        config._attn_implementation = cfg.attn_implementation
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    else:
-        path = cfg.path
-        check_model_path(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=cfg.attn_implementation
-        )
-    use_longrl_attention(model.config.text_config)
-    use_reference_rope_index(model)
-    model.to(device=device, dtype=dtype)  # type: ignore[call-arg]  # transformers wraps .to(); mypy misreads it
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if not cfg.train_vision:
-        model.model.visual.requires_grad_(False)
-    return model, tokenizer
-
-
-def save_pretrained(model, tokenizer, out_dir: str | Path) -> None:
-    """Write weights (safetensors), config and tokenizer so ``from_pretrained`` reloads them."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    impl = model.config.text_config._attn_implementation
-    model.config.text_config._attn_implementation = "sdpa"  # the saved model must load without longrl
-    try:
-        model.save_pretrained(out_dir, safe_serialization=True)
-    finally:
-        model.config.text_config._attn_implementation = impl
-    tokenizer.save_pretrained(out_dir)
-
-
 def vision_tokens(model, vision: VisionInputs) -> int:
     merge = model.config.vision_config.spatial_merge_size
     return int(vision.grid_thw.prod(-1).sum()) // (merge * merge)
@@ -188,20 +136,6 @@ def encode_video(model, vision: VisionInputs, *, batched_attention: bool = True)
     return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
 
 
-def prompt_token_ids(
-    model, tokenizer: PreTrainedTokenizerBase, messages: list[dict], vision: VisionInputs | None
-) -> torch.Tensor:
-    """Token ids [L] of chat ``messages`` with the video placeholder expanded to one token per
-    video embedding, ending with the assistant turn's header (generation starts after it)."""
-    text = cast(str, tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-    pad = "<|video_pad|>"
-    if vision is not None:
-        if text.count(pad) != 1:
-            raise ValueError(f"prompt must hold exactly one video placeholder, found {text.count(pad)}")
-        text = text.replace(pad, pad * vision_tokens(model, vision))
-    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
-
-
 def mrope_positions(model, input_ids: torch.Tensor, vision: VisionInputs | None) -> torch.Tensor:
     """M-RoPE positions [3, L] of one prompt, by the reference rule (``longrl.models.rope``)."""
     if vision is None:
@@ -214,65 +148,3 @@ def mrope_positions(model, input_ids: torch.Tensor, vision: VisionInputs | None)
         second_per_grid_ts=torch.tensor([vision.second_per_grid]),
     )
     return positions[:, 0]
-
-
-def build_prompt(
-    model,
-    tokenizer: PreTrainedTokenizerBase,
-    messages: list[dict],
-    vision: VisionInputs | None,
-    *,
-    video_embeds: torch.Tensor | None = None,
-    meta: dict | None = None,
-) -> Prompt:
-    """Tokenize ``messages`` (at most one video part), compute M-RoPE positions and the video
-    embeddings (one tower pass, no gradients; ``video_embeds`` reuses precomputed ones)."""
-    input_ids = prompt_token_ids(model, tokenizer, messages, vision)
-    positions = mrope_positions(model, input_ids, vision)
-    if vision is not None and video_embeds is None:
-        with torch.no_grad():
-            video_embeds = encode_video(model, vision)
-    device = model.device
-    return Prompt(
-        input_ids=input_ids.to(device),
-        position_ids=positions.to(device),
-        video_embeds=None if video_embeds is None else video_embeds.to(device),
-        vision=vision,
-        next_position=int(positions.max()) + 1,
-        meta=meta or {},
-    )
-
-
-def prompt_embeds(model, prompt: Prompt, *, grad_through_vision: bool = False) -> torch.Tensor:
-    """Input embeddings [L, hidden] of ``prompt``: token embeddings with the video scattered in.
-
-    With ``grad_through_vision`` the tower re-encodes the video with gradients (once per call:
-    call it once per group, never once per sample)."""
-    embeds = model.get_input_embeddings()(prompt.input_ids)
-    if prompt.vision is None:
-        return embeds
-    video = encode_video(model, prompt.vision) if grad_through_vision else prompt.video_embeds
-    assert video is not None, "a prompt with vision inputs carries their embeddings (build_prompt)"
-    mask = (prompt.input_ids == model.config.video_token_id).unsqueeze(-1)
-    return embeds.masked_scatter(mask, video.to(embeds.dtype))
-
-
-def decoder_forward(
-    model,
-    embeds: torch.Tensor,
-    position_ids: torch.Tensor,
-    attention: AttentionLayout | None = None,
-) -> torch.Tensor:
-    """Run the text decoder on ``embeds [B, L, H]`` at ``position_ids [3, B, L]``; final hidden states.
-
-    ``attention`` is a longrl layout (packed groups, cascade caches); None means plain causal.
-    """
-    mask = None if attention is None else {"full_attention": attention}
-    out = model.model.language_model(
-        inputs_embeds=embeds, position_ids=position_ids, attention_mask=mask, use_cache=False
-    )
-    return out.last_hidden_state
-
-
-def lm_head(model) -> torch.nn.Linear:
-    return model.lm_head

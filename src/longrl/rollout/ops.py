@@ -21,8 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from longrl.models.decoder import rms_norm, rotate_half
 from longrl.rollout.attention import attention_epilogue, prefix_partials
-from longrl.rollout.decoder import TextDecoder, rms_norm, rotate_half
+from longrl.rollout.decoder import TextDecoder
 from longrl.rollout.prefill import PrefixKV
 from longrl.rollout.sampling import SamplingParams, sample_tokens
 
@@ -97,7 +98,8 @@ def decode_weights(dec: TextDecoder, pack: bool, pack_gate_up: bool | None = Non
             ln1, q_w, q_b, k_w, k_b, v_w, v_b = w.attn
             o_w, ln2, gate_w, up_w, down_w = w.mlp
             if pack:
-                bias = None if q_b is None else torch.cat([q_b, k_b, v_b])
+                # q/k/v biases come all or none (models.decoder.unfusable_reason)
+                bias = None if q_b is None or k_b is None or v_b is None else torch.cat([q_b, k_b, v_b])
                 qkv = [(torch.cat([q_w, k_w, v_w]), bias)]
             else:
                 qkv = [(q_w, q_b), (k_w, k_b), (v_w, v_b)]

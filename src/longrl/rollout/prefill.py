@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from longrl.models.decoder import layer_functions
 from longrl.rollout.attention import prefill_attention
-from longrl.rollout.decoder import TextDecoder, layer_functions
+from longrl.rollout.decoder import TextDecoder
 
 
 @dataclass

@@ -15,14 +15,14 @@ def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_tokens: in
     positions, so this is not the token count) or, if ``max_tokens`` > 0, when prompt tokens +
     ``max_new_tokens`` exceed it."""
     if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise ValueError("generate() needs a non-empty list of Prompt objects (longrl.models.qwen2_5_vl.build_prompt)")
+        raise ValueError("generate() needs a non-empty list of Prompt objects (longrl.models.adapter.build_prompt)")
     for i, p in enumerate(prompts):
         where = f"prompt {i}"
         for name in ("input_ids", "position_ids", "video_embeds", "next_position"):
             if not hasattr(p, name):
                 raise ValueError(
                     f"{where} is a {type(p).__name__}, not a Prompt (no {name!r}); "
-                    "build it with longrl.models.qwen2_5_vl.build_prompt"
+                    "build it with longrl.models.adapter.build_prompt"
                 )
         ids = p.input_ids
         if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype not in (torch.long, torch.int):
@@ -61,12 +61,12 @@ def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_tokens: in
             raise ValueError(
                 f"{where}: next_position={p.next_position} must exceed the largest prompt position {int(pos.max())}"
             )
-        if int((ids == dec.image_token_id).sum()):
+        if dec.image_token_id is not None and int((ids == dec.image_token_id).sum()):
             raise ValueError(
                 f"{where} holds image placeholders; rollout takes video prompts (an image is a "
                 "one-frame video: build it as a video)"
             )
-        n_video = int((ids == dec.video_token_id).sum())
+        n_video = 0 if dec.video_token_id is None else int((ids == dec.video_token_id).sum())
         emb = p.video_embeds
         n_emb = 0 if emb is None else emb.shape[0]
         if n_video != n_emb:
@@ -88,7 +88,8 @@ class PromptEmbedder:
         self.dec = dec
         self.ids = prompt.input_ids.to(dec.device)
         self.video = prompt.video_embeds
-        self.is_video = self.ids == dec.video_token_id
+        video_id = -1 if dec.video_token_id is None else dec.video_token_id  # text-only families: no placeholders
+        self.is_video = self.ids == video_id
         self.video_row = self.is_video.long().cumsum(0) - 1  # which embedding each placeholder takes
 
     def __call__(self, start: int, end: int) -> torch.Tensor:

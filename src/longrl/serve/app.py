@@ -223,8 +223,8 @@ def sse_events(cid: str, model: str, completion: Completion, logprobs: bool, inc
 def load_policy(cfg: ServeConfig):
     import torch
 
+    from longrl.models.adapter import load_model
     from longrl.models.config import ModelConfig
-    from longrl.models.qwen2_5_vl import load_model
 
     if not cfg.model or not Path(cfg.model).is_dir():
         raise FileNotFoundError(

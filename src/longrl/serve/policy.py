@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import torch
 
-from longrl.models.qwen2_5_vl import build_prompt
+from longrl.models.adapter import build_prompt, end_of_turn_id
 from longrl.rollout import RolloutConfig, Sample, SamplingParams, generate
 from longrl.serve.config import ServeConfig
 from longrl.serve.errors import APIError, bad_request
@@ -64,7 +64,7 @@ def token_pieces(tokenizer, ids: list[int]) -> list[str]:
 class Policy:
     def __init__(self, model, tokenizer, cfg: ServeConfig):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        stops = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
+        stops = {end_of_turn_id(tokenizer), tokenizer.eos_token_id}
         self.stop_ids = tuple(sorted(t for t in stops if isinstance(t, int) and t >= 0))
         self.rollout = RolloutConfig(max_prompts_per_batch=cfg.max_batch_prompts)
         self.generate_calls = 0  # generate() calls made

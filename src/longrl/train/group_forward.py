@@ -31,9 +31,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from longrl.dist.ulysses import sequence_parallel
+from longrl.models.adapter import decoder_forward, prompt_embeds
 from longrl.models.attention import AttentionLayout
-from longrl.models.qwen2_5_vl import Prompt, decoder_forward, prompt_embeds
-from longrl.rollout.decoder import layer_functions  # the layer math rollout runs, shared (and compiled once)
+from longrl.models.decoder import decoder_layer, layer_functions, unfusable_reason  # the layer math rollout runs too
+from longrl.models.family import family_of
+from longrl.models.inputs import Prompt
 
 Backend = Literal["auto", "dense", "flex", "hybrid", "split"]
 FLEX_BLOCK = 128
@@ -301,8 +303,8 @@ def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vi
 # ---- the decoder layers of the group forward ------------------------------------------------------
 #
 # The group forward runs the text decoder's layers itself: each layer is two pure functions of
-# (activations, weights) around the layout's attention -- rollout.decoder's pre_attention and
-# post_attention, the same functions the rollout prefill runs. On CUDA both are compiled once with
+# (activations, weights) around the layout's attention -- models.decoder's pre_attention and
+# post_attention, the same functions the rollout prefill runs (models.decoder.decoder_layer). On CUDA both are compiled once with
 # torch.compile and serve all 36 layers (the weights are arguments, so one graph fits every layer):
 # RMSNorm, q/k/v bias and rotary become one or two fused kernels, SwiGLU and the residual adds
 # likewise, and the backward is fused too. Profiled eagerly these small ops were ~20% of the step
@@ -313,72 +315,16 @@ def pack_group(model, prompt: Prompt, responses: list[torch.Tensor], *, train_vi
 LayerImpl = Literal["auto", "hf", "eager", "compiled"]
 
 
-def unfusable_reason(text_model) -> str | None:
-    """Why longrl's layer functions cannot stand in for this decoder's layers (None: they can)."""
-    cfg = text_model.config
-    if getattr(cfg, "hidden_act", None) != "silu":
-        return f"hidden_act {getattr(cfg, 'hidden_act', None)!r}"
-    if any(t != "full_attention" for t in getattr(cfg, "layer_types", None) or ["full_attention"]):
-        return "sliding-window layers"
-    if getattr(cfg, "attention_dropout", 0.0):
-        return "attention dropout"
-    for layer in text_model.layers:
-        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
-        if attn is None or mlp is None or not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj")):
-            return f"unknown layer {type(layer).__name__}"
-        if (
-            attn.q_proj.bias is None
-            or attn.o_proj.bias is not None
-            or any(getattr(mlp, n).bias is not None for n in ("gate_proj", "up_proj", "down_proj"))
-        ):
-            return "unexpected biases"
-    return None
-
-
 def resolved_layers(layers: LayerImpl, device: torch.device, text_model) -> str:
     if layers == "hf":
         return "hf"
     if layers not in ("auto", "eager", "compiled"):
         raise ValueError(f"unknown layer implementation {layers!r}; use auto, hf, eager or compiled")
-    if unfusable_reason(text_model) is not None:
+    if unfusable_reason(text_model.config, text_model.layers) is not None:
         return "hf"
     if layers == "auto":
         return "compiled" if device.type == "cuda" else "eager"
     return layers
-
-
-def decoder_layer(layer, layout: AttentionLayout, fns, hidden, cos, sin):
-    """One decoder layer of the group forward, a function of the layer's own weights."""
-    pre, post = fns
-    attn, mlp = layer.self_attn, layer.mlp
-    ln1, ln2 = layer.input_layernorm, layer.post_attention_layernorm
-    q, k, v = pre(
-        hidden,
-        ln1.weight,
-        attn.q_proj.weight,
-        attn.q_proj.bias,
-        attn.k_proj.weight,
-        attn.k_proj.bias,
-        attn.v_proj.weight,
-        attn.v_proj.bias,
-        cos,
-        sin,
-        eps=ln1.variance_epsilon,
-        num_heads=attn.q_proj.out_features // attn.head_dim,
-        kv_heads=attn.k_proj.out_features // attn.head_dim,
-    )
-    out = layout.attend(attn, q, k, v, attn.scaling)  # [1, T, Hq, D]
-    return post(
-        hidden,
-        out.flatten(2),
-        attn.o_proj.weight,
-        ln2.weight,
-        mlp.gate_proj.weight,
-        mlp.up_proj.weight,
-        mlp.down_proj.weight,
-        eps=ln2.variance_epsilon,
-        act=F.silu,
-    )
 
 
 # ---- how many layers to checkpoint ------------------------------------------------------------------
@@ -474,7 +420,7 @@ def _activation_budget(model, device: torch.device, tokens: int, response_tokens
     driver_free, total = torch.cuda.mem_get_info(device)
     stats = torch.cuda.memory_stats(device)
     grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad and p.grad is None)
-    cfg = model.config.text_config
+    cfg = family_of(model).text_config(model)
     return activation_budget(
         driver_free=driver_free,
         total=total,
@@ -506,7 +452,9 @@ def flagged_layers(model) -> list[bool]:
     """Per decoder layer: flagged by (transformers') gradient checkpointing, and in effect now
     (training mode, grad enabled)."""
     on = model.training and torch.is_grad_enabled()
-    return [bool(getattr(layer, "gradient_checkpointing", False)) and on for layer in model.model.language_model.layers]
+    return [
+        bool(getattr(layer, "gradient_checkpointing", False)) and on for layer in family_of(model).decoder(model).layers
+    ]
 
 
 def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.device) -> list[bool]:
@@ -514,12 +462,13 @@ def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.dev
     checkpointing, in training mode with grad enabled; on CUDA with adaptive checkpointing (the
     default) only as many of them as the free memory needs. The plan's numbers are left in the text
     model's ``longrl_checkpoint_plan`` (bytes), for ``group_hidden`` to correct and benches to report."""
-    text = model.model.language_model
+    family = family_of(model)
+    text = family.decoder(model)
     flagged = flagged_layers(model)
     text.longrl_checkpoint_plan = None
     if not any(flagged) or device.type != "cuda" or not getattr(text, "longrl_adaptive_checkpointing", True):
         return flagged
-    cfg = model.config.text_config
+    cfg = family.text_config(model)
     elem = text.layers[0].mlp.up_proj.weight.element_size()
     kept = kept_layer_bytes(cfg, tokens, elem)
     budget = _activation_budget(model, device, tokens, response_tokens)
@@ -561,14 +510,15 @@ def group_hidden(
     sp = sequence_parallel(model)
     layout = sp.wrap(GroupAttention(packing, backend), packing.total_len)
     embeds, positions = sp.shard(embeds, dim=1), sp.shard(positions, dim=2)
-    text = model.model.language_model
+    family = family_of(model)
+    text = family.decoder(model)
     impl = resolved_layers(layers, embeds.device, text)
     if impl == "hf":
         hidden = decoder_forward(model, embeds, positions, attention=layout)[0]
         flags = flagged_layers(model)
     else:
         fns = layer_functions(impl == "compiled")
-        cos, sin = text.rotary_emb(embeds, positions)
+        cos, sin = family.rotary(text.rotary_emb, embeds, positions)
         flags = checkpoint_flags(model, embeds.shape[1], sum(packing.response_lens), embeds.device)
         hidden = embeds
         plan = getattr(text, "longrl_checkpoint_plan", None) if any(flags) else None
@@ -612,7 +562,7 @@ def enable_gradient_checkpointing(model, layers: int | None = None, *, adaptive:
     the flagged layers as the free memory needs, the first ones; ``adaptive=False`` checkpoints
     exactly the flagged layers."""
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    text = model.model.language_model
+    text = family_of(model).decoder(model)
     for i, layer in enumerate(text.layers):
         layer.gradient_checkpointing = layers is None or i < layers
     text.longrl_adaptive_checkpointing = adaptive

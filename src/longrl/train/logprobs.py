@@ -20,8 +20,8 @@ from torch.utils.checkpoint import checkpoint
 
 from longrl.dist.parallelize import root_forward
 from longrl.dist.ulysses import sequence_parallel
+from longrl.models.adapter import decoder_forward, lm_head, prompt_embeds
 from longrl.models.inputs import Prompt
-from longrl.models.qwen2_5_vl import decoder_forward, lm_head, prompt_embeds
 from longrl.train.group_forward import Backend, LayerImpl, group_hidden
 
 

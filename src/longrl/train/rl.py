@@ -25,6 +25,7 @@ from longrl.infra.guard import NonFiniteGuard
 from longrl.infra.hf_files import ProcessorSpec
 from longrl.infra.metrics import MetricsLogger, PhaseTimer, peak_memory_gb
 from longrl.infra.run_dir import claim_run_dir
+from longrl.models.adapter import end_of_turn_id
 from longrl.models.inputs import Prompt
 from longrl.rewards.model import build_reward
 from longrl.rewards.registry import RewardInput
@@ -61,7 +62,7 @@ def rollout(model, tokenizer, prompts: list[Prompt], examples: list[Example], cf
         top_k=cfg.rollout.top_k,
         max_new_tokens=cfg.rollout.max_new_tokens,
         seed=seed,
-        stop_token_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),),
+        stop_token_ids=(end_of_turn_id(tokenizer),),
     )
     groups = []
     for prompt, example, samples in zip(prompts, examples, generate(model, prompts, params, config=cfg.rollout)):

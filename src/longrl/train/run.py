@@ -13,7 +13,7 @@ from longrl.config import Config
 from longrl.data.dataset import ExampleSet
 from longrl.infra.guard import require_finite_weights
 from longrl.infra.setup import load_run_model, read_split, setup_run
-from longrl.models.qwen2_5_vl import save_pretrained
+from longrl.models.adapter import save_pretrained
 
 log = logging.getLogger("longrl.run")
 

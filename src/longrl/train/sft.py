@@ -24,15 +24,16 @@ from longrl.infra.guard import NonFiniteGuard, require_finite_weights
 from longrl.infra.hf_files import ProcessorSpec
 from longrl.infra.metrics import MetricsLogger
 from longrl.infra.run_dir import claim_run_dir
-from longrl.models.qwen2_5_vl import prompt_token_ids
+from longrl.models.adapter import end_of_turn_id, prompt_token_ids
+from longrl.models.family import family_of
 from longrl.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("longrl.sft")
 
 
 def sft_batch(model, tokenizer, examples: list[Example]) -> dict[str, torch.Tensor]:
-    """Right-padded [prompt | target <|im_end|>] sequences; ``loss_mask`` marks target tokens."""
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    """Right-padded [prompt | target end-of-turn] sequences; ``loss_mask`` marks target tokens."""
+    eos = end_of_turn_id(tokenizer)
     pad = tokenizer.pad_token_id
     seqs, masks = [], []
     for ex in examples:
@@ -52,8 +53,10 @@ def sft_batch(model, tokenizer, examples: list[Example]) -> dict[str, torch.Tens
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "loss_mask": loss_mask,
-        "mm_token_type_ids": (input_ids == model.config.video_token_id).int() * 2,
     }
+    video_token = family_of(model).media_token_ids(model)[1]
+    if video_token is not None:  # transformers' Qwen2.5-VL places M-RoPE positions by these
+        batch["mm_token_type_ids"] = (input_ids == video_token).int() * 2
     videos = [ex.vision for ex in examples if ex.vision is not None]
     if videos:
         batch["pixel_values_videos"] = torch.cat([v.pixel_values for v in videos])

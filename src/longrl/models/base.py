@@ -1,0 +1,83 @@
+"""What longrl needs to know about one model architecture: :class:`ModelFamily`.
+
+Every phase reaches a model's parts through its family (``longrl.models.family.family_of``): the
+decoder stack whose layers the one layer implementation runs (``longrl.models.decoder``), its text
+config, how its rotary module takes positions, its vision tower if it has one, how a prompt's
+positions and media embeddings are built, and the tiny offline config. A family is one module
+(``qwen2_5_vl.py``, ``causal_lm.py``); adding one is a new module and its tests.
+
+Positions are [3, L] everywhere (Qwen2.5-VL's M-RoPE rows: time, height, width). A 1-D rotary
+family keeps its positions in all three rows and reads the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from longrl.config_utils import ConfigError
+from longrl.models.attention import use_longrl_attention
+from longrl.models.decoder import unfusable_reason
+from longrl.models.inputs import VisionInputs
+
+
+class ModelFamily:
+    name: str  # the family's name, as `model.tiny.family` spells it
+    model_types: tuple[str, ...]  # config.json `model_type`s it serves
+    has_vision: bool = False
+    mrope: bool = False  # 3-D positions into the rotary module (else its first row)
+
+    def model_class(self) -> Any:
+        """The transformers class a checkpoint of this family loads as."""
+        raise NotImplementedError
+
+    def tiny_config(self, tiny: Any, tokenizer: Any) -> Any:
+        """The transformers config of the tiny offline model (``model.path=tiny``)."""
+        raise NotImplementedError
+
+    def decoder(self, model: Any) -> Any:
+        """The text decoder stack: ``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``."""
+        return model.model
+
+    def text_config(self, model: Any) -> Any:
+        return model.config
+
+    def rotary(self, rotary_emb: Any, h: torch.Tensor, position_ids: torch.Tensor):
+        """cos/sin [B, L, D] for positions [3, B, L] by the model's own rotary module."""
+        return rotary_emb(h, position_ids if self.mrope else position_ids[0])
+
+    def vision_tower(self, model: Any) -> Any:
+        return None
+
+    def media_token_ids(self, model: Any) -> tuple[int | None, int | None]:
+        """(image, video) placeholder token ids; None where the family takes no such input."""
+        return None, None
+
+    def expand_placeholders(self, model: Any, text: str, vision: VisionInputs | None) -> str:
+        """The chat-rendered prompt with each media placeholder expanded to one token per embedding."""
+        if vision is not None:
+            raise ValueError(f"{self.name} models take text only; this row has a video or image")
+        return text
+
+    def positions(self, model: Any, input_ids: torch.Tensor, vision: VisionInputs | None) -> torch.Tensor:
+        """Positions [3, L] of one prompt."""
+        if vision is not None:
+            raise ValueError(f"{self.name} models take text only; this row has a video or image")
+        return torch.arange(len(input_ids)).view(1, -1).expand(3, -1).clone()
+
+    def encode_video(self, model: Any, vision: VisionInputs) -> torch.Tensor:
+        raise ValueError(f"{self.name} models have no vision tower")
+
+    def prepare(self, model: Any) -> None:
+        """After loading: route the text decoder's attention through longrl (``models.attention``)."""
+        use_longrl_attention(self.text_config(model))
+
+    def check_supported(self, model: Any) -> None:
+        """A clear error when this checkpoint uses an option longrl's decoder layer does not implement."""
+        reason = unfusable_reason(self.text_config(model), self.decoder(model).layers)
+        if reason is not None:
+            raise ConfigError(
+                f"this {self.name} checkpoint uses {reason}, which longrl's decoder does not implement; "
+                "choose a checkpoint without it"
+            )
