@@ -77,8 +77,10 @@ def test_family_comes_from_model_type_and_unknown_types_fail(tmp_path):
         with safe_open(str(tmp_path / family / "model.safetensors"), "pt") as f:
             saved = set(f.keys())
         assert saved == {k for k in model.state_dict() if not (family == "llama" and k == "lm_head.weight")}
-        loaded, _ = load_model(ModelConfig(path=str(tmp_path / family), dtype="float32"))
+        loaded, loaded_tok = load_model(ModelConfig(path=str(tmp_path / family), dtype="float32"))
         assert type(loaded).__name__ == cls
+        text = "<|im_start|>user\nWhat is 15 + 27 - 3?<|im_end|>\n<think>15 + 27 = 42. 42 - 3 = 39.</think>"
+        assert loaded_tok(text)["input_ids"] == tok(text)["input_ids"]  # the reloaded tokenizer splits alike
         ids = torch.tensor([[5, 9, 17, 3]])
         with torch.no_grad():
             torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
@@ -301,3 +303,74 @@ def test_loading_a_checkpoint_keeps_host_memory_near_its_size(tmp_path):
     assert m["after_mb"] - m["before_mb"] > 0.8 * size_mb  # the weights are resident: the measure sees them
     print(f"size {size_mb:.1f} MB, peak growth {growth:.1f} MB")
     assert growth < 1.6 * size_mb, f"loading a {size_mb:.0f} MB checkpoint raised peak RSS by {growth:.0f} MB ({m})"
+
+
+@pytest.fixture(scope="module")
+def math_rows(tmp_path_factory):
+    from longrl.data.arithmetic import ArithmeticConfig, generate_arithmetic
+    from longrl.data.rows import load_rows
+
+    train, _ = generate_arithmetic(ArithmeticConfig(str(tmp_path_factory.mktemp("math")), num_train=16, num_test=4))
+    return load_rows(train)
+
+
+def _text_rl(family: str, rows, overrides: list[str]):
+    from longrl.data.prompt import corpus_texts
+
+    cfg = load_config(
+        Path(__file__).parents[1] / "src/longrl/configs/quickstart_math.yaml",
+        ["trainer.progress=false", f"model.tiny.family={family}", *overrides],
+    )
+    model, tok = load_model(cfg.model, tokenizer_texts=corpus_texts(rows), seed=0)
+    return cfg, model, tok
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_grpo_raises_a_learnable_reward_on_a_text_model(family, math_rows, tmp_path):
+    """train_rl end to end on math rows (no media): a reward the policy can reach (the response
+    starts with a digit) rises, and the run checkpoints."""
+    from longrl.data.dataset import ExampleSet
+    from longrl.train.rl import train_rl
+
+    reward_file = tmp_path / "digit.py"
+    reward_file.write_text(
+        "def digit_first(sample):\n    return 1.0 if sample.response.lstrip()[:1].isdigit() else 0.0\n"
+    )
+    cfg, model, tok = _text_rl(
+        family,
+        math_rows,
+        [
+            f"reward.functions=['{reward_file}:digit_first']",
+            "rl.steps=8",
+            "rl.prompts_per_step=4",
+            "rollout.n=8",
+            "rollout.max_new_tokens=4",
+            "rl.optim.lr=0.02",
+            "algorithm.kl_coef=0",
+            "trainer.log_every=100",
+        ],
+    )
+    train_rl(model, tok, ExampleSet(math_rows[:8], cfg.data), cfg, tmp_path / "run", progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rewards = [line["reward/mean"] for line in lines]
+    assert len(rewards) == 8 and sum(rewards[-2:]) / 2 > sum(rewards[:2]) / 2 + 0.2, rewards
+    assert (tmp_path / "run" / "checkpoints" / "step_8").is_dir()
+
+
+def test_every_preset_updates_a_text_model(math_rows, tmp_path):
+    """Two RL steps of every preset on a tiny Llama (tied embeddings): finite metrics, and the
+    weights move (a reward that varies between samples, so every estimator has a signal)."""
+    from longrl.data.dataset import ExampleSet
+    from longrl.train.rl import train_rl
+
+    reward_file = tmp_path / "length.py"
+    reward_file.write_text("def length(sample):\n    return len(sample.response) / 40\n")
+    for preset in ("grpo", "dapo", "drgrpo", "rloo", "reinforce_pp", "gspo"):
+        overrides = [f"algorithm.name={preset}", f"reward.functions=['{reward_file}:length']", "rl.steps=2"]
+        overrides += ["rl.prompts_per_step=2", "rollout.n=4", "rollout.max_new_tokens=6"]
+        cfg, model, tok = _text_rl("llama", math_rows, overrides)
+        before = [p.detach().clone() for p in model.parameters()]
+        train_rl(model, tok, ExampleSet(math_rows[:4], cfg.data), cfg, tmp_path / preset, progress=False)
+        lines = [json.loads(line) for line in (tmp_path / preset / "metrics.jsonl").read_text().splitlines()]
+        assert len(lines) == 2 and all(v == v for v in lines[-1].values() if isinstance(v, float)), preset
+        assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters())), preset

@@ -1,7 +1,7 @@
 """The ``longrl`` command.
 
-    longrl quickstart [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
-    longrl data synth --out DIR [--train N] [--test N] [--frames F] [--size PX] [--seed S]
+    longrl quickstart [--task video|math] [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
+    longrl data synth --out DIR [--task video|arithmetic] [--train N] [--test N] [--frames F] [--size PX] [--seed S]
     longrl train sft|rl [--config YAML] [key=value ...]
     longrl eval [--config YAML] [--benchmark longvideo-reason DIR] [key=value ...]
     longrl cache-embeds [--config YAML] [key=value ...]
@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "quickstart", parents=common, help="offline end-to-end run: synthetic videos -> SFT -> RL -> eval"
     )
     qs.add_argument("--out", default="runs/quickstart")
+    qs.add_argument(
+        "--task",
+        default="video",
+        choices=["video", "math"],
+        help="video: tiny Qwen2.5-VL on synthetic long videos; math: tiny Qwen2 text model on arithmetic",
+    )
     qs.add_argument("--algorithm", default="grpo", help="grpo | dapo | reinforce_pp | rloo | drgrpo | gspo")
     qs.add_argument("--train-rows", type=int, default=2400, help="RL pool of synthetic videos")
     qs.add_argument("--sft-rows", type=int, default=600, help="the pool's first rows, with reasoning, for SFT")
@@ -94,8 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", parents=common, help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser("synth", parents=common, help="write the synthetic long-video reasoning task")
+    synth = data_sub.add_parser("synth", parents=common, help="write a synthetic task: long videos or arithmetic")
     synth.add_argument("--out", required=True)
+    synth.add_argument(
+        "--task",
+        default="video",
+        choices=["video", "arithmetic"],
+        help="video: the long-video reasoning task; arithmetic: math and word problems (free-text answers)",
+    )
     synth.add_argument("--train", type=int, default=600)
     synth.add_argument("--test", type=int, default=200)
     synth.add_argument("--frames", type=int, default=32, help="frames per video: tens to thousands")
@@ -223,6 +235,7 @@ def _dispatch(args) -> int:
         from longrl.quickstart import QuickstartData, parse_seeds, quickstart, sweep
 
         data = QuickstartData(
+            task=args.task,
             num_train=args.train_rows,
             sft_rows=args.sft_rows,
             num_test=args.test_rows,
@@ -238,6 +251,14 @@ def _dispatch(args) -> int:
         seed = [] if args.seed is None else [f"trainer.seed={args.seed}"]
         quickstart(args.out, args.algorithm, [*args.overrides, *seed], data, sft_model=args.sft_model)
         print(f"report: {args.out}/report.json")
+        return 0
+    if args.command == "data" and args.task == "arithmetic":
+        from longrl.data.arithmetic import ArithmeticConfig, generate_arithmetic
+
+        train, test = generate_arithmetic(
+            ArithmeticConfig(out_dir=args.out, num_train=args.train, num_test=args.test, seed=args.seed)
+        )
+        print(f"wrote {train} and {test}")
         return 0
     if args.command == "data":
         from longrl.data.synth import SynthConfig, generate_synth

@@ -17,7 +17,6 @@ from longrl.models.attention import AttentionLayout
 from longrl.models.config import ModelConfig
 from longrl.models.family import family_named, family_of, model_type_at
 from longrl.models.inputs import Prompt, VisionInputs
-from longrl.models.tokenizer import train_tokenizer
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -75,7 +74,7 @@ def load_model(
         if not tokenizer_texts:
             raise ValueError("the tiny model trains its tokenizer on the run's text: pass tokenizer_texts")
         family = family_named(cfg.tiny.family, "model.tiny.family")
-        tokenizer = train_tokenizer(tokenizer_texts, vocab_size=cfg.tiny.vocab_size)
+        tokenizer = family.tiny_tokenizer(tokenizer_texts, cfg.tiny.vocab_size)
         config = family.tiny_config(cfg.tiny, tokenizer)
         config._attn_implementation = cfg.attn_implementation
         with torch.random.fork_rng(devices=[]):
@@ -210,7 +209,7 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
         special = set(tokenizer.all_special_ids)
         ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
         found = next((i for i in ids if i in special), found)
-    except (ValueError, IndexError, TypeError):  # no chat template, or one that drops the turn
+    except (ValueError, IndexError, TypeError, AttributeError):  # no chat template, or one that drops the turn
         pass
     if found is None:
         raise ValueError("the tokenizer has no chat template end-of-turn token and no eos_token; set one")

@@ -20,6 +20,7 @@ from longrl.config_utils import ConfigError
 from longrl.models.attention import use_longrl_attention
 from longrl.models.decoder import unfusable_reason
 from longrl.models.inputs import VisionInputs
+from longrl.models.tokenizer import train_tokenizer
 
 
 class ModelFamily:
@@ -35,6 +36,10 @@ class ModelFamily:
     def tiny_config(self, tiny: Any, tokenizer: Any) -> Any:
         """The transformers config of the tiny offline model (``model.path=tiny``)."""
         raise NotImplementedError
+
+    def tiny_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
+        """The tiny model's tokenizer, trained in-process on the run's text."""
+        return train_tokenizer(texts, vocab_size=vocab_size)
 
     def decoder(self, model: Any) -> Any:
         """The text decoder stack: ``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``."""

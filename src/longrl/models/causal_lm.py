@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from longrl.models.base import ModelFamily
+from longrl.models.tokenizer import train_tokenizer
 
 
 def _ids(tokenizer: Any, token: str) -> int:
@@ -28,6 +29,10 @@ class CausalLM(ModelFamily):
         import transformers
 
         return getattr(transformers, self._class_name)
+
+    def tiny_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
+        # transformers reloads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer, with Qwen2's split
+        return train_tokenizer(texts, vocab_size=vocab_size, qwen2_split=self.name == "qwen2")
 
     def tiny_config(self, tiny: Any, tokenizer: Any) -> Any:
         import transformers

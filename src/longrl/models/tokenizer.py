@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 # Qwen2.5-VL's special tokens, spelled as in the real tokenizer so prompts read the same.
@@ -42,10 +42,29 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on ``texts``; any string still encodes (bytes are the fallback)."""
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1024, *, qwen2_split: bool = False
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts``; any string still encodes (bytes are the fallback).
+
+    ``qwen2_split``: Qwen2's own normalizer and pre-tokenizer (NFC, its split pattern: digits one
+    by one, then byte-level), as the tiny Qwen2 text model needs: transformers loads a checkpoint
+    of model_type ``qwen2`` with ``Qwen2Tokenizer``, which rebuilds exactly these from its own code
+    (ignoring tokenizer.json's), so a tokenizer trained otherwise would split text differently
+    once reloaded."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if qwen2_split:
+        from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
