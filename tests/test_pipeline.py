@@ -184,3 +184,22 @@ def test_every_preset_updates_on_ragged_groups(synth, preset):
     )
     assert all(v == v for v in metrics.values())  # no NaN
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_math_quickstart_writes_its_report(tmp_path):
+    """`longrl quickstart --task math`: the arithmetic task, a tiny Qwen2 text model, the math reward."""
+    from longrl.quickstart import QuickstartData, quickstart, sweep_table
+
+    overrides = ["sft.epochs=1", "rl.steps=3", "rl.prompts_per_step=2", "rollout.n=2", "trainer.progress=false"]
+    data = QuickstartData(task="math", num_train=8, sft_rows=4, num_test=4)
+    report = quickstart(tmp_path / "qs", "grpo", overrides, data)
+    saved = json.loads((tmp_path / "qs" / "report.json").read_text())
+    assert saved["task"] == "math" and saved["chance_accuracy"] == 0.0  # free-text answers
+    assert saved["blind"]["other_video_accuracy"] is None and 0.0 <= saved["blind"]["majority_accuracy"] <= 1.0
+    assert set(saved["rl"]["per_category"]) <= {"Addition", "Subtraction", "Multiplication", "Word problem"}
+    config = json.loads((tmp_path / "qs" / "rl_model" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]  # the text class, no vision tower
+    assert saved["rl_train_accuracy_trend"]["points"] == 3  # reward/math/accuracy, once per RL step
+    table = sweep_table([report])
+    assert "| n/a |" in table  # no other-video baseline for text
+    assert "SFT>=chance+0.10" not in table and ("RL>=SFT+0.05" in table or "all met" in table)  # math's thresholds

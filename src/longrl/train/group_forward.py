@@ -39,6 +39,10 @@ from longrl.models.inputs import Prompt
 
 Backend = Literal["auto", "dense", "flex", "hybrid", "split"]
 FLEX_BLOCK = 128
+# Packed groups shorter than this use the dense mask on CUDA too: its [T, T] mask is small there, and
+# inductor (torch 2.11) could not lower flex_attention's backward for a tiny model's short text groups
+# (NoValidChoicesError on an H200, q [1, 4, 73, 64]; notes/gpu_latest.md, 2026-12-02).
+DENSE_BELOW = 2048
 
 
 @dataclass
@@ -206,7 +210,9 @@ class GroupAttention(AttentionLayout):
     def resolved_backend(self, device: torch.device) -> str:
         if self.backend != "auto":
             return self.backend
-        return "hybrid" if device.type == "cuda" else "dense"  # hybrid: fastest measured on H100 (notes/train.md)
+        if device.type != "cuda" or self.packing.total_len < DENSE_BELOW:
+            return "dense"
+        return "hybrid"  # fastest measured on H100 (notes/train.md)
 
     def attend(self, module, query, key, value, scaling):
         backend = self.resolved_backend(query.device)
