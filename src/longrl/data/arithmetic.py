@@ -113,7 +113,8 @@ def generate_arithmetic(cfg: ArithmeticConfig) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     train = [make_row(cfg, "train", i) for i in range(cfg.num_train)]
     seen = {r.question for r in train}
-    test, index = [], 0
+    test: list[Row] = []
+    index = 0
     while len(test) < cfg.num_test:
         row = make_row(cfg, "test", index)
         index += 1
