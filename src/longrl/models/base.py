@@ -23,6 +23,28 @@ from longrl.models.inputs import VisionInputs
 from longrl.models.tokenizer import train_tokenizer
 
 
+def tiny_text_fields(tiny: Any, tokenizer: Any, **rope: Any) -> dict[str, Any]:
+    """The text decoder's config fields of a tiny model (``model.tiny``) with the in-process
+    tokenizer's special tokens; ``rope`` adds rotary parameters (M-RoPE's sections)."""
+
+    def ids(token: str) -> int:
+        return int(tokenizer.convert_tokens_to_ids(token))  # one token in, one id out
+
+    return dict(
+        vocab_size=len(tokenizer),
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads,
+        num_key_value_heads=tiny.num_kv_heads,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, **rope},
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+        pad_token_id=ids("<|endoftext|>"),
+    )
+
+
 class ModelFamily:
     name: str  # the family's name, as `model.tiny.family` spells it
     model_types: tuple[str, ...]  # config.json `model_type`s it serves

@@ -8,14 +8,10 @@ shares the tensor, and so does everything here). The layer math is ``longrl.mode
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from longrl.models.base import ModelFamily
+from longrl.models.base import ModelFamily, tiny_text_fields
 from longrl.models.tokenizer import train_tokenizer
-
-
-def _ids(tokenizer: Any, token: str) -> int:
-    return cast(int, tokenizer.convert_tokens_to_ids(token))
 
 
 class CausalLM(ModelFamily):
@@ -38,20 +34,7 @@ class CausalLM(ModelFamily):
         import transformers
 
         config_class = getattr(transformers, self._config_name)
-        return config_class(
-            vocab_size=len(tokenizer),
-            hidden_size=tiny.hidden_size,
-            intermediate_size=tiny.intermediate_size,
-            num_hidden_layers=tiny.num_layers,
-            num_attention_heads=tiny.num_heads,
-            num_key_value_heads=tiny.num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            bos_token_id=_ids(tokenizer, "<|endoftext|>"),
-            eos_token_id=_ids(tokenizer, "<|im_end|>"),
-            pad_token_id=_ids(tokenizer, "<|endoftext|>"),
-            tie_word_embeddings=self._tied,
-        )
+        return config_class(**tiny_text_fields(tiny, tokenizer), tie_word_embeddings=self._tied)
 
 
 QWEN2 = CausalLM("qwen2", "Qwen2ForCausalLM", "Qwen2Config", tied=False)

@@ -14,7 +14,7 @@ from typing import Any, cast
 import torch
 from transformers import PreTrainedTokenizerBase, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from longrl.models.base import ModelFamily
+from longrl.models.base import ModelFamily, tiny_text_fields
 from longrl.models.config import TinyModelConfig
 from longrl.models.inputs import VisionInputs
 from longrl.models.rope import use_reference_rope_index
@@ -79,19 +79,7 @@ def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwe
         return cast(int, tokenizer.convert_tokens_to_ids(token))  # one token in, one id out
 
     return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.hidden_size,
-            intermediate_size=cfg.intermediate_size,
-            num_hidden_layers=cfg.num_layers,
-            num_attention_heads=cfg.num_heads,
-            num_key_value_heads=cfg.num_kv_heads,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
-            bos_token_id=ids("<|endoftext|>"),
-            eos_token_id=ids("<|im_end|>"),
-            pad_token_id=ids("<|endoftext|>"),
-        ),
+        text_config=tiny_text_fields(cfg, tokenizer, mrope_section=mrope_section),
         vision_config=dict(
             depth=cfg.vision_depth,
             hidden_size=cfg.vision_hidden_size,
