@@ -75,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="video: tiny Qwen2.5-VL on synthetic long videos; math: tiny Qwen2 text model on arithmetic",
     )
     qs.add_argument("--algorithm", default="grpo", help="grpo | dapo | reinforce_pp | rloo | drgrpo | gspo")
-    qs.add_argument("--train-rows", type=int, default=2400, help="RL pool of synthetic videos")
-    qs.add_argument("--sft-rows", type=int, default=600, help="the pool's first rows, with reasoning, for SFT")
+    qs.add_argument("--train-rows", type=int, default=None, help="RL pool (default: 2400 videos, 4000 problems)")
+    qs.add_argument(
+        "--sft-rows", type=int, default=None, help="the pool's first rows, with reasoning, for SFT (default 600 / 2000)"
+    )
     qs.add_argument("--test-rows", type=int, default=400)
     qs.add_argument("--frames", type=int, default=32, help="frames per synthetic video file")
     qs.add_argument(
@@ -234,8 +236,8 @@ def _dispatch(args) -> int:
     if args.command == "quickstart":
         from longrl.quickstart import QuickstartData, parse_seeds, quickstart, sweep
 
-        data = QuickstartData(
-            task=args.task,
+        data = QuickstartData.for_task(
+            args.task,
             num_train=args.train_rows,
             sft_rows=args.sft_rows,
             num_test=args.test_rows,

@@ -53,6 +53,13 @@ class QuickstartData:
     object_fraction: float = 1.0  # objects fill their room: evidence a small model sees at once
     reasoning: str = "evidence"  # "timeline": SFT chains narrate every event first (a dense caption)
 
+    @classmethod
+    def for_task(cls, task: str, **given) -> QuickstartData:
+        """The task's defaults, then the ``given`` values that are not None. Math: SFT on 2,000 of
+        4,000 problems (text is cheap; 600 rows taught the arithmetic too little: 0.04 held out)."""
+        defaults = {"math": dict(num_train=4000, sft_rows=2000)}.get(task, {})
+        return cls(task=task, **{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
 
 def quickstart(
     out_dir: str | Path,
