@@ -335,7 +335,7 @@ def sweep_table(reports: list[dict]) -> str:
         ):
             columns[key].append(value)
     stats = {k: _mean_sd(v) for k, v in columns.items()}
-    fmt = {k: f"{m:.4f} +- {s:.4f}" for k, (m, s) in stats.items()}
+    fmt = {k: "n/a" if m != m else f"{m:.4f} +- {s:.4f}" for k, (m, s) in stats.items()}  # NaN: a text task
     lines.append(
         f"| mean +- sd | | {fmt['sft']} | {fmt['rl']} | {fmt['gain']} | {fmt['majority']} | {fmt['other']} | "
         f"{fmt['slope']} | {stats['min'][0]:.1f} | mean gain {'>=' if stats['gain'][0] >= 0.05 else '<'} 0.05 |"
