@@ -503,8 +503,8 @@ def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: flo
 
 def _timed_runs(repeats: int, device: torch.device, fn) -> list[float]:
     """Wall seconds of ``repeats`` calls of ``fn``. The transformers baseline is timed more than
-    once and its fastest run is the one compared: ``generate`` is bound by its host-side Python
-    loop, so one run's time follows the host (12.5 to 15.5 s for the same call on one H200 kind)."""
+    once and its fastest run is the one compared: its first ``generate`` of the process carries
+    transformers' warm-up (18.2 s, then 8.65 s for the same call on an H200, notes/gpu_latest.md)."""
     out = []
     for _ in range(max(1, repeats)):
         t0 = _sync(device)
@@ -544,7 +544,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--hf-repeats",
         type=int,
         default=2,
-        help="time the transformers baseline this many times and compare with its fastest run",
+        help="time the transformers baseline this many times and compare with its fastest (the first is cold)",
     )
     ap.add_argument(
         "--hf-video",

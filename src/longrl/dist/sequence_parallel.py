@@ -66,8 +66,9 @@ def apply_sequence_parallel(model, group_or_mesh, cfg: SequenceParallelConfig | 
     text = family.text_config(model)
     check_heads(size, text.num_attention_heads, text.num_key_value_heads)
     setattr(model, ATTRIBUTE, Ulysses(group, text.num_attention_heads, text.num_key_value_heads, cfg.decode))
-    if cfg.shard_vision and family.vision_tower(model) is not None:
-        shard_vision_frames(family.vision_tower(model), group)
+    tower = family.vision_tower(model)
+    if cfg.shard_vision and tower is not None:
+        shard_vision_frames(tower, group)
     return model
 
 

@@ -181,7 +181,7 @@ def decoder_forward(
     family = family_of(model)
     out = family.decoder(model)(
         inputs_embeds=embeds,
-        position_ids=position_ids if family.mrope else position_ids[0],
+        position_ids=family.rotary_positions(position_ids),
         attention_mask=mask,
         use_cache=False,
     )
@@ -196,9 +196,6 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token that closes an assistant turn in the checkpoint's own chat template (Qwen's
     ``<|im_end|>``, Llama 3's ``<|eot_id|>``): SFT targets end with it and sampling stops at it.
     Found by rendering a one-turn conversation; the tokenizer's EOS when the template shows none."""
-    cached = getattr(tokenizer, "_longrl_end_of_turn", None)
-    if cached is not None:
-        return int(cached)
     marker = "longrl-end-of-turn-probe"
     found = tokenizer.eos_token_id
     try:
@@ -213,5 +210,4 @@ def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
         pass
     if found is None:
         raise ValueError("the tokenizer has no chat template end-of-turn token and no eos_token; set one")
-    tokenizer._longrl_end_of_turn = int(found)
     return int(found)

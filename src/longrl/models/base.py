@@ -48,7 +48,6 @@ def tiny_text_fields(tiny: Any, tokenizer: Any, **rope: Any) -> dict[str, Any]:
 class ModelFamily:
     name: str  # the family's name, as `model.tiny.family` spells it
     model_types: tuple[str, ...]  # config.json `model_type`s it serves
-    has_vision: bool = False
     mrope: bool = False  # 3-D positions into the rotary module (else its first row)
 
     def model_class(self) -> Any:
@@ -70,9 +69,14 @@ class ModelFamily:
     def text_config(self, model: Any) -> Any:
         return model.config
 
+    def rotary_positions(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """Positions [3, B, L] as the family's transformers modules take them: all three M-RoPE rows,
+        or the first row ([B, L]) for a 1-D rotary family."""
+        return position_ids if self.mrope else position_ids[0]
+
     def rotary(self, rotary_emb: Any, h: torch.Tensor, position_ids: torch.Tensor):
         """cos/sin [B, L, D] for positions [3, B, L] by the model's own rotary module."""
-        return rotary_emb(h, position_ids if self.mrope else position_ids[0])
+        return rotary_emb(h, self.rotary_positions(position_ids))
 
     def vision_tower(self, model: Any) -> Any:
         return None

@@ -25,7 +25,6 @@ VIDEO_PAD = "<|video_pad|>"
 class Qwen25VL(ModelFamily):
     name = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
-    has_vision = True
     mrope = True
 
     def model_class(self) -> Any:

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
-from longrl.config_utils import ConfigError
 from longrl.dist.ulysses import sequence_parallel
-from longrl.models.decoder import LayerWeights, layer_weights, unfusable_reason
+from longrl.models.decoder import LayerWeights, layer_weights
 from longrl.models.family import family_of
 
 
@@ -25,9 +24,7 @@ class TextDecoder:
         family = family_of(model)
         lm = family.decoder(model)
         cfg = family.text_config(model)
-        reason = unfusable_reason(cfg, lm.layers)
-        if reason is not None:
-            raise ConfigError(f"longrl's rollout engine cannot run this model: it uses {reason}")
+        family.check_supported(model)  # the layer functions below must cover this model's layers
         self.model = model
         self.family = family
         self.embed = lm.embed_tokens
