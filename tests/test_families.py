@@ -374,3 +374,21 @@ def test_every_preset_updates_a_text_model(math_rows, tmp_path):
         lines = [json.loads(line) for line in (tmp_path / preset / "metrics.jsonl").read_text().splitlines()]
         assert len(lines) == 2 and all(v == v for v in lines[-1].values() if isinstance(v, float)), preset
         assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters())), preset
+
+
+def test_broken_or_unsupported_checkpoints_fail_in_one_line(tmp_path):
+    """A config.json that is not JSON, one without model_type, and a layer option the decoder does
+    not implement each stop with a ConfigError naming the problem, before any weight is used."""
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"config.json is not a JSON object .*broken"):
+        load_model(ModelConfig(path=str(tmp_path / "broken")))
+    (tmp_path / "untyped").mkdir()
+    (tmp_path / "untyped" / "config.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(ConfigError, match="has no model_type; longrl supports llama, qwen2, qwen2_5_vl"):
+        load_model(ModelConfig(path=str(tmp_path / "untyped")))
+
+    model, tok = tiny("qwen2")
+    model.config.hidden_act = "gelu"  # not the SwiGLU longrl's decoder layer implements
+    with pytest.raises(ConfigError, match="this qwen2 checkpoint uses hidden_act 'gelu'"):
+        generate(model, text_prompts(model, tok), SamplingParams(n=1, greedy=True, max_new_tokens=2))
