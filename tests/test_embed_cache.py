@@ -131,7 +131,7 @@ def test_run_hits_without_decoding_and_recomputes_on_change(tiny_model, tmp_path
     cache = EmbedCache(tmp_path / "cache")
 
     stats = precompute_embeds(model, rows, data_cfg, cache)
-    assert (stats.videos, stats.computed, stats.hits, stats.skipped) == (2, 1, 0, ["r3"])
+    assert (stats.files, stats.computed, stats.hits, stats.skipped) == (2, 1, 0, ["r3"])
     fresh_vision = dataset.load_vision(rows[0], data_cfg)
     fresh = encode_video(model, fresh_vision)
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from longrl.data.image import decode_image
 from longrl.data.video import write_video
 from longrl.models.adapter import build_prompt
 from longrl.rollout import SamplingParams, generate
-from longrl.serve.media import _decode_image
 from serve_helpers import save_tiny, serve_tiny
 
 
@@ -142,7 +142,10 @@ def test_video_and_image_parts(server):
         max_tokens=4,
     )
     assert image.status_code == 200, image.text
-    assert _decode_image(png).shape == (1, 56, 56, 3)
+    assert (decode_image(png) == 200).all() and decode_image(png).shape == (56, 56, 3)
+    # served as an image, not a one-frame video: 4 x 4 patches / 2 x 2 merge = 4 image tokens + 2 tags
+    plain = chat(client, [{"type": "text", "text": "what color?"}], temperature=0, max_tokens=4).json()
+    assert image.json()["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"] + 4 + 2
 
 
 def _png_bytes() -> bytes:

@@ -1,4 +1,4 @@
-"""The entry point behind ``longrl cache-embeds``: the vision tower's video embeddings of every
+"""The entry point behind ``longrl cache-embeds``: the vision tower's video and image embeddings of every
 train and test row, written to ``data.embed_cache_dir`` (:mod:`longrl.data.embed_cache`)."""
 
 from __future__ import annotations

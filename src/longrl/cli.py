@@ -1,7 +1,7 @@
 """The ``longrl`` command.
 
     longrl quickstart [--task video|math] [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
-    longrl data synth --out DIR [--task video|arithmetic] [--train N] [--test N] [--frames F] [--size PX] [--seed S]
+    longrl data synth --out DIR [--task video|arithmetic|image] [--train N] [--test N] [--frames F] [--size PX] [--seed S]
     longrl train sft|rl [--config YAML] [key=value ...]
     longrl eval [--config YAML] [--benchmark longvideo-reason DIR] [key=value ...]
     longrl cache-embeds [--config YAML] [key=value ...]
@@ -102,19 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", parents=common, help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    synth = data_sub.add_parser("synth", parents=common, help="write a synthetic task: long videos or arithmetic")
+    synth = data_sub.add_parser(
+        "synth", parents=common, help="write a synthetic task: long videos, arithmetic or images"
+    )
     synth.add_argument("--out", required=True)
     synth.add_argument(
         "--task",
         default="video",
-        choices=["video", "arithmetic"],
-        help="video: the long-video reasoning task; arithmetic: math and word problems (free-text answers)",
+        choices=["video", "arithmetic", "image"],
+        help="video: the long-video reasoning task; arithmetic: math and word problems (free-text answers); "
+        "image: a coloured square's colour or position (image rows)",
     )
     synth.add_argument("--train", type=int, default=600)
     synth.add_argument("--test", type=int, default=200)
     synth.add_argument("--frames", type=int, default=32, help="frames per video: tens to thousands")
     synth.add_argument("--fps", type=float, default=4.0)
-    synth.add_argument("--size", type=int, default=56)
+    synth.add_argument("--size", type=int, default=56, help="frame or image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
 
     train = sub.add_parser("train", parents=common, help="SFT or RL from a config")
@@ -259,6 +262,14 @@ def _dispatch(args) -> int:
 
         train, test = generate_arithmetic(
             ArithmeticConfig(out_dir=args.out, num_train=args.train, num_test=args.test, seed=args.seed)
+        )
+        print(f"wrote {train} and {test}")
+        return 0
+    if args.command == "data" and args.task == "image":
+        from longrl.data.shapes import ShapesConfig, generate_shapes
+
+        train, test = generate_shapes(
+            ShapesConfig(out_dir=args.out, num_train=args.train, num_test=args.test, size=args.size, seed=args.seed)
         )
         print(f"wrote {train} and {test}")
         return 0

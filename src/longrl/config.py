@@ -21,25 +21,31 @@ from longrl.rollout.config import RolloutConfig
 
 @dataclass
 class DataConfig:
-    train_path: str = ""  # .jsonl or .parquet rows (id, video, question, options, answer, reasoning, category)
+    train_path: str = ""  # .jsonl or .parquet rows (id, video or image, question, options, answer, reasoning, category)
     test_path: str = ""  # held-out rows for `longrl eval`, same format as train_path
-    media_root: str = ""  # relative video paths resolve here (default: the data file's folder)
+    media_root: str = ""  # relative video/image paths resolve here (default: the data file's folder)
     num_frames: int = 16  # uniform sampling over the whole video; 0 = sample at `fps`
     fps: float = 0.0  # frames per second of video when num_frames is 0 (capped by max_frames)
     max_frames: int = 768  # upper bound on frames per video when sampling at fps
     min_pixels: int = 56 * 56  # Qwen smart-resize bounds, per frame
     max_pixels: int = 448 * 448  # per frame; larger frames are resized down to at most this many pixels
+    image_min_pixels: int = 56 * 56  # an image row's smart-resize bounds (Qwen2VLImageProcessor's defaults)
+    image_max_pixels: int = 28 * 28 * 1280  # larger images are resized down to at most this many pixels
     bad_sample: Literal["skip", "error"] = "skip"  # a bad row (schema, JSON, UTF-8) or video: skip and count, or stop
-    embed_cache_dir: str = ""  # precomputed video embeddings (`longrl cache-embeds`)
+    embed_cache_dir: str = ""  # precomputed video and image embeddings (`longrl cache-embeds`)
 
     def __post_init__(self) -> None:
         config_utils.at_least(self, 0, "num_frames", "fps")
-        config_utils.at_least(self, 1, "max_frames", "min_pixels")
+        config_utils.at_least(self, 1, "max_frames", "min_pixels", "image_min_pixels")
         if self.num_frames == 0 and self.fps == 0:
             raise config_utils.FieldError("{p}num_frames=0 samples at {p}fps, which is 0 too: set one of them > 0")
         if self.max_pixels < self.min_pixels:
             raise config_utils.FieldError(
                 f"{{p}}max_pixels={self.max_pixels} must be >= {{p}}min_pixels={self.min_pixels}"
+            )
+        if self.image_max_pixels < self.image_min_pixels:
+            raise config_utils.FieldError(
+                f"{{p}}image_max_pixels={self.image_max_pixels} must be >= {{p}}image_min_pixels={self.image_min_pixels}"
             )
 
 

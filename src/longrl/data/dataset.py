@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from longrl.data.image import decode_image
 from longrl.data.rows import Row
 from longrl.data.video import VideoError, decode_video
-from longrl.data.vision_preprocess import preprocess_video
+from longrl.data.vision_preprocess import preprocess_image, preprocess_video
 from longrl.models.inputs import VisionInputs
 
 if TYPE_CHECKING:
@@ -30,12 +31,16 @@ MAX_DRAWS = 10  # an RL step draws this many times for usable rows before the ru
 @dataclass
 class Example:
     row: Row
-    vision: VisionInputs | None  # preprocessed video (or None for text-only rows)
-    video_embeds: torch.Tensor | None = None  # from the embedding cache, when one is in use
+    vision: VisionInputs | None  # preprocessed video or image (None for text-only rows)
+    video_embeds: torch.Tensor | None = None  # the video's or image's, from the embedding cache when one is in use
 
 
 def load_vision(row: Row, cfg) -> VisionInputs | None:
-    """Decode and preprocess the row's video per ``cfg`` (a DataConfig). Raises VideoError."""
+    """Decode and preprocess the row's video or image per ``cfg`` (a DataConfig). Raises
+    VideoError (ImageError for an image)."""
+    if row.image:
+        image = decode_image(row.image)
+        return preprocess_image(image, min_pixels=cfg.image_min_pixels, max_pixels=cfg.image_max_pixels)
     if not row.video:
         return None
     video = decode_video(
@@ -89,7 +94,7 @@ class ExampleSet:
             return None
         row = self.rows[index]
         try:
-            if self.embedder is not None and row.video:
+            if self.embedder is not None and (row.video or row.image):
                 example = Example(row, *self.embedder(row))
             else:
                 example = Example(row, load_vision(row, self.cfg))

@@ -1,10 +1,12 @@
-"""On-disk cache of video embeddings (the vision tower's output), one safetensors file per video.
+"""On-disk cache of video and image embeddings (the vision tower's output), one safetensors file
+per video or image.
 
 An entry is keyed by what determines the embeddings:
 
-* the video's content hash (sha256 of the file's bytes, so a renamed copy still hits and an
-  edited file misses),
-* the frame spec (sampling and resize settings, the tower's patch geometry),
+* the file's content hash (sha256 of its bytes, so a renamed copy still hits and an edited file
+  misses),
+* the frame spec (sampling and resize settings, the tower's patch geometry; an image's are its
+  own resize bounds, ``data.image_min_pixels``/``image_max_pixels``),
 * the vision-weights fingerprint (:func:`vision_fingerprint`).
 
 All three are also stored in the file's metadata, with the tensor's shape, dtype and sha256.
@@ -61,17 +63,25 @@ def video_content_hash(path: str | Path) -> str:
     return _content_hashes[memo]
 
 
-def frame_spec(data_cfg, model=None) -> dict[str, Any]:
-    """Everything besides the video and the weights that shapes the embeddings: the sampling and
-    resize settings of ``data_cfg`` (as ``longrl.data.dataset.load_vision`` uses them) and the
-    tower's patch geometry."""
-    spec = {
-        "num_frames": int(data_cfg.num_frames),
-        "fps": 0.0 if data_cfg.num_frames > 0 else float(data_cfg.fps),
-        "max_frames": int(data_cfg.max_frames),
-        "min_pixels": int(data_cfg.min_pixels),
-        "max_pixels": int(data_cfg.max_pixels),
-    }
+def frame_spec(data_cfg, model=None, *, image: bool = False) -> dict[str, Any]:
+    """Everything besides the file and the weights that shapes the embeddings: the sampling and
+    resize settings of ``data_cfg`` (as ``longrl.data.dataset.load_vision`` uses them, for a video
+    or an ``image``) and the tower's patch geometry."""
+    spec: dict[str, Any]
+    if image:
+        spec = {
+            "image": True,
+            "min_pixels": int(data_cfg.image_min_pixels),
+            "max_pixels": int(data_cfg.image_max_pixels),
+        }
+    else:
+        spec = {
+            "num_frames": int(data_cfg.num_frames),
+            "fps": 0.0 if data_cfg.num_frames > 0 else float(data_cfg.fps),
+            "max_frames": int(data_cfg.max_frames),
+            "min_pixels": int(data_cfg.min_pixels),
+            "max_pixels": int(data_cfg.max_pixels),
+        }
     if model is not None:
         vc = model.config.vision_config
         spec.update(
@@ -211,10 +221,11 @@ class EmbedCache:
 
 @dataclass
 class VideoEmbedder:
-    """Video -> (VisionInputs, embeddings) for one run: the cache when it can, else the tower.
+    """A row's video or image -> (VisionInputs, embeddings) for one run: the cache when it can,
+    else the tower.
 
     ``cache`` None, or ``train_vision``, means no cache (the latter says so once). On a cache hit
-    the video is neither decoded nor preprocessed: the returned VisionInputs hold the grid and
+    the file is neither decoded nor preprocessed: the returned VisionInputs hold the grid and
     timing (for M-RoPE positions) and empty pixels."""
 
     model: Any
@@ -230,18 +241,21 @@ class VideoEmbedder:
             self._fingerprint = vision_fingerprint(self.model)
         return self._fingerprint
 
-    def lookup(self, video_path: str | Path) -> tuple[str, dict[str, str]]:
-        """(key, identity) of ``video_path``'s entry."""
-        parts = (video_content_hash(video_path), frame_spec(self.data_cfg, self.model), self.fingerprint())
+    def lookup(self, path: str | Path, *, image: bool = False) -> tuple[str, dict[str, str]]:
+        """(key, identity) of the entry of the video (or ``image``) at ``path``."""
+        spec = frame_spec(self.data_cfg, self.model, image=image)
+        parts = (video_content_hash(path), spec, self.fingerprint())
         return EmbedCache.key(*parts), EmbedCache.identity(*parts)
 
     def __call__(self, row) -> tuple[Any, torch.Tensor | None]:
-        """(VisionInputs, embeddings [V, hidden] or None when the tower trains) of ``row``'s video.
-        Raises ``longrl.data.video.VideoError`` for a bad video, like ``load_vision``."""
+        """(VisionInputs, embeddings [V, hidden] or None when the tower trains) of ``row``'s video
+        or image. Raises ``longrl.data.video.VideoError`` (``ImageError``) for a bad file, like
+        ``load_vision``."""
         from longrl.data.dataset import load_vision
+        from longrl.data.video import ImageError, VideoError
         from longrl.dist.ulysses import sequence_parallel
+        from longrl.models.family import family_of
         from longrl.models.inputs import VisionInputs
-        from longrl.models.qwen2_5_vl import encode_video
 
         if self.train_vision or self.cache is None:
             if self.train_vision and self.cache is not None and not self._warned:
@@ -252,7 +266,11 @@ class VideoEmbedder:
                 )
                 self._warned = True
             return load_vision(row, self.data_cfg), None
-        key, ident = self.lookup(row.video)
+        media = media_path(row)
+        if not Path(media).is_file():  # a missing file is a bad sample, like a corrupt one
+            error = ImageError if row.image else VideoError
+            raise error(media, "file not found", "check the path in the dataset row and data.media_root")
+        key, ident = self.lookup(media, image=bool(row.image))
         entry = self.cache.get_entry(key, expect=ident)
         # Under sequence parallelism the tower's forward is a collective of the sp group: its ranks
         # encode together unless every one of them found the entry (another rank may write it between lookups).
@@ -268,10 +286,10 @@ class VideoEmbedder:
             )
             return vision, entry.embeds
         loaded = load_vision(row, self.data_cfg)
-        assert loaded is not None  # the row has a video (looked up above)
+        assert loaded is not None  # the row has a video or image (looked up above)
         vision = loaded
         with torch.no_grad():
-            embeds = encode_video(self.model, vision)
+            embeds = family_of(self.model).encode_video(self.model, vision)
         self.cache.put(
             key,
             embeds,
@@ -279,26 +297,31 @@ class VideoEmbedder:
                 **ident,
                 "grid_thw": vision.grid_thw.tolist(),
                 "second_per_grid": vision.second_per_grid,
-                "video": str(row.video),
+                "media": str(media),
             },
         )
         self.stats["computed"] += 1
         return vision, embeds
 
 
+def media_path(row) -> str:
+    """The row's video or image file (a row has at most one)."""
+    return str(row.video or row.image)
+
+
 @dataclass
 class PrecomputeStats:
-    videos: int = 0
+    files: int = 0  # distinct videos and images
     hits: int = 0  # already cached and valid
     computed: int = 0  # encoded now (new or stale entries)
-    skipped: list[str] = field(default_factory=list)  # row ids with a missing / corrupt video
+    skipped: list[str] = field(default_factory=list)  # row ids with a missing / corrupt video or image
     seconds: float = 0.0
 
 
 def precompute_embeds(model, rows, data_cfg, cache: EmbedCache, *, progress: bool = False) -> PrecomputeStats:
-    """Fill ``cache`` with the embeddings of every row's video (``longrl cache-embeds``).
+    """Fill ``cache`` with the embeddings of every row's video or image (``longrl cache-embeds``).
 
-    Rows sharing a video are encoded once. A bad video is skipped and listed under
+    Rows sharing a file are encoded once. A bad file is skipped and listed under
     ``data.bad_sample=skip``, and raises under ``error``."""
     from longrl.data.video import VideoError
 
@@ -306,17 +329,17 @@ def precompute_embeds(model, rows, data_cfg, cache: EmbedCache, *, progress: boo
     embedder = VideoEmbedder(model, data_cfg, cache)
     stats = PrecomputeStats()
     seen: set[str] = set()
-    todo = [r for r in rows if r.video]
+    todo = [r for r in rows if r.video or r.image]
     if progress:
         from tqdm import tqdm
 
-        todo = tqdm(todo, desc="cache video embeddings")
+        todo = tqdm(todo, desc="cache video and image embeddings")
     for row in todo:
         try:
-            if str(row.video) in seen:
+            if media_path(row) in seen:
                 continue
-            seen.add(str(row.video))
-            stats.videos += 1
+            seen.add(media_path(row))
+            stats.files += 1
             embedder(row)
         except (VideoError, FileNotFoundError) as err:
             if data_cfg.bad_sample == "error":

@@ -116,6 +116,8 @@ def row_from_dict(record: dict[str, Any], *, where: str = "row", media_root: str
         if value is not None and (not isinstance(value, str) or not value):
             raise fail(f"{key} must be a path string or null, got {value!r}", f"set {key!r} to a file path")
         media[key] = _resolve(value, media_root)
+    if media["video"] and media["image"]:
+        raise fail("has both a video and an image", "give a row one of them (a prompt holds one visual input)")
 
     text_fields = {}
     for key in ("reasoning", "category"):

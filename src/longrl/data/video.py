@@ -28,15 +28,22 @@ TRUNCATION_TOLERANCE = 0.02  # a video may hold this fraction (+ 2 frames) less 
 
 
 class VideoError(Exception):
-    """A video that cannot be used. The message names the path, the cause and a fix."""
+    """A video (or image, :class:`ImageError`) that cannot be used. The message names the path,
+    the cause and a fix."""
+
+    kind = "video"
 
     def __init__(self, path: str | Path, cause: str, hint: str = "") -> None:
         self.path = str(path)
         self.cause = cause
-        message = f"video {self.path}: {cause}"
+        message = f"{self.kind} {self.path}: {cause}"
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+
+class ImageError(VideoError):
+    kind = "image"
 
 
 @dataclass

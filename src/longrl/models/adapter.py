@@ -131,7 +131,7 @@ def build_prompt(
     video_embeds: torch.Tensor | None = None,
     meta: dict | None = None,
 ) -> Prompt:
-    """Tokenize ``messages`` (at most one video part), compute positions and the video
+    """Tokenize ``messages`` (at most one video or image part), compute positions and the media
     embeddings (one tower pass, no gradients; ``video_embeds`` reuses precomputed ones)."""
     family = family_of(model)
     input_ids = prompt_token_ids(model, tokenizer, messages, vision)
@@ -151,9 +151,10 @@ def build_prompt(
 
 
 def prompt_embeds(model, prompt: Prompt, *, grad_through_vision: bool = False) -> torch.Tensor:
-    """Input embeddings [L, hidden] of ``prompt``: token embeddings with the video scattered in.
+    """Input embeddings [L, hidden] of ``prompt``: token embeddings with the video's (or image's)
+    scattered in.
 
-    With ``grad_through_vision`` the tower re-encodes the video with gradients (once per call:
+    With ``grad_through_vision`` the tower re-encodes the video or image with gradients (once per call:
     call it once per group, never once per sample)."""
     embeds = model.get_input_embeddings()(prompt.input_ids)
     if prompt.vision is None:
@@ -161,9 +162,7 @@ def prompt_embeds(model, prompt: Prompt, *, grad_through_vision: bool = False) -
     family = family_of(model)
     video = family.encode_video(model, prompt.vision) if grad_through_vision else prompt.video_embeds
     assert video is not None, "a prompt with vision inputs carries their embeddings (build_prompt)"
-    video_token = family.media_token_ids(model)[1]
-    assert video_token is not None, f"a {family.name} prompt carries no video"
-    mask = (prompt.input_ids == video_token).unsqueeze(-1)
+    mask = family.media_mask(model, prompt.input_ids).unsqueeze(-1)
     return embeds.masked_scatter(mask, video.to(embeds.dtype))
 
 

@@ -85,6 +85,18 @@ class ModelFamily:
         """(image, video) placeholder token ids; None where the family takes no such input."""
         return None, None
 
+    def media_mask(self, model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+        """Where ``input_ids`` (any shape) hold a media placeholder (image or video), as bool."""
+        ids = [t for t in self.media_token_ids(model) if t is not None]
+        return torch.isin(input_ids, torch.tensor(ids, dtype=input_ids.dtype, device=input_ids.device))
+
+    def media_forward_inputs(self, model: Any, input_ids: torch.Tensor, visions: list[VisionInputs]) -> dict:
+        """The keyword arguments transformers' own forward of this family takes for the media of
+        a batch ``input_ids`` [B, L] (``visions`` in row order), besides the ids: SFT runs it."""
+        if visions:
+            raise ValueError(f"{self.name} models take text only; this batch has a video or image")
+        return {}
+
     def expand_placeholders(self, model: Any, text: str, vision: VisionInputs | None) -> str:
         """The chat-rendered prompt with each media placeholder expanded to one token per embedding."""
         if vision is not None:

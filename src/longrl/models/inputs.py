@@ -18,16 +18,20 @@ class VisionInputs:
 
     pixel_values: torch.Tensor  # float32 [num_patches, 3*temporal_patch*patch*patch]
     grid_thw: torch.Tensor  # long [1, 3]: temporal, height, width in patches
-    second_per_grid: float | None  # videos only: temporal_patch_size / sample_fps
+    second_per_grid: float | None  # videos only: temporal_patch_size / sample_fps; None for an image
+
+    @property
+    def is_image(self) -> bool:
+        return self.second_per_grid is None
 
 
 @dataclass
 class Prompt:
     """One prompt, built once and shared by rollout, log-probs and the update."""
 
-    input_ids: torch.Tensor  # long [L], video placeholders expanded to one token per embedding
+    input_ids: torch.Tensor  # long [L], the video (or image) placeholder expanded to one token per embedding
     position_ids: torch.Tensor  # long [3, L], M-RoPE (temporal, height, width)
-    video_embeds: torch.Tensor | None  # [V, hidden] from the vision tower, or None
+    video_embeds: torch.Tensor | None  # [V, hidden] from the vision tower (a video's or an image's), or None
     vision: VisionInputs | None  # kept so a trainable tower can re-encode with gradients
     next_position: int  # M-RoPE position of the first generated token
     meta: dict[str, Any] = field(default_factory=dict)

@@ -20,6 +20,7 @@ from longrl.models.inputs import VisionInputs
 from longrl.models.rope import use_reference_rope_index
 
 VIDEO_PAD = "<|video_pad|>"
+IMAGE_PAD = "<|image_pad|>"
 
 
 class Qwen25VL(ModelFamily):
@@ -48,12 +49,31 @@ class Qwen25VL(ModelFamily):
     def expand_placeholders(self, model: Any, text: str, vision: VisionInputs | None) -> str:
         if vision is None:
             return text
-        if text.count(VIDEO_PAD) != 1:
-            raise ValueError(f"prompt must hold exactly one video placeholder, found {text.count(VIDEO_PAD)}")
-        return text.replace(VIDEO_PAD, VIDEO_PAD * vision_tokens(model, vision))
+        pad, kind = (IMAGE_PAD, "image") if vision.is_image else (VIDEO_PAD, "video")
+        if text.count(pad) != 1 or text.count(IMAGE_PAD) + text.count(VIDEO_PAD) != 1:
+            raise ValueError(
+                f"the prompt must hold exactly one {kind} placeholder and no other, found "
+                f"{text.count(IMAGE_PAD)} image and {text.count(VIDEO_PAD)} video placeholders"
+            )
+        return text.replace(pad, pad * vision_tokens(model, vision))
 
     def positions(self, model: Any, input_ids: torch.Tensor, vision: VisionInputs | None) -> torch.Tensor:
         return mrope_positions(model, input_ids, vision)
+
+    def media_forward_inputs(self, model: Any, input_ids: torch.Tensor, visions: list[VisionInputs]) -> dict:
+        # transformers places M-RoPE positions by mm_token_type_ids and takes images and videos
+        # as two pixel streams, each with its grids
+        inputs: dict[str, torch.Tensor] = {"mm_token_type_ids": media_token_types(model, input_ids)}
+        images = [v for v in visions if v.is_image]
+        videos = [v for v in visions if not v.is_image]
+        if images:
+            inputs["pixel_values"] = torch.cat([v.pixel_values for v in images])
+            inputs["image_grid_thw"] = torch.cat([v.grid_thw for v in images])
+        if videos:
+            inputs["pixel_values_videos"] = torch.cat([v.pixel_values for v in videos])
+            inputs["video_grid_thw"] = torch.cat([v.grid_thw for v in videos])
+            inputs["second_per_grid_ts"] = torch.tensor([v.second_per_grid for v in videos])
+        return inputs
 
     def encode_video(self, model: Any, vision: VisionInputs) -> torch.Tensor:
         return encode_video(model, vision)
@@ -106,7 +126,8 @@ def vision_tokens(model, vision: VisionInputs) -> int:
 
 
 def encode_video(model, vision: VisionInputs, *, batched_attention: bool = True) -> torch.Tensor:
-    """Run the vision tower once: [V, hidden] embeddings, one per merged patch group.
+    """Run the vision tower once over a video or an image: [V, hidden] embeddings, one per merged
+    patch group.
 
     ``batched_attention`` (default): the tower's windowed attention runs as a few batched SDPA
     calls (``longrl.models.vision_attention``, installed in the tower from then on) instead of
@@ -123,15 +144,21 @@ def encode_video(model, vision: VisionInputs, *, batched_attention: bool = True)
     return visual(pixels, grid_thw=vision.grid_thw.to(visual.device)).pooler_output
 
 
+def media_token_types(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """transformers' ``mm_token_type_ids`` of ``input_ids`` (any shape): 1 image, 2 video, 0 text."""
+    return (input_ids == model.config.image_token_id).int() + (input_ids == model.config.video_token_id).int() * 2
+
+
 def mrope_positions(model, input_ids: torch.Tensor, vision: VisionInputs | None) -> torch.Tensor:
     """M-RoPE positions [3, L] of one prompt, by the reference rule (``longrl.models.rope``)."""
     if vision is None:
         return torch.arange(len(input_ids)).view(1, -1).expand(3, -1).clone()
-    mm_type = (input_ids == model.config.video_token_id).int() * 2  # 2 marks video tokens
+    grids: dict[str, Any] = (
+        {"image_grid_thw": vision.grid_thw}
+        if vision.is_image
+        else {"video_grid_thw": vision.grid_thw, "second_per_grid_ts": torch.tensor([vision.second_per_grid])}
+    )
     positions, _ = model.model.get_rope_index(
-        input_ids[None].cpu(),
-        mm_token_type_ids=mm_type[None].cpu(),
-        video_grid_thw=vision.grid_thw,
-        second_per_grid_ts=torch.tensor([vision.second_per_grid]),
+        input_ids[None].cpu(), mm_token_type_ids=media_token_types(model, input_ids)[None].cpu(), **grids
     )
     return positions[:, 0]

@@ -41,7 +41,7 @@ class TextDecoder:
         self.scale = self.head_dim**-0.5
         self.act = F.silu if cfg.hidden_act == "silu" else ACT2FN[cfg.hidden_act]
         self.max_positions = cfg.max_position_embeddings
-        self.image_token_id, self.video_token_id = family.media_token_ids(model)
+        self.media_token_ids = [t for t in family.media_token_ids(model) if t is not None]  # image, video
         self.layers: list[LayerWeights] = [layer_weights(layer) for layer in lm.layers]
         self.sp = sequence_parallel(model)  # prefill sharded by tokens under sequence parallelism
         # heads one rank attends with in decode (fewer under sequence parallelism's sharded decode)

@@ -61,24 +61,25 @@ def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_tokens: in
             raise ValueError(
                 f"{where}: next_position={p.next_position} must exceed the largest prompt position {int(pos.max())}"
             )
-        if dec.image_token_id is not None and int((ids == dec.image_token_id).sum()):
-            raise ValueError(
-                f"{where} holds image placeholders; rollout takes video prompts (an image is a "
-                "one-frame video: build it as a video)"
-            )
-        n_video = 0 if dec.video_token_id is None else int((ids == dec.video_token_id).sum())
+        n_media = int(media_mask(ids, dec).sum())
         emb = p.video_embeds
         n_emb = 0 if emb is None else emb.shape[0]
-        if n_video != n_emb:
+        if n_media != n_emb:
+            vision = getattr(p, "vision", None)
+            kind = "image" if vision is not None and vision.is_image else "video"
             raise ValueError(
-                f"{where} has {n_video} video placeholder tokens but {n_emb} video embeddings; "
+                f"{where} has {n_media} {kind} placeholder tokens but {n_emb} embeddings; "
                 "rebuild it with build_prompt so the placeholder is expanded to one token per embedding"
             )
         if emb is not None and (emb.dim() != 2 or emb.shape[1] != dec.hidden_size):
             raise ValueError(
-                f"{where}: video_embeds must be [{n_video}, {dec.hidden_size}], got {tuple(emb.shape)} "
+                f"{where}: video_embeds must be [{n_media}, {dec.hidden_size}], got {tuple(emb.shape)} "
                 "(embeddings from another model?)"
             )
+
+
+def media_mask(ids: torch.Tensor, dec: TextDecoder) -> torch.Tensor:
+    return torch.isin(ids, torch.tensor(dec.media_token_ids, dtype=ids.dtype, device=ids.device))
 
 
 class PromptEmbedder:
@@ -88,14 +89,13 @@ class PromptEmbedder:
         self.dec = dec
         self.ids = prompt.input_ids.to(dec.device)
         self.video = prompt.video_embeds
-        video_id = -1 if dec.video_token_id is None else dec.video_token_id  # text-only families: no placeholders
-        self.is_video = self.ids == video_id
-        self.video_row = self.is_video.long().cumsum(0) - 1  # which embedding each placeholder takes
+        self.is_media = media_mask(self.ids, dec)  # the image's or video's placeholders (none for text models)
+        self.media_row = self.is_media.long().cumsum(0) - 1  # which embedding each placeholder takes
 
     def __call__(self, start: int, end: int) -> torch.Tensor:
         emb = self.dec.embed(self.ids[start:end])
         if self.video is not None:
-            mask = self.is_video[start:end]
-            rows = self.video_row[start:end][mask]
+            mask = self.is_media[start:end]
+            rows = self.media_row[start:end][mask]
             emb[mask] = self.video.to(device=emb.device, dtype=emb.dtype)[rows]
         return emb

@@ -23,8 +23,10 @@ class ServeConfig:
     media_root: str = "."  # local image/video files must lie under this directory
     num_frames: int = 16  # frames sampled from a video part that sets no num_frames
     max_frames: int = 256  # largest num_frames a video part may ask for
-    min_pixels: int = 56 * 56  # Qwen smart-resize bounds per frame (video and image parts)
+    min_pixels: int = 56 * 56  # Qwen smart-resize bounds per video frame, as data.min_pixels
     max_pixels: int = 448 * 448  # as data.max_pixels
+    image_min_pixels: int = 56 * 56  # an image part's smart-resize bounds, as data.image_min_pixels
+    image_max_pixels: int = 28 * 28 * 1280  # as data.image_max_pixels
     max_request_bytes: int = 64 * 2**20  # larger bodies get a 413 before they are read
 
 

@@ -8,25 +8,23 @@ Content parts a user message may hold (a message's content may also be a plain s
     {"type": "video_url", "video_url": {"url": "file:///abs/clip.mp4"}}             # vLLM's spelling
 
 Local files must lie under the server's ``--media-root``. One request holds at most one image or
-video: the rollout engine takes one visual input per prompt. An image is served as a one-frame video
-(the engine's prompts carry video embeddings; Qwen's image patches are the same frame repeated over
-the temporal patch, so the vision tower sees the same pixels).
+video: the rollout engine takes one visual input per prompt. Images and videos are decoded and
+preprocessed as for training rows (``longrl.data.image``, ``longrl.data.video``), so a served model
+sees what it was trained on.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 from urllib.parse import unquote, urlparse
 
-import numpy as np
-
+from longrl.data.image import decode_image
 from longrl.data.video import VideoError, decode_video
-from longrl.data.vision_preprocess import preprocess_video
+from longrl.data.vision_preprocess import preprocess_image, preprocess_video
 from longrl.models.inputs import VisionInputs
 from longrl.serve.config import ServeConfig
 from longrl.serve.errors import bad_request
@@ -70,7 +68,7 @@ def template_messages(messages, cfg: ServeConfig) -> tuple[list[dict], MediaRef 
                     f"{param}: a request holds at most one image or video (the first is {media.param})", param=param
                 )
             media = _media_ref(part, kind, param, cfg)
-            parts.append({"type": "video"})
+            parts.append({"type": media.kind})
         if role != "user":  # the template renders system/assistant content as text only
             out.append({"role": role, "content": "".join(p["text"] for p in parts)})
         else:
@@ -129,28 +127,14 @@ def _local_path(target: str, param: str, cfg: ServeConfig) -> Path:
 def load_media(ref: MediaRef, cfg: ServeConfig) -> VisionInputs:
     """Decode and preprocess the image or video; raises APIError(400) for a file that is not one."""
     try:
-        if ref.kind == "video":
-            video = decode_video(cast(Path, ref.path), num_frames=ref.num_frames)  # a video is always a file
-            frames, sample_fps = video.frames, video.sample_fps
-        else:
-            frames, sample_fps = (
-                _decode_image(ref.data if ref.data is not None else cast(Path, ref.path).read_bytes()),
-                1.0,
-            )
-        return preprocess_video(frames, sample_fps=sample_fps, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-    except VideoError as error:
+        if ref.kind == "image":
+            image = decode_image(ref.data if ref.data is not None else cast(Path, ref.path), name=ref.param)
+            return preprocess_image(image, min_pixels=cfg.image_min_pixels, max_pixels=cfg.image_max_pixels)
+        video = decode_video(cast(Path, ref.path), num_frames=ref.num_frames)  # a video is always a file
+        return preprocess_video(
+            video.frames, sample_fps=video.sample_fps, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
+        )
+    except VideoError as error:  # ImageError too
         raise bad_request(f"{ref.param}: {error}", param=ref.param) from None
     except ValueError as error:  # smart-resize's aspect-ratio limit, an empty decode
         raise bad_request(f"{ref.param}: {error}", param=ref.param) from None
-
-
-def _decode_image(data: bytes) -> np.ndarray:
-    """PNG / JPEG / WebP bytes -> uint8 RGB [1, H, W, 3], with PyAV (ffmpeg's image decoders)."""
-    import av
-
-    try:
-        with av.open(io.BytesIO(data)) as container:
-            frame = next(container.decode(video=0))
-            return frame.to_ndarray(format="rgb24")[None]
-    except (av.error.FFmpegError, StopIteration, IndexError):
-        raise ValueError("the image could not be decoded (send PNG, JPEG or WebP)") from None

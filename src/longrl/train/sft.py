@@ -54,14 +54,8 @@ def sft_batch(model, tokenizer, examples: list[Example]) -> dict[str, torch.Tens
         "attention_mask": attention_mask,
         "loss_mask": loss_mask,
     }
-    video_token = family_of(model).media_token_ids(model)[1]
-    if video_token is not None:  # transformers' Qwen2.5-VL places M-RoPE positions by these
-        batch["mm_token_type_ids"] = (input_ids == video_token).int() * 2
-    videos = [ex.vision for ex in examples if ex.vision is not None]
-    if videos:
-        batch["pixel_values_videos"] = torch.cat([v.pixel_values for v in videos])
-        batch["video_grid_thw"] = torch.cat([v.grid_thw for v in videos])
-        batch["second_per_grid_ts"] = torch.tensor([v.second_per_grid for v in videos])
+    visions = [ex.vision for ex in examples if ex.vision is not None]
+    batch.update(family_of(model).media_forward_inputs(model, input_ids, visions))
     return batch
 
 
