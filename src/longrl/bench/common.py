@@ -1,15 +1,27 @@
 """Shared pieces of the benchmarks: model shapes with random weights, and the GPU's numbers.
 
 No download: the 3B model is Qwen2.5-VL-3B-Instruct's published shape with random weights, which
-costs exactly what the real one costs to run (timing does not depend on the values).
+costs exactly what the real one costs to run (timing does not depend on the values); likewise the
+text-only Qwen2.5-1.5B and Llama-3.2-1B shapes (``bench rollout --family``).
 Keep this module small and stable; both ``bench rollout`` and ``bench train`` import it.
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from typing import Any, Literal, overload
 
+import torch
+from transformers import (
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Config,
+)
+
+from longrl.models.config import TinyModelConfig
+from longrl.models.family import family_named, family_of
 from longrl.models.rope import use_reference_rope_index
 
 # Datasheet memory bandwidth (bytes/s) by a substring of torch.cuda.get_device_name().
@@ -88,12 +100,75 @@ def tiny_bench_config(vocab_size: int = 151936) -> Qwen2_5_VLConfig:
     )
 
 
+def qwen2_1p5b_config() -> Qwen2Config:
+    """Qwen2.5-1.5B's architecture (config.json of the released checkpoint; q/k/v biases are Qwen2's own)."""
+    return Qwen2Config(
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        bos_token_id=151643,
+        eos_token_id=151643,
+    )
+
+
+def llama32_1b_config() -> LlamaConfig:
+    """Llama-3.2-1B's architecture (config.json of the released checkpoint, its llama3 rope scaling too)."""
+    return LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 5e5,
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        bos_token_id=128000,
+        eos_token_id=128001,
+    )
+
+
+def tiny_text_config(family: Literal["qwen2", "llama"]) -> PretrainedConfig:
+    """The tiny model of text family ``family`` (``qwen2``, ``llama``): the one ``model.path=tiny``
+    builds (``ModelFamily.tiny_config``), with its in-process tokenizer's vocabulary, and no EOS
+    (the benchmarks ignore it: neither engine may stop at or suppress one)."""
+    fam = family_named(family)
+    config = fam.tiny_config(TinyModelConfig(family=family), fam.tiny_tokenizer(["longrl bench"], vocab_size=1024))
+    config.eos_token_id = None
+    return config
+
+
+@overload
 def random_model(
-    config: Qwen2_5_VLConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
-) -> Qwen2_5_VLForConditionalGeneration:
-    """The model with transformers' random initialisation, built directly on ``device`` in ``dtype``
-    (sdpa attention; callers switch the text decoder to longrl's hook as they need), with the
-    M-RoPE rule every model longrl loads uses (longrl.models.rope)."""
+    config: Qwen2_5_VLConfig, device: torch.device | str = ..., dtype: torch.dtype = ..., seed: int = ...
+) -> Qwen2_5_VLForConditionalGeneration: ...
+@overload
+def random_model(
+    config: PretrainedConfig, device: torch.device | str = ..., dtype: torch.dtype = ..., seed: int = ...
+) -> PreTrainedModel: ...
+def random_model(
+    config: PretrainedConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0
+) -> Any:
+    """The model of ``config``'s family (``longrl.models.family``) with transformers' random
+    initialisation, built directly on ``device`` in ``dtype`` (sdpa attention; callers switch the
+    text decoder to longrl's hook as they need), a Qwen2.5-VL with the M-RoPE rule every model
+    longrl loads uses (longrl.models.rope)."""
     config._attn_implementation = "sdpa"
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -102,10 +177,11 @@ def random_model(
             torch.manual_seed(seed)
             if torch.device(device).type == "cuda":
                 torch.cuda.manual_seed(seed)
-            model = Qwen2_5_VLForConditionalGeneration(config)
+            model = family_of(config).model_class()(config)
     finally:
         torch.set_default_dtype(default)
-    use_reference_rope_index(model)
+    if isinstance(model, Qwen2_5_VLForConditionalGeneration):
+        use_reference_rope_index(model)
     return model
 
 

@@ -7,8 +7,13 @@ vision tower, and both engines get the very same embeddings (transformers throug
 placeholder scatter, with the tower's output replaced). N samples of T new tokens each, EOS
 ignored (min_new_tokens = max_new_tokens).
 
-Per configuration (comma lists in --frames/--n/--new-tokens run the cross product in one
-process) one JSON line:
+``--family qwen2`` (``llama``): a random text-only Qwen2ForCausalLM at the Qwen2.5-1.5B shape
+(LlamaForCausalLM at Llama-3.2-1B's), or the family's tiny model, gets a prompt of P random
+token ids (``--prompt-tokens``, seeded); transformers runs it as its users do, one
+``generate(input_ids, num_return_sequences=N)`` call (the prompt expanded to N rows).
+
+Per configuration (comma lists in --frames (--prompt-tokens)/--n/--new-tokens run the cross
+product in one process) one JSON line:
 
 * ``hf_tok_s`` / ``longrl_tok_s``: N*T over the wall time of the whole generate call (prefill +
   decode) for each engine; ``speedup`` is their ratio, against the fastest of ``--hf-repeats`` transformers
@@ -35,26 +40,38 @@ import gc
 import itertools
 import json
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
 import torch
+from transformers import PretrainedConfig
 
 from longrl.bench.common import (
     device_name,
     gpu_peak_bandwidth,
+    llama32_1b_config,
     measured_copy_bandwidth,
+    qwen2_1p5b_config,
     qwen25vl_3b_config,
     random_model,
     tiny_bench_config,
+    tiny_text_config,
 )
-from longrl.models.attention import use_longrl_attention
+from longrl.models.adapter import lm_head
+from longrl.models.family import family_of
 from longrl.models.inputs import Prompt, VisionInputs
 from longrl.models.vision_attention import transformers_vision_attention
 from longrl.rollout import RolloutConfig, SamplingParams, generate
 from longrl.rollout.attention import attention_lse_math, cascade_attention, prefill_attention
 
 FRAME_TOKENS = 128  # a 448x448 frame: 32x32 patches, 2x2-merged, 2 frames per temporal patch
+# --family: (the full shape's name, its config, the tiny config); the first is the video family
+MODELS: dict[str, tuple[str, Callable[[], PretrainedConfig], Callable[[], PretrainedConfig]]] = {
+    "qwen2_5_vl": ("qwen2.5-vl-3b-shape", qwen25vl_3b_config, tiny_bench_config),
+    "qwen2": ("qwen2.5-1.5b-shape", qwen2_1p5b_config, lambda: tiny_text_config("qwen2")),
+    "llama": ("llama-3.2-1b-shape", llama32_1b_config, lambda: tiny_text_config("llama")),
+}
 
 
 def video_prompt(model, frames: int, seed: int = 0) -> Prompt:
@@ -89,6 +106,24 @@ def video_prompt(model, frames: int, seed: int = 0) -> Prompt:
     )
 
 
+def text_prompt(model, tokens: int, seed: int = 0) -> Prompt:
+    """A text-only prompt of ``tokens`` random (seeded) token ids, clear of the low special ids."""
+    vocab = lm_head(model).weight.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(min(100, vocab // 2), min(vocab, 100_000), (tokens,), generator=g)
+    positions = family_of(model).positions(model, ids, None)
+    return Prompt(ids.to(model.device), positions.to(model.device), None, None, tokens)
+
+
+def is_video(model) -> bool:
+    return family_of(model).vision_tower(model) is not None
+
+
+def bench_prompt(model, size: int, seed: int = 0) -> Prompt:
+    """The prompt of one configuration: ``size`` frames of video, or ``size`` tokens of text."""
+    return video_prompt(model, size, seed) if is_video(model) else text_prompt(model, size, seed)
+
+
 def _sync(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -98,7 +133,8 @@ def _sync(device: torch.device) -> float:
 def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, video: bool = False) -> torch.Tensor:
     """transformers ``generate`` on the same prompt: [n, new_tokens] token ids.
 
-    The vision tower's output is replaced by ``prompt.video_embeds`` (the pixel tensor is a
+    A text prompt is one plain ``generate(input_ids, num_return_sequences=n)``. For a video prompt
+    the vision tower's output is replaced by ``prompt.video_embeds`` (the pixel tensor is a
     placeholder with one row per patch); everything else is transformers' own path: placeholder
     scatter, 3-D M-RoPE from ``mm_token_type_ids``, replicated-prompt prefill, KV cache.
     ``video``: instead, random pixels of the same grid go through the vision tower, as plain
@@ -107,9 +143,23 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
     argmax (transformers refuses greedy with num_return_sequences > 1); otherwise n sequences
     are sampled at temperature 1."""
     cfg, device = model.config, model.device
-    vision = prompt.vision
-    assert vision is not None  # a video prompt
     ids = prompt.input_ids[None]
+    if greedy and n != 1:
+        raise ValueError("transformers decodes greedily one sequence per prompt: use n=1")
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
+    call: dict[str, Any] = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        num_return_sequences=n,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=0,
+        **sampling,
+    )
+    vision = prompt.vision
+    if vision is None:  # a text prompt: plain generate
+        assert not video, "a text prompt has no video"
+        return model.generate(**call)[:, ids.shape[1] :]
     grid = vision.grid_thw.to(device)
     inner = model.model
     vc = cfg.vision_config
@@ -123,23 +173,14 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
             return SimpleNamespace(pooler_output=[prompt.video_embeds] * video_grid_thw.shape[0])
 
         inner.get_video_features = synthetic_tower
-    if greedy and n != 1:
-        raise ValueError("transformers decodes greedily one sequence per prompt: use n=1")
-    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, top_k=0, top_p=1.0, temperature=1.0)
     try:
         with transformers_vision_attention(inner.visual):  # transformers' own tower, whatever longrl installed
             out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                **call,
                 pixel_values_videos=pixels,
                 video_grid_thw=grid,
                 second_per_grid_ts=torch.tensor([vision.second_per_grid], device=device),
                 mm_token_type_ids=(ids == cfg.video_token_id).int() * 2,
-                num_return_sequences=n,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                pad_token_id=0,
-                **sampling,
             )
     finally:
         inner.__dict__.pop("get_video_features", None)
@@ -149,13 +190,14 @@ def hf_generate(model, prompt: Prompt, n: int, new_tokens: int, greedy: bool, vi
 
 def decode_roofline(model, prefix_tokens: int, n: int, new_tokens: int, bandwidth: float, prompts: int = 1) -> float:
     """Tokens/s if a decode step cost only reading weights + one prefix KV per prompt + the n
-    suffix KVs of each."""
-    text = model.model.language_model
+    suffix KVs of each. The text decoder's weights only (no vision tower) and its KV shape."""
+    family, head = family_of(model), lm_head(model).weight
+    text = family.decoder(model)
     weights = sum(p.numel() * p.element_size() for name, p in text.named_parameters() if "embed_tokens" not in name)
-    weights += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
-    cfg = model.config.text_config
-    kv_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
-    kv_token *= model.lm_head.weight.element_size()
+    weights += head.numel() * head.element_size()
+    cfg = family.text_config(model)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_token = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * head.element_size()
     step_bytes = weights + kv_token * prompts * (prefix_tokens + n * new_tokens / 2)
     return prompts * n * bandwidth / step_bytes
 
@@ -368,13 +410,16 @@ def teacher_forced_checks(model, prompt: Prompt, greedy, sampled) -> dict:
     return out
 
 
-def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32) -> bool:
-    """Exact greedy equality with transformers: tiny model, fp32, same device (graphs on)."""
-    model = random_model(tiny_bench_config(), device=device, dtype=torch.float32, seed=1)
-    use_longrl_attention(model.config.text_config)
-    prompt = video_prompt(model, frames, seed=1)
-    assert prompt.video_embeds is not None  # video_prompt gives the embeddings
-    prompt.video_embeds = prompt.video_embeds * 50  # a distinctive prefix keeps logits away from ties
+def tiny_fp32_check(
+    device: torch.device, family: str = "qwen2_5_vl", frames: int = 8, tokens: int = 1024, new_tokens: int = 32
+) -> bool:
+    """Exact greedy equality with transformers: the family's tiny model, fp32, same device (graphs
+    on), on ``frames`` of video or ``tokens`` of text."""
+    model = random_model(MODELS[family][2](), device=device, dtype=torch.float32, seed=1)
+    family_of(model).prepare(model)
+    prompt = bench_prompt(model, frames if is_video(model) else tokens, seed=1)
+    if prompt.video_embeds is not None:
+        prompt.video_embeds = prompt.video_embeds * 50  # a distinctive prefix keeps logits away from ties
     hf = hf_generate(model, prompt, 1, new_tokens, greedy=True)[0].tolist()
     ours = generate(
         model,
@@ -386,21 +431,22 @@ def tiny_fp32_check(device: torch.device, frames: int = 8, new_tokens: int = 32)
     return all(s.token_ids == hf for s in ours)
 
 
-def run_config(model, frames: int, n: int, new_tokens: int, args, bandwidth: float | None) -> dict:
+def run_config(model, size: int, n: int, new_tokens: int, args, bandwidth: float | None) -> dict:
+    """One configuration: ``size`` frames of video (or tokens of text), n samples of new_tokens."""
     device = model.device
-    prompt = video_prompt(model, frames)
-    # --prompts P: P different videos of F frames in one generate call (an RL step's batch)
-    prompts = [prompt] + [video_prompt(model, frames, seed=i) for i in range(1, args.prompts)]
+    prompt = bench_prompt(model, size)
+    # --prompts P: P different videos of F frames (texts of P tokens) in one generate call (an RL step's batch)
+    prompts = [prompt] + [bench_prompt(model, size, seed=i) for i in range(1, args.prompts)]
     config = rollout_config(args)
-    result: dict[str, Any] = dict(
-        frames=frames, prefix_tokens=len(prompt), n=n, new_tokens=new_tokens, prompts=len(prompts)
-    )
+    video = is_video(model)
+    result: dict[str, Any] = {"frames" if video else "prompt_tokens": size}
+    result.update(prefix_tokens=len(prompt), n=n, new_tokens=new_tokens, prompts=len(prompts))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     hf_skip = (
         "--no-hf"
         if args.no_hf
-        else (f"frames > --hf-max-frames {args.hf_max_frames}" if frames > args.hf_max_frames else None)
+        else (f"frames > --hf-max-frames {args.hf_max_frames}" if video and size > args.hf_max_frames else None)
     )
     if len(prompts) > 1:
         hf_skip = "--prompts > 1 (transformers runs one prompt's group per generate call: see the --prompts 1 line)"
@@ -528,11 +574,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ints = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
     ap = argparse.ArgumentParser(prog="longrl bench rollout", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--family",
+        choices=list(MODELS),
+        default="qwen2_5_vl",
+        help="qwen2_5_vl: the 3B shape on video; qwen2: Qwen2.5-1.5B's shape, llama: Llama-3.2-1B's, on text",
+    )
     ap.add_argument("--tiny", action="store_true", help="a tiny model of the same family (smoke runs)")
-    ap.add_argument("--frames", type=ints, default=[128], help="video frames at 448x448 (comma list)")
+    ap.add_argument("--frames", type=ints, help="video frames at 448x448 (comma list; qwen2_5_vl, default 128)")
+    ap.add_argument(
+        "--prompt-tokens", type=ints, help="prompt length in tokens (comma list; text families, default 16384)"
+    )
     ap.add_argument("--n", type=ints, default=[8], help="samples per prompt (comma list)")
     ap.add_argument("--new-tokens", type=ints, default=[128], help="new tokens per sample, EOS ignored (comma list)")
-    ap.add_argument("--prompts", type=int, default=1, help="videos per generate call (an RL step's batch)")
+    ap.add_argument("--prompts", type=int, default=1, help="prompts per generate call (an RL step's batch)")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--hf-max-frames", type=int, default=1 << 30, help="skip transformers above this many frames")
     ap.add_argument(
@@ -564,7 +619,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--no-checks", action="store_true", help="skip the fp32 tiny and attention checks")
     ap.add_argument("--profile", action="store_true", help="print a kernel table of the first configuration")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.family == "qwen2_5_vl":
+        if args.prompt_tokens:
+            ap.error("--prompt-tokens is for the text families (--family qwen2|llama); a video prompt takes --frames")
+        args.frames = args.frames or [128]
+    else:
+        if args.frames or args.hf_video:
+            ap.error(f"--family {args.family} is text-only: give --prompt-tokens, not --frames or --hf-video")
+        args.prompt_tokens = args.prompt_tokens or [16384]
+    args.sizes = args.frames or args.prompt_tokens
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -575,12 +640,16 @@ def main(argv: list[str] | None = None) -> int:
         device=device.type,
         gpu=device_name(device),
         dtype=str(dtype).removeprefix("torch."),
-        model="tiny" if args.tiny else "qwen2.5-vl-3b-shape",
-        synthetic_video_embeddings=True,
+        family=args.family,
+        model="tiny" if args.tiny else MODELS[args.family][0],
         torch=torch.__version__,
     )
+    if args.family == "qwen2_5_vl":
+        common["synthetic_video_embeddings"] = True
+    else:
+        common["random_token_ids"] = True
     if not args.no_checks:
-        common["fp32_tiny_greedy_match"] = tiny_fp32_check(device)
+        common["fp32_tiny_greedy_match"] = tiny_fp32_check(device, args.family)
         if device.type == "cuda":
             common.update(kernel_checks(device, dtype, triton=not args.no_triton))
     bandwidth = gpu_peak_bandwidth(device)
@@ -588,44 +657,47 @@ def main(argv: list[str] | None = None) -> int:
         common.update(
             peak_bw_tb_s=bandwidth and bandwidth / 1e12, copy_bw_tb_s=round(measured_copy_bandwidth(device) / 1e12, 2)
         )
-    model = random_model(tiny_bench_config() if args.tiny else qwen25vl_3b_config(), device=device, dtype=dtype)
-    use_longrl_attention(model.config.text_config)
+    _, full, tiny = MODELS[args.family]
+    model = random_model(tiny() if args.tiny else full(), device=device, dtype=dtype)
+    family_of(model).prepare(model)
     # Warm-up: compile the decode step and initialise kernels outside the timed runs.
     t0 = _sync(device)
     warm = rollout_config(args)
     # Two prompt lengths: the second makes the compiled prefill's graph length-generic, as a run's
-    # first few prompts do.
-    for frames, n, new_tokens, greedy in itertools.product((16, 24), args.n, args.new_tokens, (True, False)):
+    # first few prompts do (16 and 24 frames; text of about their lengths).
+    warm_sizes = (16, 24) if is_video(model) else (16 * FRAME_TOKENS, 24 * FRAME_TOKENS)
+    for size, n, new_tokens, greedy in itertools.product(warm_sizes, args.n, args.new_tokens, (True, False)):
         generate(
             model,
-            [video_prompt(model, frames)],
+            [bench_prompt(model, size)],
             SamplingParams(n=n, max_new_tokens=new_tokens, greedy=greedy, seed=1),
             config=warm,
         )
     common["warmup_s"] = round(_sync(device) - t0, 1)
     if args.gemms and device.type == "cuda":
         print(json.dumps(gemm_times(model, rows=args.n[0])), flush=True)
-        prefix = len(video_prompt(model, args.frames[0]))
+        prefix = len(bench_prompt(model, args.sizes[0]))
         print(json.dumps(attention_sweep(device, dtype, prefix, args.n[0])), flush=True)
-    for frames, n, new_tokens in itertools.product(args.frames, args.n, args.new_tokens):
+    for size, n, new_tokens in itertools.product(args.sizes, args.n, args.new_tokens):
         try:
-            result = run_config(model, frames, n, new_tokens, args, bandwidth)
+            result = run_config(model, size, n, new_tokens, args, bandwidth)
         except Exception as error:  # report and go on with the next configuration
-            result = dict(frames=frames, n=n, new_tokens=new_tokens, error=f"{type(error).__name__}: {error}"[:500])
+            key = "frames" if is_video(model) else "prompt_tokens"
+            result = {key: size, "n": n, "new_tokens": new_tokens, "error": f"{type(error).__name__}: {error}"[:500]}
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         print(json.dumps({**result, **common}), flush=True)
     if args.profile and device.type == "cuda":
-        profile_decode(model, args.frames[0], args.n[0], args)
+        profile_decode(model, args.sizes[0], args.n[0], args)
     return 0
 
 
-def profile_decode(model, frames: int, n: int, args, new_tokens: int = 64) -> None:
+def profile_decode(model, size: int, n: int, args, new_tokens: int = 64) -> None:
     """Print the GPU kernels of one generate call (prefill + graph-replayed decode), by total time."""
     from torch.profiler import ProfilerActivity, profile
 
-    prompt = video_prompt(model, frames)
+    prompt = bench_prompt(model, size)
     config = rollout_config(args)
     params = SamplingParams(n=n, max_new_tokens=new_tokens, seed=0)
     generate(model, [prompt], params, config=config)
