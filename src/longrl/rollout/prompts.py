@@ -11,7 +11,7 @@ def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_tokens: in
     """Raise ValueError naming the first bad prompt and how to fix it.
 
     A prompt is too long when its response would run past the model's positions
-    (``next_position + max_new_tokens > max_position_embeddings``; video tokens share M-RoPE
+    (``next_position + max_new_tokens > max_position_embeddings``; a video's tokens share M-RoPE
     positions, so this is not the token count) or, if ``max_tokens`` > 0, when prompt tokens +
     ``max_new_tokens`` exceed it."""
     if not isinstance(prompts, (list, tuple)) or not prompts:
@@ -45,8 +45,9 @@ def check_prompts(prompts, dec: TextDecoder, max_new_tokens: int, max_tokens: in
         last = int(p.next_position) + max_new_tokens
         if last > dec.max_positions:
             raise ValueError(
-                f"{where} is too long: its response would reach M-RoPE position {last} > the model's "
-                f"max_position_embeddings={dec.max_positions}; sample fewer frames or lower max_new_tokens"
+                f"{where} is too long: its response would reach position {last} > the model's "
+                f"max_position_embeddings={dec.max_positions}; shorten the prompt (sample fewer frames) or "
+                "lower max_new_tokens"
             )
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= dec.vocab_size:
