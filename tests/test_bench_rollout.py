@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from longrl.bench.rollout import parse_args
+from benchmarks.rollout import parse_args
 from longrl.cli import main as cli_main
 
 

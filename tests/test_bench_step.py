@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from longrl.bench.step import parse_frames, video_grid
+from benchmarks.step import parse_frames, video_grid
 from longrl.cli import main as cli_main
 
 
@@ -65,7 +65,7 @@ def test_bench_step_tiny_json(capsys):
 def test_bench_step_longest_reports_largest_fit(capsys, monkeypatch):
     import torch
 
-    import longrl.bench.step as step
+    import benchmarks.step as step
 
     real_step = step.longrl_step
 

@@ -135,3 +135,28 @@ def test_no_import_cycle_between_modules():
     modules = _modules()
     edges = {_module_name(path): _imports(path, modules) for path in SRC.rglob("*.py")}
     assert not _cycles(edges), f"import cycle between longrl modules: {_cycles(edges)}"
+
+
+def test_the_library_imports_no_benchmark_and_the_benchmarks_no_private_name():
+    """Benchmarks live beside the library (``benchmarks/``, run as ``longrl bench``): no module of
+    ``src/longrl`` imports them (``longrl.cli`` finds them by path at run time), and they use only
+    longrl's public names (no ``_underscore`` import from longrl)."""
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not any(n.split(".")[0] == "benchmarks" for n in names), f"{path} imports {names}"
+    private = []
+    for path in (SRC.parents[1] / "benchmarks").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("longrl"):
+                module_private = any(part.startswith("_") for part in (node.module or "").split("."))
+                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+                private += [f"{path.name}: {node.module}"] if module_private else []
+    assert not private, private
+    assert not (SRC / "bench").exists()

@@ -203,3 +203,33 @@ def test_math_quickstart_writes_its_report(tmp_path):
     table = sweep_table([report])
     assert "| n/a |" in table  # no other-video baseline for text
     assert "SFT>=chance+0.10" not in table and ("RL>=SFT+0.05" in table or "all met" in table)  # math's thresholds
+
+
+def test_rl_group_attention_key_and_entropy_only_when_used(synth, tmp_path, monkeypatch):
+    """`rl.group_attention` is the attention every group forward of the RL step runs, and the
+    entropy is computed only when the loss reads it (algorithm.entropy_coef > 0)."""
+    import longrl.train.group_forward as gf
+    import longrl.train.logprobs as lp
+
+    rows, _ = synth
+    seen: dict[str, set] = {"backend": set(), "entropy": set()}
+    attend, token_logprobs = gf.GroupAttention.attend, lp.token_logprobs
+
+    def recording_attend(self, *args, **kwargs):
+        seen["backend"].add(self.backend)
+        return attend(self, *args, **kwargs)
+
+    def recording_logprobs(*args, **kwargs):
+        seen["entropy"].add(kwargs["with_entropy"])
+        return token_logprobs(*args, **kwargs)
+
+    monkeypatch.setattr(gf.GroupAttention, "attend", recording_attend)
+    monkeypatch.setattr(lp, "token_logprobs", recording_logprobs)
+    quick = ["rl.steps=1", "rl.prompts_per_step=2", "rollout.n=2", "rollout.max_new_tokens=4"]
+    for coef, want in (("0", {False}), ("0.01", {True, False})):  # the reference pass never needs it
+        seen["backend"].clear(), seen["entropy"].clear()
+        cfg, model, tokenizer = tiny(rows, [*quick, "rl.group_attention=split", f"algorithm.entropy_coef={coef}"])
+        train_rl(model, tokenizer, ExampleSet(rows[:4], cfg.data), cfg, tmp_path / f"run{coef}", progress=False)
+        assert seen["backend"] == {"split"} and seen["entropy"] == want, seen
+    with pytest.raises(Exception, match="rl.group_attention"):
+        load_config(QS, ["rl.group_attention=flex"])

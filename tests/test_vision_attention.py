@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longrl.bench.common import random_model, tiny_bench_config
+from benchmarks.common import random_model, tiny_bench_config
 from longrl.models.inputs import VisionInputs
 from longrl.models.qwen2_5_vl import encode_video
 from longrl.models.vision_attention import equal_runs, transformers_vision_attention

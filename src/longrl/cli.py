@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import sys
 import traceback
-from collections.abc import Callable
+from pathlib import Path
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
@@ -220,6 +220,20 @@ def _user_errors() -> dict[type, int]:
     }
 
 
+def find_benchmarks() -> None:
+    """Put the source checkout's ``benchmarks/`` first on the import path: the benchmarks live beside
+    the library, not in it (they are not installed with the package)."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):  # the checkout of src/longrl, or here
+        if (root / "benchmarks" / "rollout.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            return
+    raise ValueError(
+        "longrl bench runs from a source checkout: its benchmarks/ folder is not installed with the "
+        "package; clone the repository and run longrl bench from it"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -327,21 +341,15 @@ def _dispatch(args) -> int:
         print(f"report: {render_report(args.run_dir)}")
         return 0
     if args.command == "bench":
+        import importlib
+
         from longrl.dist.env import world_size_from_env
 
+        find_benchmarks()
         if args.which in ("train", "rollout") and world_size_from_env() > 1:  # under torchrun: over a dp x sp mesh
-            from longrl.bench.dist import main as dist_bench
-
-            dist_bench(args.which, args.args)
+            importlib.import_module("benchmarks.dist").main(args.which, args.args)
             return 0
-        bench_main: Callable[[list[str] | None], object]
-        if args.which == "rollout":
-            from longrl.bench.rollout import main as bench_main
-        elif args.which == "step":
-            from longrl.bench.step import main as bench_main
-        else:
-            from longrl.bench.train import main as bench_main
-        status = bench_main(args.args)
+        status = importlib.import_module(f"benchmarks.{args.which}").main(args.args)
         return status if isinstance(status, int) else 0  # train and step return their result rows
     if args.command == "datagen":
         from longrl import config_utils

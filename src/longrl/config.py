@@ -84,6 +84,10 @@ class RLConfig:
     steps: int = 40  # RL steps (one rollout + update each)
     prompts_per_step: int = 8  # prompts (videos) drawn per step; each gets rollout.n samples
     micro_batch_tokens: int = 16384  # dynamic micro-batching budget for log-prob/update passes
+    # the group forward's attention; hybrid is the fastest measured on GPU (notes/train.md)
+    group_attention: Literal["auto", "dense", "hybrid", "split"] = (
+        "auto"  # auto: hybrid on GPU for groups >= 2048 tokens, else dense | dense | hybrid | split (no compiler)
+    )
     optim: OptimConfig = field(  # RL optimizer
         default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=2, min_lr_ratio=1.0)
     )

@@ -26,7 +26,6 @@ class RolloutConfig:
     # GPU: one q/k/v and one gate/up GEMM per layer, from copies of the live weights packed once
     # per generate call (transient memory: 3.6 GB for the 3B model in bf16, 8.5 GB for 7B)
     pack_weights: bool = True  # GPU: one packed q/k/v and one gate/up GEMM per layer
-    pack_gate_up: bool = True  # with pack_weights: gate/up too (3.2 of the 3.6 GB); else two streams
     finish_check_interval: int = 8  # decode steps between host checks for finished samples
 
     def __post_init__(self) -> None:

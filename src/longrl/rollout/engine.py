@@ -238,14 +238,10 @@ def decode_ops(config: RolloutConfig, device: torch.device) -> DecodeOps:
     """What a decode step runs on ``device``: compiled glue, Triton kernels and packed weights on
     CUDA (each switchable in the config), plain eager PyTorch on CPU."""
     cuda = device.type == "cuda"
-    pack = config.pack_weights and cuda
-    pack_gate_up = pack and config.pack_gate_up
     return DecodeOps(
         compile=config.compile and cuda,
         gpu_kernels=config.use_triton and cuda and _has_triton(),
-        pack=pack,
-        pack_gate_up=pack_gate_up,
-        overlap=cuda and not pack_gate_up,
+        pack=config.pack_weights and cuda,
     )
 
 

@@ -10,13 +10,17 @@ Attention backends (:class:`GroupAttention`):
 
 * ``"dense"``: SDPA with a boolean [T, T] mask. Works everywhere, costs (P + nR)^2; used on CPU
   (flex_attention has no CPU backward) and in tests.
-* ``"flex"``: ``flex_attention`` (compiled, Triton) with a block mask built directly from the
-  layout, so fully masked 128x128 blocks are skipped: cost about P^2/2 + n*R*P + n*R^2/2.
-* ``"hybrid"``: causal SDPA (flash) over the prefix rows, flex_attention (block mask) for the
-  response rows only: the long causal part runs on the fastest kernel, the responses skip blocks.
+* ``"hybrid"``: causal SDPA (flash) over the prefix rows, flex_attention (compiled, Triton; a block
+  mask built from the layout, so fully masked 128x128 blocks are skipped) for the response rows
+  only: the long causal part runs on the fastest kernel, the responses skip blocks. The fastest
+  measured on GPU (notes/train.md), the default there for groups of at least DENSE_BELOW tokens.
 * ``"split"``: no compiler needed: causal SDPA over the prefix, then the n responses as a batch,
   each attending to [prefix | own past] with a bottom-right-aligned causal mask (flash kernels).
-  Same cost as flex, but the prefix K/V are copied once per response per layer.
+  Same cost as hybrid's responses, but the prefix K/V are copied once per response per layer.
+
+flex_attention over the whole group (one block mask for prefix and responses) measured slower than
+hybrid (F=128: 1.462 against 1.311 s; F=512: 12.29 against 9.73 s; every layer checkpointed, H100;
+notes/train.md) and left the code. ``split`` stays as the backend that needs no compiler.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from longrl.models.decoder import decoder_layer, layer_functions, unfusable_reas
 from longrl.models.family import family_of
 from longrl.models.inputs import Prompt
 
-Backend = Literal["auto", "dense", "flex", "hybrid", "split"]
+Backend = Literal["auto", "dense", "hybrid", "split"]
 FLEX_BLOCK = 128
 # Packed groups shorter than this use the dense mask on CUDA too: its [T, T] mask is small there, and
 # inductor (torch 2.11) could not lower flex_attention's backward for a tiny model's short text groups
@@ -216,18 +220,7 @@ class GroupAttention(AttentionLayout):
 
     def attend(self, module, query, key, value, scaling):
         backend = self.resolved_backend(query.device)
-        if backend == "flex":
-            if "block_mask" not in self._cache:
-                self._cache["block_mask"] = group_block_mask(self.packing, query.device)
-            out = _flex_attention()(
-                query,
-                key,
-                value,
-                block_mask=self._cache["block_mask"],
-                scale=scaling,
-                enable_gqa=query.shape[1] != key.shape[1],
-            )
-        elif backend == "dense":
+        if backend == "dense":
             if "dense" not in self._cache:
                 self._cache["dense"] = self.packing.dense_mask(query.device)
             out = F.scaled_dot_product_attention(
@@ -247,7 +240,7 @@ class GroupAttention(AttentionLayout):
         elif backend == "split":
             out = split_attention(self.packing, query, key, value, scaling)
         else:
-            raise ValueError(f"unknown group attention backend {backend!r}; use auto, dense, flex, hybrid or split")
+            raise ValueError(f"unknown group attention backend {backend!r}; use auto, dense, hybrid or split")
         return out.transpose(1, 2).contiguous()
 
 

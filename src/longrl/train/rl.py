@@ -180,13 +180,13 @@ def policy_update(
                     [g.responses[j] for j in sub],
                     temperature=cfg.rollout.temperature,
                     train_vision=cfg.model.train_vision,
-                    with_entropy=True,
+                    with_entropy=algo.entropy_coef > 0,  # the entropy bonus is its only reader
+                    backend=cfg.rl.group_attention,
                 )
-                assert fwd.entropy is not None  # with_entropy=True
                 logp, mask = pad_ragged(fwd.logprobs)
                 old, _ = pad_ragged([g.old_logp[j] for j in sub])
                 ref = pad_ragged([g.ref_logp[j] for j in sub])[0] if g.ref_logp is not None else None
-                entropy = pad_ragged([e.detach() if algo.entropy_coef == 0 else e for e in fwd.entropy])[0]
+                entropy = pad_ragged(fwd.entropy)[0] if fwd.entropy is not None else None
                 adv = advantages[i][sub].to(logp.device)  # rewards (so advantages) are CPU tensors
                 if adv.dim() == 2:  # token-level (REINFORCE++): padded to the step's longest response
                     adv = adv[:, : logp.shape[1]]
@@ -224,6 +224,7 @@ def reference_logprobs(ref_model, groups: list[Group], cfg) -> None:
                 g.responses,
                 temperature=cfg.rollout.temperature,
                 train_vision=cfg.model.train_vision,
+                backend=cfg.rl.group_attention,
             ).logprobs
 
 

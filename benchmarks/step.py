@@ -42,8 +42,8 @@ from typing import TypedDict
 
 import torch
 
-from longrl.bench.common import device_name, qwen25vl_3b_config, random_model, tiny_bench_config
-from longrl.bench.rollout import hf_generate
+from benchmarks.common import device_name, qwen25vl_3b_config, random_model, tiny_bench_config
+from benchmarks.rollout import hf_generate
 from longrl.config import Config
 from longrl.infra.guard import NonFiniteGuard
 from longrl.infra.metrics import PhaseTimer

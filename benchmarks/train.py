@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from longrl.bench.common import qwen25vl_3b_config, random_model, tiny_bench_config
+from benchmarks.common import qwen25vl_3b_config, random_model, tiny_bench_config
 from longrl.models.attention import use_longrl_attention
 from longrl.models.inputs import Prompt, VisionInputs
 from longrl.train.group_forward import enable_gradient_checkpointing
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--backend",
         default="auto",
-        help="group attention: auto (hybrid on GPU, dense on CPU), dense, flex, hybrid, split; comma list",
+        help="group attention: auto (hybrid on GPU, dense on CPU), dense, hybrid, split; comma list",
     )
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "bfloat16", "float32"], help="auto: bfloat16 on GPU, float32 on CPU"
@@ -354,8 +354,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
     backends = [b if b != "auto" else ("hybrid" if device.type == "cuda" else "dense") for b in args.backend.split(",")]
     for b in backends:
-        if b not in ("dense", "flex", "hybrid", "split"):
-            parser.error(f"--backend {b!r} is not one of auto, dense, flex, hybrid, split")
+        if b not in ("dense", "hybrid", "split"):
+            parser.error(f"--backend {b!r} is not one of auto, dense, hybrid, split")
 
     results = []
     configs = (

@@ -30,7 +30,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from longrl.bench.common import device_name, qwen25vl_3b_config, random_model, tiny_bench_config
+from benchmarks.common import device_name, qwen25vl_3b_config, random_model, tiny_bench_config
 from longrl.dist import DistConfig, gathered, init_distributed, parallelize, shutdown
 from longrl.models.attention import use_longrl_attention
 
@@ -96,7 +96,7 @@ def _sync(device: torch.device) -> float:
 
 def _train_once(model, frames: int, args, device):
     """One group forward + backward; returns (seconds, tokens this rank's sp group processed)."""
-    from longrl.bench.train import _loss_weights, run_longrl, video_prompt
+    from benchmarks.train import _loss_weights, run_longrl, video_prompt
 
     prompt = video_prompt(model, frames)
     g = torch.Generator().manual_seed(2)
@@ -113,7 +113,7 @@ def _train_once(model, frames: int, args, device):
 
 
 def _rollout_once(model, frames: int, args, device):
-    from longrl.bench.rollout import video_prompt
+    from benchmarks.rollout import video_prompt
     from longrl.rollout import RolloutConfig, SamplingParams, generate
 
     prompts = [video_prompt(model, frames, seed=i) for i in range(args.prompts)]

@@ -47,7 +47,7 @@ from typing import Any, cast
 import torch
 from transformers import PretrainedConfig
 
-from longrl.bench.common import (
+from benchmarks.common import (
     device_name,
     gpu_peak_bandwidth,
     llama32_1b_config,
@@ -483,7 +483,6 @@ def run_config(model, size: int, n: int, new_tokens: int, args, bandwidth: float
         graph_captures=stats["graph_captures"],
         compiled=stats["compiled"],
         pack_weights=config.pack_weights,
-        pack_gate_up=config.pack_gate_up,
         packed_weight_gb=stats["packed_weight_gb"],
         peak_mem_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
     )
@@ -566,7 +565,6 @@ def rollout_config(args) -> RolloutConfig:
         compile=not args.no_compile,
         use_triton=not args.no_triton,
         pack_weights=not args.no_pack,
-        pack_gate_up=not args.no_pack_gate_up,
     )
 
 
@@ -611,7 +609,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--no-pack", action="store_true", help="one GEMM per projection (no packed q/k/v, gate/up)")
-    ap.add_argument("--no-pack-gate-up", action="store_true", help="packed q/k/v only; gate and up on two streams")
     ap.add_argument(
         "--gemms",
         action="store_true",
