@@ -25,7 +25,7 @@ class GenModelConfig:
     name: str = "tiny"  # tiny (random, built in-process) | a local diffusers directory | a hub id
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the transformer's weights and compute
     lora_rank: int = 0  # 0 = full fine-tuning of the transformer; > 0 = LoRA adapters of this rank (peft)
-    lora_alpha: float = 0.0  # LoRA scaling numerator; 0 = lora_rank (scale 1)
+    lora_alpha: int = 0  # LoRA scaling numerator; 0 = lora_rank (scale 1)
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # LoRA modules
 
     def __post_init__(self) -> None:

@@ -73,7 +73,7 @@ def tiny_sd3_pipeline(seed: int = 0, resolution: int = 32):
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip))
     t5 = T5EncoderModel(
         T5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=64, num_layers=1, num_heads=4, pad_token_id=0,
-                 eos_token_id=3, decoder_start_token_id=0)
+                 eos_token_id=3)
     )  # fmt: skip
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
