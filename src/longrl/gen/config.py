@@ -21,7 +21,8 @@ from longrl.rewards.config import RewardConfig
 
 @dataclass
 class GenModelConfig:
-    kind: Literal["sd3", "wan"] = "sd3"  # sd3: StableDiffusion3Pipeline; wan: WanPipeline (text to video)
+    # sd3: StableDiffusion3Pipeline / SD3Transformer2DModel (SD3, SD3.5). Wan (text to video) is not built yet.
+    kind: Literal["sd3"] = "sd3"  # sd3 (Stable Diffusion 3 / 3.5 through diffusers)
     name: str = "tiny"  # tiny (random, built in-process) | a local diffusers directory | a hub id
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the transformer's weights and compute
     lora_rank: int = 0  # 0 = full fine-tuning of the transformer; > 0 = LoRA adapters of this rank (peft)
@@ -37,7 +38,6 @@ class GenModelConfig:
 @dataclass
 class GenConfig:
     resolution: int = 32  # image height = width in pixels (a multiple of the VAE factor x patch size)
-    frames: int = 5  # video frames (wan only; 4k + 1 for Wan's VAE)
     num_steps: int = 8  # denoising steps of the training rollouts (Flow-GRPO samples with few)
     eval_steps: int = 16  # denoising steps of the held-out evaluation (deterministic ODE)
     train_timesteps: int = 4  # of the num_steps transitions, how many (drawn at random per step) train
@@ -59,7 +59,7 @@ class GenConfig:
     threads: int = 1  # torch CPU threads (1 is fastest on shared cores: see notes/log/gen.md)
 
     def __post_init__(self) -> None:
-        config_utils.at_least(self, 1, "resolution", "frames", "num_steps", "eval_steps", "train_timesteps", "n")
+        config_utils.at_least(self, 1, "resolution", "num_steps", "eval_steps", "train_timesteps", "n")
         config_utils.at_least(self, 1, "prompts_per_step", "mini_batches", "micro_batch", "max_text_tokens")
         config_utils.at_least(self, 0, "noise_level", "guidance_scale", "adv_clip", "clip_range", "kl_coef")
         config_utils.at_least(self, 0, "eval_prompts", "eval_every", "grid_samples", "threads")

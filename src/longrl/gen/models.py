@@ -2,9 +2,10 @@
 
 ``model.name``: ``tiny`` (a random SD3 built here, tiny text encoders, a word-level tokenizer and a
 small VAE, so tests and the quickstart need no hub), a local diffusers directory, or a hub id.
-``model.kind`` picks the family: ``sd3`` (``StableDiffusion3Pipeline``) or ``wan``
-(``WanPipeline``). Both are driven through :class:`FlowPolicy`, which knows how to call the
-family's transformer and decode its latents; the sampler and the loss see only that.
+``model.kind`` picks the family: ``sd3`` (``StableDiffusion3Pipeline``, SD3 and SD3.5); Wan is not
+built yet. A family is driven through :class:`FlowPolicy`, which knows how to call its transformer
+and decode its latents; the sampler and the loss see only that, so a second family is one more
+branch there.
 """
 
 from __future__ import annotations
@@ -100,14 +101,12 @@ def tiny_sd3_pipeline(seed: int = 0, resolution: int = 32):
 def load_pipeline(kind: str, name: str, *, seed: int = 0, resolution: int = 32, dtype: torch.dtype = torch.float32):
     """``name``: ``tiny``, a local diffusers directory or a hub id -> the family's diffusers pipeline."""
     if name == "tiny":
-        if kind == "wan":
-            from longrl.gen.wan import tiny_wan_pipeline
-
-            return tiny_wan_pipeline(seed)
+        if kind != "sd3":
+            raise ValueError(f"model.name=tiny exists for model.kind=sd3 only; a tiny {kind} is not built yet")
         return tiny_sd3_pipeline(seed, resolution)
-    from diffusers import StableDiffusion3Pipeline, WanPipeline
+    from diffusers import StableDiffusion3Pipeline
 
-    cls = WanPipeline if kind == "wan" else StableDiffusion3Pipeline
+    cls = StableDiffusion3Pipeline
     try:
         pipe = cls.from_pretrained(name, torch_dtype=dtype)
     except (OSError, ValueError) as err:
@@ -139,10 +138,10 @@ class FlowPolicy:
     Text embeddings are computed once per prompt (``embed``) and kept; the text encoders are then
     not needed by training, which holds only the transformer and the VAE."""
 
-    def __init__(self, pipe: Any, kind: str, *, resolution: int, frames: int = 1, max_text_tokens: int = 16):
+    def __init__(self, pipe: Any, kind: str, *, resolution: int, max_text_tokens: int = 16):
         self.pipe, self.kind = pipe, kind
         self.transformer: Any = pipe.transformer  # a diffusers model: typed loosely, its config is a dict
-        self.resolution, self.frames, self.max_text_tokens = resolution, frames, max_text_tokens
+        self.resolution, self.max_text_tokens = resolution, max_text_tokens
         self._cache: dict[str, tuple[Tensor, Tensor | None]] = {}
 
     # -- text ------------------------------------------------------------------------------------
@@ -153,18 +152,12 @@ class FlowPolicy:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
             device = next(self.transformer.parameters()).device
-            if self.kind == "wan":
-                embeds, _ = self.pipe.encode_prompt(
-                    missing, do_classifier_free_guidance=False, max_sequence_length=self.max_text_tokens, device=device
-                )
-                pooled = [None] * len(missing)
-            else:
-                embeds, _, pooled, _ = self.pipe.encode_prompt(
-                    missing, missing, missing, do_classifier_free_guidance=False,
-                    max_sequence_length=self.max_text_tokens, device=device,
-                )  # fmt: skip
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                missing, missing, missing, do_classifier_free_guidance=False,
+                max_sequence_length=self.max_text_tokens, device=device,
+            )  # fmt: skip
             for i, prompt in enumerate(missing):
-                self._cache[prompt] = (embeds[i], None if pooled[i] is None else pooled[i])
+                self._cache[prompt] = (embeds[i], pooled[i])
         rows = [self._cache[p] for p in prompts]
         pooled_rows = [r[1] for r in rows]
         stacked = None if pooled_rows[0] is None else torch.stack([p for p in pooled_rows if p is not None])
@@ -228,24 +221,18 @@ class FlowPolicy:
 
     def latent_shape(self, batch: int) -> tuple[int, ...]:
         channels = self.transformer.config.in_channels
-        if self.kind == "wan":
-            h = self.resolution // self.pipe.vae_scale_factor_spatial
-            t = (self.frames - 1) // self.pipe.vae_scale_factor_temporal + 1
-            return (batch, channels, t, h, h)
+        if self.kind != "sd3":
+            raise NotImplementedError(f"latents of {self.kind} are not written yet (only sd3)")
         h = self.resolution // self.pipe.vae_scale_factor
         return (batch, channels, h, h)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Latents -> uint8 pixels: [B, H, W, 3] images (SD3) or [B, T, H, W, 3] frames (Wan)."""
+        """Latents -> uint8 pixels [B, H, W, 3]."""
         vae = self.pipe.vae
-        if self.kind == "wan":
-            from longrl.gen.wan import wan_unscale
-
-            pixels = vae.decode(wan_unscale(vae, latents.to(vae.dtype)), return_dict=False)[0]  # [B, 3, T, H, W]
-            pixels = pixels.permute(0, 2, 3, 4, 1)
-        else:
-            z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-            pixels = vae.decode(z, return_dict=False)[0].permute(0, 2, 3, 1)
+        if self.kind != "sd3":
+            raise NotImplementedError(f"decoding {self.kind} latents is not written yet (only sd3)")
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        pixels = vae.decode(z, return_dict=False)[0].permute(0, 2, 3, 1)
         # As diffusers' VaeImageProcessor: [-1, 1] -> [0, 1], then rounded to 8 bits.
         return ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()

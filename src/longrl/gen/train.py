@@ -44,7 +44,7 @@ def build_policy(cfg: GenRunConfig) -> FlowPolicy:
     pipe.to(device)
     pipe.transformer.to(DTYPES[cfg.model.dtype])
     pipe.set_progress_bar_config(disable=True)
-    policy = FlowPolicy(pipe, cfg.model.kind, resolution=cfg.gen.resolution, frames=cfg.gen.frames,
+    policy = FlowPolicy(pipe, cfg.model.kind, resolution=cfg.gen.resolution,
                         max_text_tokens=cfg.gen.max_text_tokens)  # fmt: skip
     if cfg.model.lora_rank:
         from peft import LoraConfig
