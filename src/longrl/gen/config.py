@@ -56,7 +56,7 @@ class GenConfig:
     eval_prompts: int = 16  # held-out prompts scored before, during and after training
     eval_every: int = 0  # steps between held-out evaluations; 0 = only before and after
     grid_samples: int = 8  # images saved per evaluation in samples/step_N.png (0 = none)
-    threads: int = 1  # torch CPU threads (1 is fastest on shared cores: see notes/log/gen.md)
+    threads: int = 0  # torch CPU threads; 0 leaves torch's own choice (1 helps on busy shared cores: notes/log/gen.md)
 
     def __post_init__(self) -> None:
         config_utils.at_least(self, 1, "resolution", "num_steps", "eval_steps", "train_timesteps", "n")

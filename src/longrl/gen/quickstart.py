@@ -16,7 +16,8 @@ from longrl.gen.config import load_gen_config
 from longrl.gen.train import train_gen
 
 # The tiny run's defaults (notes/log/gen.md has the probes behind them).
-QUICKSTART_OVERRIDES = ["steps=100", "optim.lr=3e-3", "trainer.log_every=20", "trainer.progress=false"]
+# gen.threads=1: the tiny model's ops are too small to split across threads (notes/log/gen.md, "Threads")
+QUICKSTART_OVERRIDES = ["steps=100", "optim.lr=3e-3", "gen.threads=1", "trainer.log_every=20", "trainer.progress=false"]
 MIN_GAIN = 0.01  # the stated margin: held-out brightness must rise by this much on every seed
 
 
