@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument(
         "--task",
         default="video",
-        choices=["video", "math"],
-        help="video: tiny Qwen2.5-VL on synthetic long videos; math: tiny Qwen2 text model on arithmetic",
+        choices=["video", "math", "sd3"],
+        help="video: tiny Qwen2.5-VL on synthetic long videos; math: tiny Qwen2 text model on arithmetic; "
+        "sd3: tiny Stable Diffusion 3, Flow-GRPO under a brightness reward (longrl.gen)",
     )
     qs.add_argument("--algorithm", default="grpo", help="grpo | dapo | reinforce_pp | rloo | drgrpo | gspo")
     qs.add_argument("--train-rows", type=int, default=None, help="RL pool (default: 2400 videos, 4000 problems)")
@@ -250,6 +251,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
+    if args.command == "quickstart" and args.task == "sd3":
+        from longrl.gen.quickstart import gen_quickstart
+        from longrl.quickstart import parse_seeds
+
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else [0 if args.seed is None else args.seed]
+        gen_quickstart(args.out, seeds, args.overrides)
+        print(f"report: {args.out}/report.json")
+        return 0
     if args.command == "quickstart":
         from longrl.quickstart import QuickstartData, parse_seeds, quickstart, sweep
 

@@ -1,0 +1,238 @@
+"""Flow-matching text-to-image/video models through diffusers: load one, or build a tiny random one.
+
+``model.name``: ``tiny`` (a random SD3 built here, tiny text encoders, a word-level tokenizer and a
+small VAE, so tests and the quickstart need no hub), a local diffusers directory, or a hub id.
+``model.kind`` picks the family: ``sd3`` (``StableDiffusion3Pipeline``, SD3 and SD3.5); Wan is not
+built yet. A family is driven through :class:`FlowPolicy`, which knows how to call its transformer
+and decode its latents; the sampler and the loss see only that, so a second family is one more
+branch there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+# Words of the synthetic prompts (data.py) plus a few spare ones; anything else maps to <unk>.
+TINY_WORDS = (
+    "a an the of in on at with and photo painting drawing picture render sketch image of "
+    "red green blue yellow white black orange purple pink brown grey golden silver "
+    "cat dog horse bird car boat house tree flower apple cup chair lamp book clock mountain river "
+    "city forest beach field street room garden sky sea lake bridge tower castle "
+    "small large old new bright dark quiet busy tall round shiny wooden glass stone"
+).split()
+TINY_MAX_TOKENS = 16  # text tokens per encoder: short prompts, a short joint sequence
+
+
+def tiny_tokenizer(max_length: int = TINY_MAX_TOKENS):
+    """A word-level tokenizer with <bos> ... <eos> around each prompt (CLIP pools at <eos>)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<unk>", "<eos>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*specials, *TINY_WORDS]))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=max_length,
+    )
+
+
+def tiny_sd3_pipeline(seed: int = 0, resolution: int = 32):
+    """A random Stable Diffusion 3 pipeline small enough to train on a CPU in minutes: two CLIP text
+    encoders (hidden 32), a T5 encoder (d_model 64), a 4-block VAE (8x down, 4 latent channels) and
+    a 2-layer MMDiT over (resolution/8)^2 latent tokens."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    vocab = len(tokenizer)
+    clip: dict[str, Any] = dict(
+        vocab_size=vocab, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+        projection_dim=32, max_position_embeddings=TINY_MAX_TOKENS, bos_token_id=1, eos_token_id=3, pad_token_id=0,
+        hidden_act="gelu",
+    )  # fmt: skip
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**clip))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**clip))
+    t5 = T5EncoderModel(
+        T5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=64, num_layers=1, num_heads=4, pad_token_id=0,
+                 eos_token_id=3)
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=4, sample_size=resolution, shift_factor=0.0, scaling_factor=1.0,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+    latent = resolution // 8
+    transformer = SD3Transformer2DModel(
+        sample_size=latent, patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,
+        pos_embed_max_size=max(latent, 8),
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    modules: list[Any] = [text_encoder, text_encoder_2, t5, vae, transformer]
+    for module in modules:
+        module.eval()  # built, not loaded: still in training mode, and T5's dropout would make embeddings random
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer, text_encoder_3=t5, tokenizer_3=tokenizer,
+    )  # fmt: skip
+
+
+def load_pipeline(kind: str, name: str, *, seed: int = 0, resolution: int = 32, dtype: torch.dtype = torch.float32):
+    """``name``: ``tiny``, a local diffusers directory or a hub id -> the family's diffusers pipeline."""
+    if name == "tiny":
+        if kind != "sd3":
+            raise ValueError(f"model.name=tiny exists for model.kind=sd3 only; a tiny {kind} is not built yet")
+        return tiny_sd3_pipeline(seed, resolution)
+    from diffusers import StableDiffusion3Pipeline
+
+    cls = StableDiffusion3Pipeline
+    try:
+        pipe = cls.from_pretrained(name, torch_dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"model.name={name!r} is not a {cls.__name__} directory or a reachable hub id ({err}); "
+            "give a local diffusers directory (model_index.json at its top), or model.name=tiny"
+        ) from None
+    return pipe
+
+
+@dataclass
+class Cond:
+    """One batch's text conditioning, row i for sample i (a prompt's n samples repeat its row)."""
+
+    embeds: Tensor  # [B, L, D] the transformer's encoder_hidden_states
+    pooled: Tensor | None  # [B, P] SD3's pooled projections; None for Wan
+    neg_embeds: Tensor | None = None  # the negative prompt's, [B, L, D]; None without CFG
+    neg_pooled: Tensor | None = None
+
+    def take(self, index: Tensor | slice) -> Cond:
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return Cond(self.embeds[index], pick(self.pooled), pick(self.neg_embeds), pick(self.neg_pooled))
+
+
+class FlowPolicy:
+    """What the sampler and the loss need of a pipeline: the trainable transformer, its call with
+    classifier-free guidance, the scheduler's sigmas, the latent shape and decoding to uint8 pixels.
+
+    Text embeddings are computed once per prompt (``embed``) and kept; the text encoders are then
+    not needed by training, which holds only the transformer and the VAE."""
+
+    def __init__(self, pipe: Any, kind: str, *, resolution: int, max_text_tokens: int = 16):
+        self.pipe, self.kind = pipe, kind
+        self.transformer: Any = pipe.transformer  # a diffusers model: typed loosely, its config is a dict
+        self.resolution, self.max_text_tokens = resolution, max_text_tokens
+        self._cache: dict[str, tuple[Tensor, Tensor | None]] = {}
+
+    # -- text ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def embed(self, prompts: list[str]) -> tuple[Tensor, Tensor | None]:
+        """[len(prompts), L, D] embeddings (and [.., P] pooled ones for SD3), each prompt encoded once."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            device = next(self.transformer.parameters()).device
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                missing, missing, missing, do_classifier_free_guidance=False,
+                max_sequence_length=self.max_text_tokens, device=device,
+            )  # fmt: skip
+            for i, prompt in enumerate(missing):
+                self._cache[prompt] = (embeds[i], pooled[i])
+        rows = [self._cache[p] for p in prompts]
+        pooled_rows = [r[1] for r in rows]
+        stacked = None if pooled_rows[0] is None else torch.stack([p for p in pooled_rows if p is not None])
+        return torch.stack([r[0] for r in rows]), stacked
+
+    def cond(self, prompts: list[str], n: int, negative_prompt: str | None) -> Cond:
+        """Conditioning for ``n`` samples of each prompt, in prompt-major order (a group is contiguous)."""
+        repeated = [p for p in prompts for _ in range(n)]
+        embeds, pooled = self.embed(repeated)
+        if negative_prompt is None:
+            return Cond(embeds, pooled)
+        neg, neg_pooled = self.embed([negative_prompt] * len(repeated))
+        return Cond(embeds, pooled, neg, neg_pooled)
+
+    # -- the transformer ---------------------------------------------------------------------------
+
+    def _call(self, transformer: nn.Module, x: Tensor, timestep: Tensor, embeds: Tensor, pooled: Tensor | None):
+        kwargs: dict[str, Any] = dict(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds)
+        if self.kind == "sd3":
+            kwargs["pooled_projections"] = pooled
+        return transformer(**kwargs, return_dict=False)[0]
+
+    def velocity(
+        self, latents: Tensor, sigma: float, cond: Cond, guidance_scale: float, transformer: nn.Module | None = None
+    ) -> Tensor:
+        """The guided velocity at ``latents`` [B, ...]: the unconditional and conditional passes in one
+        batch, [uncond; cond] like the diffusers pipelines, so the numbers match theirs."""
+        transformer = transformer or self.transformer
+        dtype = next(transformer.parameters()).dtype
+        # float32 sigma * 1000, as the scheduler's timesteps are computed: the same bits as the pipeline's
+        t = torch.tensor(sigma, dtype=torch.float32) * 1000
+        timestep = t.expand(latents.shape[0]).to(latents.device)
+        if cond.neg_embeds is None or guidance_scale <= 1:
+            return self._call(transformer, latents.to(dtype), timestep, cond.embeds, cond.pooled)
+        both = torch.cat([latents, latents]).to(dtype)
+        embeds = torch.cat([cond.neg_embeds, cond.embeds])
+        pooled = None if cond.pooled is None or cond.neg_pooled is None else torch.cat([cond.neg_pooled, cond.pooled])
+        uncond, text = self._call(transformer, both, torch.cat([timestep, timestep]), embeds, pooled).chunk(2)
+        return uncond + guidance_scale * (text - uncond)
+
+    # -- schedule, latents, pixels ----------------------------------------------------------------
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        """The scheduler's sigmas for ``num_steps`` steps, [num_steps + 1] ending at 0 (a fresh copy of the
+        scheduler, so the pipeline's own state is untouched)."""
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        kwargs: dict[str, Any] = {}
+        if scheduler.config.get("use_dynamic_shifting", False):
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+            h, w = self.latent_shape(1)[-2:]
+            seq = (h // self.patch_size) * (w // self.patch_size)
+            kwargs["mu"] = calculate_shift(seq)
+        scheduler.set_timesteps(num_steps, device="cpu", **kwargs)
+        return scheduler.sigmas.float()
+
+    @property
+    def patch_size(self) -> int:
+        patch = self.transformer.config.patch_size
+        return patch[-1] if isinstance(patch, (list, tuple)) else patch
+
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        channels = self.transformer.config.in_channels
+        if self.kind != "sd3":
+            raise NotImplementedError(f"latents of {self.kind} are not written yet (only sd3)")
+        h = self.resolution // self.pipe.vae_scale_factor
+        return (batch, channels, h, h)
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> uint8 pixels [B, H, W, 3]."""
+        vae = self.pipe.vae
+        if self.kind != "sd3":
+            raise NotImplementedError(f"decoding {self.kind} latents is not written yet (only sd3)")
+        z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        pixels = vae.decode(z, return_dict=False)[0].permute(0, 2, 3, 1)
+        # As diffusers' VaeImageProcessor: [-1, 1] -> [0, 1], then rounded to 8 bits.
+        return ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
