@@ -8,7 +8,7 @@
     longrl config [--config YAML] [key=value ...]
     longrl export --ckpt DIR --out HF_DIR [--overwrite]
     longrl report RUN_DIR
-    longrl bench rollout|train|step ...
+    longrl bench rollout|train|step|gen ...
     longrl datagen --videos DIR|ROWS --out DIR [--config YAML] [key=value ...]
     longrl serve --model DIR [--host 127.0.0.1] [--port 8000] [--api-key-env NAME] ...
 
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
 
     bench = sub.add_parser("bench", parents=common, help="benchmarks against plain transformers")
-    bench.add_argument("which", choices=["rollout", "train", "step"])
+    bench.add_argument("which", choices=["rollout", "train", "step", "gen"])
     bench.add_argument("args", nargs=argparse.REMAINDER)
 
     datagen = sub.add_parser(

@@ -1,0 +1,20 @@
+"""``longrl bench gen --tiny`` on CPU: one JSON line, both phases timed, the diffusers baseline in the same run."""
+
+import json
+
+import pytest
+
+from longrl.cli import main as cli_main
+
+
+def test_bench_gen_tiny_prints_one_json_line(capsys):
+    args = ["--tiny", "--device", "cpu", "--resolution", "32", "--prompts", "2", "--n", "2", "--steps", "3"]
+    args += ["--train-timesteps", "2", "--micro-batch", "2", "--text-tokens", "8", "--warmup", "0"]
+    assert cli_main(["bench", "gen", *args]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["model"] == "tiny-sd3" and (line["prompts"], line["n"], line["steps"]) == (2, 2, 3)
+    for key in ("sample_s", "diffusers_s", "train_step_s"):
+        assert line[key] > 0, key
+    assert line["sample_speedup"] == pytest.approx(line["diffusers_s"] / line["sample_s"], rel=0.01)
+    assert line["sample_images_s"] == pytest.approx(4 / line["sample_s"], rel=0.01)
+    assert 0 <= line["train_clip_frac"] <= 1
