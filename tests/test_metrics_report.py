@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 
 from longrl.infra.metrics import MetricsLogger
@@ -107,3 +109,31 @@ def test_report_plots_a_metric_that_was_never_finite(tmp_path):
     index = render_report(tmp_path)
     assert (index.parent / "loss.png").exists() and _red_pixels(index.parent / "loss.png") > 20
     assert "<li><code>sft/loss</code>: NaN/inf at 3 of 3 logged steps (1-3)</li>" in index.read_text()
+
+
+def test_report_shows_a_generation_runs_sample_grids_in_step_order(tmp_path):
+    from longrl.data.image import write_png
+
+    logger = MetricsLogger(tmp_path, total_steps=20, tensorboard=False, progress=False, desc="gen")
+    for step in range(1, 21):
+        logger.log(step, {"reward/mean": step / 20, **({"eval/reward": 0.5 + step / 100} if step % 10 == 0 else {})})
+    logger.close()
+    for step in (20, 0, 10):  # written out of order; step_x.png is not a grid
+        write_png(tmp_path / "samples" / f"step_{step}.png", np.full((8, 16, 3), step * 10, dtype=np.uint8))
+    write_png(tmp_path / "samples" / "step_x.png", np.zeros((8, 8, 3), dtype=np.uint8))
+    page = render_report(tmp_path).read_text()
+    shown = re.findall(r'src="\.\./samples/(step_\w+)\.png"', page)
+    assert shown == ["step_0", "step_10", "step_20"]
+    assert "step 10 &middot; held-out reward 0.6000" in page and "step 20 &middot; held-out reward 0.7000" in page
+    assert (tmp_path / "report" / "eval.png").is_file()  # the held-out curve
+    # a run without samples gets no samples section
+    assert "Samples per evaluation" not in render_report(_run_without_samples(tmp_path)).read_text()
+
+
+def _run_without_samples(tmp_path):
+    run = tmp_path / "plain"
+    logger = MetricsLogger(run, total_steps=2, tensorboard=False, progress=False)
+    for step in (1, 2):
+        logger.log(step, {"reward/mean": 0.1 * step})
+    logger.close()
+    return run

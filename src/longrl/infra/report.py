@@ -1,7 +1,8 @@
 """`longrl report RUN_DIR`: PNG plots of a run's main curves and an HTML page that shows them.
 
 Reads ``metrics.jsonl`` (and the run's config) and writes ``RUN_DIR/report/index.html`` beside
-one PNG per curve. Works on a finished run or one still training. Non-finite values (a NaN loss)
+one PNG per curve; a generation run's sample grids (``RUN_DIR/samples/step_N.png``, one per
+evaluation, ``longrl.gen``) are shown in step order with the held-out reward of that step. Works on a finished run or one still training. Non-finite values (a NaN loss)
 are never dropped: each plot marks their steps with red crosses and lines, and the page lists
 them per metric above the final metrics.
 """
@@ -61,6 +62,7 @@ PLOTS = [
     Plot("response_length", "Response length (tokens)", _named("response_length/mean", "response_length/max")),
     Plot("response_clipped", "Responses clipped at max length (fraction)", _named("response_length/clip_frac")),
     Plot("loss", "Loss", _named("loss")),
+    Plot("eval", "Held-out evaluation", _prefixed("eval/")),
     Plot("kl", "KL to reference", _named("kl")),
     Plot("entropy", "Entropy", _named("entropy")),
     Plot("clip_frac", "Policy ratio clip fraction", _either(_named("clip_frac"), _prefixed("actor/clip_frac"))),
@@ -203,6 +205,31 @@ def _final_metrics(rows: list[dict]) -> list[tuple[str, float, float]]:
 _NONFINITE_CLASS = ' class="nonfinite"'
 
 
+def sample_grids(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every ``samples/step_N.png`` of the run, in step order."""
+    found = []
+    for path in (run_dir / "samples").glob("step_*.png"):
+        stem = path.stem.removeprefix("step_")
+        if stem.isdigit():
+            found.append((int(stem), path))
+    return sorted(found)
+
+
+def _samples_section(run_dir: Path, rows: list[dict]) -> str:
+    grids = sample_grids(run_dir)
+    if not grids:
+        return ""
+    held_out = {row["step"]: row["eval/reward"] for row in rows if "eval/reward" in row}
+    items = []
+    for step, path in grids:
+        reward = f" &middot; held-out reward {held_out[step]:.4f}" if step in held_out else ""
+        items.append(
+            f'<figure><img src="../samples/{html.escape(path.name)}" alt="samples at step {step}">'
+            f"<figcaption>step {step}{reward}</figcaption></figure>"
+        )
+    return '<h2>Samples per evaluation</h2>\n<div class="samples">\n' + "\n".join(items) + "\n</div>"
+
+
 def render_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report/index.html`` and its PNGs; returns the HTML path."""
     run_dir = Path(run_dir)
@@ -255,6 +282,7 @@ td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
 td:nth-child(n+2) {{ font-family: monospace; text-align: right; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 1em; }}
 figure {{ margin: 0; }} img {{ max-width: 640px; width: 100%; }}
+.samples img {{ image-rendering: pixelated; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow: auto; max-height: 40em; }}
 .nonfinite {{ background: #fde8e8; color: #a00; }}
 div.nonfinite {{ padding: 0.2em 1em; border: 1px solid #e99; }}
@@ -271,6 +299,7 @@ directory: <code>{html.escape(str(run_dir.resolve()))}</code></p>
 <div class="plots">
 {figures}
 </div>
+{_samples_section(run_dir, rows)}
 <h2>Config</h2>
 <pre>{html.escape(_load_config(run_dir))}</pre>
 </body></html>
