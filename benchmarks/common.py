@@ -210,3 +210,15 @@ def measured_copy_bandwidth(device: torch.device | str = "cuda", gib: float = 2.
     torch.cuda.synchronize(device)
     seconds = start.elapsed_time(end) / 1e3 / 10
     return 2 * src.numel() * 4 / seconds
+
+
+def video_ids(cfg, n_video: int, generator: torch.Generator, high: int = 1000) -> torch.Tensor:
+    """Chat-shaped prompt ids of a Qwen2.5-VL ``cfg``: 20 random text tokens (ids in [100, high)), the
+    video block (start, ``n_video`` placeholders, end), 40 more text tokens."""
+
+    def text(n: int) -> torch.Tensor:
+        return torch.randint(100, high, (n,), generator=generator)
+
+    video = torch.full((n_video,), cfg.video_token_id)
+    start, end = torch.tensor([cfg.vision_start_token_id]), torch.tensor([cfg.vision_end_token_id])
+    return torch.cat([text(20), start, video, end, text(40)])

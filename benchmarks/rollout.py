@@ -57,6 +57,7 @@ from benchmarks.common import (
     random_model,
     tiny_bench_config,
     tiny_text_config,
+    video_ids,
 )
 from longrl.models.adapter import lm_head
 from longrl.models.family import family_of
@@ -80,16 +81,7 @@ def video_prompt(model, frames: int, seed: int = 0) -> Prompt:
     g = torch.Generator().manual_seed(seed)
     grid = torch.tensor([[max(frames // 2, 1), 32, 32]])
     n_video = int(grid.prod()) // 4
-    text = lambda n: torch.randint(100, 100_000, (n,), generator=g)  # noqa: E731
-    ids = torch.cat(
-        [
-            text(20),
-            torch.tensor([cfg.vision_start_token_id]),
-            torch.full((n_video,), cfg.video_token_id),
-            torch.tensor([cfg.vision_end_token_id]),
-            text(40),
-        ]
-    )
+    ids = video_ids(cfg, n_video, g, high=100_000)
     mm_type = (ids == cfg.video_token_id).int() * 2
     positions, _ = model.model.get_rope_index(
         ids[None], mm_token_type_ids=mm_type[None], video_grid_thw=grid, second_per_grid_ts=torch.tensor([1.0])

@@ -42,7 +42,7 @@ from typing import TypedDict
 
 import torch
 
-from benchmarks.common import device_name, qwen25vl_3b_config, random_model, tiny_bench_config
+from benchmarks.common import device_name, qwen25vl_3b_config, random_model, tiny_bench_config, video_ids
 from benchmarks.rollout import hf_generate
 from longrl.config import Config
 from longrl.infra.guard import NonFiniteGuard
@@ -111,16 +111,7 @@ def pixel_prompt(model, frames: int, tokens_per_frame: int, seed: int) -> Prompt
     g = torch.Generator().manual_seed(seed)
     grid = torch.tensor([video_grid(frames, tokens_per_frame)])
     n_video = int(grid.prod()) // vc.spatial_merge_size**2
-    text = lambda n: torch.randint(100, 1000, (n,), generator=g)  # noqa: E731
-    ids = torch.cat(
-        [
-            text(20),
-            torch.tensor([cfg.vision_start_token_id]),
-            torch.full((n_video,), cfg.video_token_id),
-            torch.tensor([cfg.vision_end_token_id]),
-            text(40),
-        ]
-    )
+    ids = video_ids(cfg, n_video, g)
     patch = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
     gen = torch.Generator(device=model.device).manual_seed(seed)
     pixels = torch.randn(int(grid.prod()), patch, generator=gen, device=model.device, dtype=model.dtype)

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from benchmarks.common import qwen25vl_3b_config, random_model, tiny_bench_config
+from benchmarks.common import qwen25vl_3b_config, random_model, tiny_bench_config, video_ids
 from longrl.models.attention import use_longrl_attention
 from longrl.models.inputs import Prompt, VisionInputs
 from longrl.train.group_forward import enable_gradient_checkpointing
@@ -57,16 +57,7 @@ def video_prompt(model, frames: int, seed: int = 0) -> Prompt:
     g = torch.Generator().manual_seed(seed)
     grid = torch.tensor([[max(frames // 2, 1), 32, 32]])
     n_video = int(grid.prod()) // 4
-    text = lambda n: torch.randint(100, 1000, (n,), generator=g)  # noqa: E731
-    ids = torch.cat(
-        [
-            text(20),
-            torch.tensor([cfg.vision_start_token_id]),
-            torch.full((n_video,), cfg.video_token_id),
-            torch.tensor([cfg.vision_end_token_id]),
-            text(40),
-        ]
-    )
+    ids = video_ids(cfg, n_video, g)
     mm_type = (ids == cfg.video_token_id).int() * 2
     positions, _ = model.model.get_rope_index(
         ids[None], mm_token_type_ids=mm_type[None], video_grid_thw=grid, second_per_grid_ts=torch.tensor([1.0])

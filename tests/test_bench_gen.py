@@ -15,6 +15,8 @@ def test_bench_gen_tiny_prints_one_json_line(capsys):
     assert line["model"] == "tiny-sd3" and (line["prompts"], line["n"], line["steps"]) == (2, 2, 3)
     for key in ("sample_s", "diffusers_s", "train_step_s"):
         assert line[key] > 0, key
-    assert line["sample_speedup"] == pytest.approx(line["diffusers_s"] / line["sample_s"], rel=0.01)
-    assert line["sample_images_s"] == pytest.approx(4 / line["sample_s"], rel=0.01)
+    assert line["sample_speedup"] == pytest.approx(
+        line["diffusers_s"] / line["sample_s"], rel=0.05
+    )  # the times are rounded to 1 ms
+    assert line["sample_images_s"] == pytest.approx(4 / line["sample_s"], rel=0.05)  # the times are rounded to 1 ms
     assert 0 <= line["train_clip_frac"] <= 1

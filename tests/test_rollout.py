@@ -13,11 +13,12 @@ from longrl.models.config import ModelConfig
 from longrl.models.inputs import VisionInputs
 from longrl.rollout import RolloutConfig, SamplingParams, generate
 from longrl.rollout.attention import (
+    attention_lse_math,
     cascade_attention,
     fold_queries,
-    math_with_lse,
+    merge_partials,
     prefill_attention,
-    prefix_attention,
+    prefix_partials,
     split_prefill_attention,
     unfold_rows,
 )
@@ -25,6 +26,20 @@ from longrl.rollout.decoder import TextDecoder
 from longrl.rollout.prefill import prefill
 from longrl.rollout.prompts import PromptEmbedder
 from longrl.rollout.sampling import hashed_vocab, row_keys, sample_tokens
+
+
+def prefix_attention(q, k, v, scale):
+    """Merged prefix_partials (the engine merges them with the suffix instead): (out, lse) fp32."""
+    parts = prefix_partials(q, k, v, scale)
+    return merge_partials(torch.cat([o for o, _ in parts], 1), torch.cat([l for _, l in parts], 1), dim=1)
+
+
+def math_with_lse(q, k, v, causal: bool, scale: float):
+    """A reference kernel for split_prefill_attention: fp32, GQA by repeat."""
+    group = q.shape[1] // k.shape[1]
+    valid = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool).tril() if causal else None
+    return attention_lse_math(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), scale, valid)
+
 
 TEXTS = ["a red square enters at the top left, then the blue circle moves right."] * 8
 

@@ -87,14 +87,6 @@ def prefix_partials(
     return parts
 
 
-def prefix_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merged :func:`prefix_partials`: (out [Hkv, n*G, D] fp32, lse [Hkv, n*G] fp32)."""
-    parts = prefix_partials(q, k, v, scale)
-    return merge_partials(torch.cat([o for o, _ in parts], 1), torch.cat([l for _, l in parts], 1), dim=1)
-
-
 def fold_queries(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
     """[n, Hq, D] -> [Hkv, n*G, D]: the group's queries become rows of one attention per KV head."""
     n, hq, dim = q.shape
@@ -174,15 +166,6 @@ def _cudnn_with_lse(q, k, v, causal: bool, scale: float):
         :2
     ]
     return out, lse.reshape(q.shape[0], q.shape[1], -1)[..., : q.shape[2]]
-
-
-def math_with_lse(q, k, v, causal: bool, scale: float):
-    """The reference kernel for :func:`split_prefill_attention` (tests): fp32, GQA by repeat."""
-    group = q.shape[1] // k.shape[1]
-    valid = None
-    if causal:
-        valid = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
-    return attention_lse_math(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), scale, valid)
 
 
 def split_prefill_attention(q, k, v, scale: float, kernel=_cudnn_with_lse, bucket: int = 1) -> torch.Tensor:

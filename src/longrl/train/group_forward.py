@@ -456,11 +456,12 @@ def flagged_layers(model) -> list[bool]:
     ]
 
 
-def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.device) -> list[bool]:
+def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.device, elem: int) -> list[bool]:
     """Per decoder layer: recompute it in backward? Layers flagged by (transformers') gradient
     checkpointing, in training mode with grad enabled; on CUDA with adaptive checkpointing (the
     default) only as many of them as the free memory needs. The plan's numbers are left in the text
-    model's ``longrl_checkpoint_plan`` (bytes), for ``group_hidden`` to correct and benches to report."""
+    model's ``longrl_checkpoint_plan`` (bytes), for ``group_hidden`` to correct and benches to report.
+    ``elem``: bytes per activation element (the packed embeddings' dtype)."""
     family = family_of(model)
     text = family.decoder(model)
     flagged = flagged_layers(model)
@@ -468,7 +469,6 @@ def checkpoint_flags(model, tokens: int, response_tokens: int, device: torch.dev
     if not any(flagged) or device.type != "cuda" or not getattr(text, "longrl_adaptive_checkpointing", True):
         return flagged
     cfg = family.text_config(model)
-    elem = text.layers[0].mlp.up_proj.weight.element_size()
     kept = kept_layer_bytes(cfg, tokens, elem)
     budget = _activation_budget(model, device, tokens, response_tokens)
     flags = plan_checkpointing(flagged, kept, tokens * cfg.hidden_size * elem, budget.available)
@@ -518,7 +518,9 @@ def group_hidden(
     else:
         fns = layer_functions(impl == "compiled")
         cos, sin = family.rotary(text.rotary_emb, embeds, positions)
-        flags = checkpoint_flags(model, embeds.shape[1], sum(packing.response_lens), embeds.device)
+        flags = checkpoint_flags(
+            model, embeds.shape[1], sum(packing.response_lens), embeds.device, embeds.element_size()
+        )
         hidden = embeds
         plan = getattr(text, "longrl_checkpoint_plan", None) if any(flags) else None
         for i, layer in enumerate(text.layers):
