@@ -260,3 +260,39 @@ def test_parse_judge_score(text, score):
 def test_parse_judge_score_rejects(text):
     with pytest.raises(JudgeError):
         parse_judge_score(text)
+
+
+def test_image_judge_sends_images_as_image_parts_and_falls_back_like_the_judge(judge_server):
+    """longrl.gen's `image_judge`: the prompt as text and the image (or a clip's frames) as PNG image
+    parts to the same OpenAI-compatible endpoint; a failed call gets the fallback and is counted."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    import longrl.gen.rewards  # noqa: F401  (registers image_judge)
+
+    model = judge_model(judge_server, functions=["image_judge"], judge_max_retries=0)
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    image[:, :, 0] = 200
+    clip = np.stack([image] * 6)
+    inputs = [
+        RewardInput("img", "", "", question="a red square", row={"image": image}),
+        RewardInput("vid", "", "", question="a red clip", row={"frames": clip, "image": clip[3]}),
+    ]
+    results = model(inputs)
+    assert [r.score for r in results] == [pytest.approx(0.8)] * 2 and all(r.error is None for r in results)
+    for body, prompt, frames in zip(judge_server.requests, ["a red square", "a red clip"], [1, 4]):
+        system, user = body["messages"]
+        assert system["role"] == "system" and user["content"][0] == {"type": "text", "text": f"Prompt: {prompt}"}
+        parts = user["content"][1:]
+        assert len(parts) == frames and all(p["type"] == "image_url" for p in parts)
+        url = parts[0]["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+        assert np.array_equal(decoded, image)  # the pixels themselves, losslessly
+    judge_server.reply = lambda n, body: (500, "overloaded", 0.0)
+    [failed] = model([RewardInput("img2", "", "", question="a blue square", row={"image": image})])  # not cached
+    assert failed.score == -1.0 and failed.error is not None
+    assert model.pop_metrics()["reward/judge_failures"] == 1

@@ -98,7 +98,8 @@ def png_data_url(image: np.ndarray) -> str:
 def judge_image_messages(sample: RewardInput, max_frames: int = 4) -> list[dict]:
     """The judge's chat: the prompt as text, the image (or up to ``max_frames`` frames) as image parts."""
     array = pixels(sample)
-    frames = [array] if array.ndim == 3 else [array[i] for i in np.linspace(0, len(array) - 1, max_frames).round()]
+    picks = np.linspace(0, len(array) - 1, min(max_frames, len(array))).round().astype(int)
+    frames = [array] if array.ndim == 3 else [array[i] for i in picks]
     parts: list[dict] = [{"type": "text", "text": f"Prompt: {sample.question}"}]
     parts += [{"type": "image_url", "image_url": {"url": png_data_url(f)}} for f in frames]
     return [{"role": "system", "content": JUDGE_PROMPT}, {"role": "user", "content": parts}]
