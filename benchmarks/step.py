@@ -157,12 +157,7 @@ def longrl_step(
                 assert p.vision is not None  # the bench's prompts are videos
                 p.video_embeds = encode_video(model, p.vision)
         with timer("rollout"):
-            params = SamplingParams(
-                n=cfg.rollout.n,
-                temperature=cfg.rollout.temperature,
-                max_new_tokens=cfg.rollout.max_new_tokens,
-                seed=seed,
-            )
+            params = SamplingParams.from_config(cfg.rollout, seed=seed)  # no stop token: every sample runs to length
             groups = [
                 Group(
                     prompt=p,

@@ -48,3 +48,12 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
+
+
+def test_sampling_params_come_from_the_rollout_config():
+    from longrl.rollout import RolloutConfig, SamplingParams
+
+    cfg = RolloutConfig(n=3, temperature=0.7, top_p=0.9, top_k=5, max_new_tokens=11)
+    params = SamplingParams.from_config(cfg, seed=4, stop_token_ids=[2, 9])
+    assert (params.n, params.temperature, params.top_p, params.top_k, params.max_new_tokens) == (3, 0.7, 0.9, 5, 11)
+    assert (params.seed, params.stop_token_ids, params.is_greedy) == (4, (2, 9), False)

@@ -18,8 +18,12 @@ do.) Greedy decoding reports ``log_softmax(logits)`` (T = 1) of the argmax token
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from longrl.rollout.config import RolloutConfig
 
 _M32 = 0xFFFFFFFF
 
@@ -34,6 +38,20 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # a stop token ends its sample and is kept in it
     seed: int | None = None  # None draws one from torch's global generator
     greedy: bool = False
+
+    @classmethod
+    def from_config(cls, config: RolloutConfig, *, seed: int | None = None, stop_token_ids=()) -> SamplingParams:
+        """The sampling part of a run's ``rollout`` config (n, temperature, top_p, top_k,
+        max_new_tokens), so a loop does not copy it field by field."""
+        return cls(
+            n=config.n,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            max_new_tokens=config.max_new_tokens,
+            seed=seed,
+            stop_token_ids=tuple(stop_token_ids),
+        )
 
     @property
     def is_greedy(self) -> bool:

@@ -55,15 +55,7 @@ class Group:
 
 
 def rollout(model, tokenizer, prompts: list[Prompt], examples: list[Example], cfg, seed: int) -> list[Group]:
-    params = SamplingParams(
-        n=cfg.rollout.n,
-        temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p,
-        top_k=cfg.rollout.top_k,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        seed=seed,
-        stop_token_ids=(end_of_turn_id(tokenizer),),
-    )
+    params = SamplingParams.from_config(cfg.rollout, seed=seed, stop_token_ids=(end_of_turn_id(tokenizer),))
     groups = []
     for prompt, example, samples in zip(prompts, examples, generate(model, prompts, params, config=cfg.rollout)):
         device = prompt.input_ids.device
