@@ -184,6 +184,12 @@ def test_embedding_cache_stores_images_under_their_own_spec(shapes, tiny, tmp_pa
         assert VideoEmbedder(model, smaller, cache).lookup(rows[0].image, image=True) != embedder.lookup(
             rows[0].image, image=True
         )
+        # a missing file under the cache is a bad sample (named by path), skipped like a corrupt one
+        missing = rows[1].__class__(**{**rows[1].to_dict(), "id": "gone", "image": str(tmp_path / "gone.png")})
+        with pytest.raises(ImageError, match=r"image .*gone\.png: file not found"):
+            embedder(missing)
+        data = ExampleSet([missing, rows[2]], cfg.data, embedder=embedder)
+        assert data.skipped == ["gone"] and len(data.valid()) == 1
     finally:
         model.model.visual.requires_grad_(True)
 
