@@ -85,7 +85,7 @@ def load_model(
         check_model_path(path)
         family = family_named(model_type_at(path), f"model.path={path!r} holds a model_type")
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = family.model_class().from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        model = family.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
     family.check_supported(model)
     family.prepare(model)
     model.to(device=device, dtype=dtype)

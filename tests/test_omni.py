@@ -1,0 +1,299 @@
+"""The Qwen2.5-Omni thinker family: loading (thinker and full checkpoints), prompts with a video's
+sound track laid out as Qwen2_5OmniProcessor lays it out, TMRoPE positions equal to transformers'
+get_rope_index, greedy rollout equal to transformers ``generate`` and rollout log-probs equal to
+a teacher-forced forward, for text, video, and video with audio in and beside it. Tiny random
+fp32 thinker on CPU."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen2_5OmniProcessor
+
+from longrl.models.adapter import build_prompt, decoder_forward, load_model, prompt_embeds, save_pretrained
+from longrl.models.config import ModelConfig, TinyModelConfig
+from longrl.models.family import family_of
+from longrl.models.inputs import AudioInputs, VisionInputs
+from longrl.models.qwen2_5_omni import (
+    AUDIO_BOS,
+    AUDIO_EOS,
+    AUDIO_PAD,
+    IMAGE_PAD,
+    VIDEO_PAD,
+    VISION_BOS,
+    VISION_EOS,
+    audio_tokens,
+    thinker_media_inputs,
+)
+from longrl.rollout import SamplingParams, generate
+from longrl.train.logprobs import group_logprobs, sequence_logprobs
+
+TEXTS = ["Which tone is higher? <think>the second beep</think><answer>B</answer>"] * 8
+TOL = 1e-5
+
+
+@functools.cache
+def _tiny():
+    cfg = ModelConfig(dtype="float32", tiny=TinyModelConfig(family="qwen2_5_omni"))
+    return load_model(cfg, tokenizer_texts=TEXTS, seed=0)
+
+
+def tiny():
+    model, tok = _tiny()
+    return copy.deepcopy(model).eval(), tok
+
+
+def video(frames_t: int, h: int, w: int, second_per_grid: float, audio_frames: int | None, in_video=True, seed=0):
+    """Random patches of a video of grid (t, h, w) and, when ``audio_frames``, log-mel-like features."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.tensor([[frames_t, h, w]])
+    pixels = torch.randn(int(grid.prod()), 3 * 2 * 14 * 14, generator=g)
+    audio = None if audio_frames is None else AudioInputs(torch.randn(128, audio_frames, generator=g), in_video)
+    return VisionInputs(pixels, grid, second_per_grid, audio)
+
+
+def messages(question="Which beep is higher?"):
+    return [
+        {"role": "system", "content": "Think."},
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]},
+    ]
+
+
+# (grid t, h, w), seconds per grid, audio frames: odd lengths, audio longer and shorter than the
+# video, frames wider than one 2 s chunk (4 s per grid puts 100 positions between frames)
+CASES = [
+    ((3, 4, 6), 1.0, 537),
+    ((5, 2, 2), 0.5, 203),
+    ((1, 4, 4), 2.0, 1001),
+    ((3, 2, 6), 4.0, 97),
+    ((2, 4, 2), 1.0, 9),
+]
+
+
+def processor_text(model, tok, vision: VisionInputs) -> str:
+    """The prompt as transformers' Qwen2_5OmniProcessor expands it (its own method, on a stand-in
+    holding only what the method reads: the tokens and the merge size)."""
+    text = tok.apply_chat_template(messages(), add_generation_prompt=True, tokenize=False)
+    in_video = vision.audio is not None and vision.audio.in_video
+    if vision.audio is not None and not in_video:  # the audio as its own part, after the video
+        block = VISION_BOS + VIDEO_PAD + VISION_EOS
+        text = text.replace(block, block + AUDIO_BOS + AUDIO_PAD + AUDIO_EOS)
+    merge = types.SimpleNamespace(merge_size=2)
+    stand_in = types.SimpleNamespace(
+        image_processor=merge,
+        video_processor=merge,
+        audio_token=AUDIO_PAD,
+        image_token=IMAGE_PAD,
+        video_token=VIDEO_PAD,
+        vision_bos_token=VISION_BOS,
+        vision_eos_token=VISION_EOS,
+        audio_bos_token=AUDIO_BOS,
+        audio_eos_token=AUDIO_EOS,
+    )
+    stand_in.get_chunked_index = types.MethodType(Qwen2_5OmniProcessor.get_chunked_index, stand_in)
+    frames = vision.audio.features.shape[-1] if vision.audio is not None else 0
+    audio_len = (((frames - 1) // 2 + 1) - 2) // 2 + 1
+    return Qwen2_5OmniProcessor.replace_multimodal_special_tokens(
+        stand_in,
+        [text],
+        iter([audio_len]),
+        iter([]),
+        iter(vision.grid_thw),
+        video_second_per_grid=iter([vision.second_per_grid]),
+        use_audio_in_video=in_video,
+        position_id_per_seconds=model.config.position_id_per_seconds,
+        seconds_per_chunk=model.config.seconds_per_chunk,
+    )[0]
+
+
+def test_tiny_thinker_saves_reloads_and_a_full_checkpoint_loads_its_thinker(tmp_path):
+    model, tok = tiny()
+    assert type(model).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert family_of(model).name == "qwen2_5_omni" and model.config.model_type == "qwen2_5_omni_thinker"
+    for token in (AUDIO_PAD, VIDEO_PAD, IMAGE_PAD, AUDIO_BOS, AUDIO_EOS, VISION_BOS, VISION_EOS):
+        assert len(tok(token, add_special_tokens=False)["input_ids"]) == 1
+    assert model.config.audio_token_id == tok.convert_tokens_to_ids(AUDIO_PAD)
+    save_pretrained(model, tok, tmp_path / "thinker")
+    ids = torch.tensor([[5, 9, 17, 3, 40]])
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    loaded, loaded_tok = load_model(ModelConfig(path=str(tmp_path / "thinker"), dtype="float32"))
+    text = "<|im_start|>user\nWhich beep is higher? 440 or 880?<|im_end|>\n<think>880</think>"
+    assert loaded_tok(text)["input_ids"] == tok(text)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, ref, rtol=0, atol=0
+        )
+
+    # a full Qwen2.5-Omni checkpoint's layout: config under thinker_config, weights under thinker.,
+    # and a talker longrl never loads
+    full = tmp_path / "full"
+    full.mkdir()
+    thinker_cfg = json.loads((tmp_path / "thinker" / "config.json").read_text())
+    (full / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "qwen2_5_omni",
+                "architectures": ["Qwen2_5OmniForConditionalGeneration"],
+                "thinker_config": thinker_cfg,
+                "enable_audio_output": False,
+            }
+        )
+    )
+    weights = load_file(str(tmp_path / "thinker" / "model.safetensors"))
+    weights = {f"thinker.{k}": v for k, v in weights.items()} | {"talker.codec_head.weight": torch.zeros(3, 4)}
+    save_file(weights, str(full / "model.safetensors"), metadata={"format": "pt"})
+    loaded_tok.save_pretrained(full)
+    thinker, _ = load_model(ModelConfig(path=str(full), dtype="float32"))
+    assert type(thinker).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    assert not any("talker" in k for k in thinker.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(
+            thinker(input_ids=ids, attention_mask=torch.ones_like(ids)).logits, ref, rtol=0, atol=0
+        )
+
+
+@pytest.mark.parametrize("in_video", [True, False])
+@pytest.mark.parametrize("grid,seconds,frames", CASES)
+def test_prompt_layout_and_positions_equal_transformers(grid, seconds, frames, in_video):
+    model, tok = tiny()
+    vision = video(*grid, seconds, frames, in_video=in_video)
+    prompt = build_prompt(model, tok, messages(), vision)
+    # the processor's expansion, token for token
+    expected = tok(processor_text(model, tok, vision), add_special_tokens=False)["input_ids"]
+    assert prompt.input_ids.tolist() == expected
+    n_audio = int((prompt.input_ids == model.config.audio_token_id).sum())
+    n_video = int((prompt.input_ids == model.config.video_token_id).sum())
+    assert n_audio == audio_tokens(model, vision.audio) and n_video == grid[0] * grid[1] * grid[2] // 4
+    assert prompt.video_embeds.shape == (n_audio + n_video, model.config.text_config.hidden_size)
+    # transformers' positions as its generate computes them from its own inputs
+    inputs = thinker_media_inputs(model, [vision])
+    ids = prompt.input_ids[None]
+    reference, deltas = model.get_rope_index(
+        ids,
+        video_grid_thw=inputs["video_grid_thw"],
+        attention_mask=torch.ones_like(ids),
+        use_audio_in_video=in_video,
+        audio_seqlens=inputs["feature_attention_mask"].sum(-1),
+        second_per_grids=inputs["video_second_per_grid"],
+    )
+    assert torch.equal(prompt.position_ids, reference[:, 0])
+    assert prompt.next_position == len(prompt) + int(deltas[0, 0])
+    # the media embeddings sit where transformers' forward scatters each tower's output
+    embeds = prompt_embeds(model, prompt)
+    with torch.no_grad():
+        audio = model.get_audio_features(
+            inputs["input_features"], feature_attention_mask=inputs["feature_attention_mask"]
+        ).last_hidden_state
+        frames_out = model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"]).pooler_output[0]
+    assert torch.equal(embeds[prompt.input_ids == model.config.audio_token_id], audio)
+    assert torch.equal(embeds[prompt.input_ids == model.config.video_token_id], frames_out)
+
+
+def hf_generate(model, prompt, vision, max_new_tokens: int) -> list[int]:
+    ids = prompt.input_ids[None]
+    media = thinker_media_inputs(model, [vision]) if vision is not None else {}
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        **media,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+    )
+    return out[0, ids.shape[1] :].tolist()
+
+
+VISIONS = {
+    "text": None,
+    "video": ((3, 4, 6), 1.0, None, True),
+    "audio_in_video": ((3, 4, 6), 1.0, 537, True),
+    "audio_beside_video": ((5, 2, 2), 0.5, 203, False),
+}
+
+
+def make(kind):
+    spec = VISIONS[kind]
+    if spec is None:
+        return None
+    grid, seconds, frames, in_video = spec
+    return video(*grid, seconds, frames, in_video=in_video, seed=3)
+
+
+@pytest.mark.parametrize("kind", VISIONS)
+def test_greedy_rollout_equals_transformers_generate(kind):
+    model, tok = tiny()
+    vision = make(kind)
+    msgs = messages() if vision is not None else [{"role": "user", "content": "Which beep is higher?"}]
+    prompt = build_prompt(model, tok, msgs, vision)
+    out = generate(model, [prompt], SamplingParams(n=2, greedy=True, max_new_tokens=12, stop_token_ids=[]))
+    ref = hf_generate(model, prompt, vision, 12)
+    assert [s.token_ids for s in out[0]] == [ref, ref]
+
+
+@pytest.mark.parametrize("kind", ["text", "audio_in_video", "audio_beside_video"])
+def test_rollout_logprobs_equal_teacher_forced_thinker_forward(kind):
+    model, tok = tiny()
+    vision = make(kind)
+    msgs = messages() if vision is not None else [{"role": "user", "content": "Which beep is higher?"}]
+    prompt = build_prompt(model, tok, msgs, vision)
+    params = SamplingParams(n=3, temperature=0.8, top_p=0.9, max_new_tokens=10, seed=5, stop_token_ids=[])
+    group = generate(model, [prompt], params)[0]
+    assert len({tuple(s.token_ids) for s in group}) > 1
+    for s in group:
+        ids = torch.cat([prompt.input_ids, torch.tensor(s.token_ids)])[None]
+        media = thinker_media_inputs(model, [vision]) if vision is not None else {}
+        with torch.no_grad():  # transformers' own thinker forward, positions and towers its own
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **media).logits[0]
+        start = len(prompt) - 1
+        ref = (logits[start : start + len(s.token_ids)] / 0.8).log_softmax(-1)
+        ref = ref.gather(-1, torch.tensor(s.token_ids)[:, None])[:, 0]
+        assert (torch.tensor(s.logprobs) - ref).abs().max().item() < 1e-4
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    out = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_group_forward_equals_per_sample_with_audio():
+    model, tok = tiny()
+    model.train()
+    prompt = build_prompt(model, tok, messages(), make("audio_in_video"))
+    g = torch.Generator().manual_seed(1)
+    responses = [torch.randint(0, len(tok), (n,), generator=g) for n in (6, 11, 1)]
+    weights = [torch.randn(len(r), generator=g) for r in responses]
+    group = group_logprobs(model, prompt, responses)
+    assert group.info["layers"] == "eager"
+    sum((w * lp).sum() for w, lp in zip(weights, group.logprobs)).backward()
+    group_grads = _grads(model)
+    separate = [sequence_logprobs(model, prompt, r) for r in responses]
+    sum((w * lp).sum() for w, lp in zip(weights, separate)).backward()
+    separate_grads = _grads(model)
+    for a, b in zip(group.logprobs, separate):
+        assert (a - b).abs().max().item() <= TOL
+    assert group_grads.keys() == separate_grads.keys() and "model.embed_tokens.weight" in group_grads
+    worst = max((group_grads[k] - separate_grads[k]).abs().max().item() for k in group_grads)
+    assert worst <= TOL, f"max grad difference {worst:.3g}"
+
+
+def test_teacher_forced_decoder_forward_matches_prompt_positions():
+    """decoder_forward on the prompt's embeddings and positions equals the thinker's own forward."""
+    model, tok = tiny()
+    vision = make("audio_in_video")
+    prompt = build_prompt(model, tok, messages(), vision)
+    with torch.no_grad():
+        hidden = decoder_forward(model, prompt_embeds(model, prompt)[None], prompt.position_ids[:, None])
+        ours = model.lm_head(hidden)[0]
+        ids = prompt.input_ids[None]
+        ref = model(input_ids=ids, attention_mask=torch.ones_like(ids), **thinker_media_inputs(model, [vision])).logits[
+            0
+        ]
+    assert (ours - ref).abs().max().item() < TOL
