@@ -297,3 +297,160 @@ def test_teacher_forced_decoder_forward_matches_prompt_positions():
             0
         ]
     assert (ours - ref).abs().max().item() < TOL
+
+
+def omni_rows(tmp_path):
+    """Two clips with a sound track (a low and a high beep) and one silent clip, as dataset rows."""
+    import numpy as np
+
+    from longrl.data.audio import tone, write_video_with_audio
+    from longrl.data.rows import Row
+    from longrl.data.video import write_video
+
+    rows = []
+    for i, freq in enumerate((330.0, 990.0)):
+        path = tmp_path / f"beep{i}.mp4"
+        audio = np.concatenate([np.zeros(4000, np.float32), tone(freq, 0.8), np.zeros(3000, np.float32)])
+        write_video_with_audio(path, np.full((6, 56, 56, 3), 40 * (i + 1), np.uint8), 4, audio)
+        rows.append(
+            Row(
+                id=f"beep{i}",
+                video=str(path),
+                question="Is the beep low or high?",
+                options=["low", "high"],
+                answer="AB"[i],
+                reasoning="the pitch",
+            )
+        )
+    write_video(tmp_path / "silent.mp4", np.full((6, 56, 56, 3), 90, np.uint8), fps=4)
+    rows.append(
+        Row(
+            id="silent",
+            video=str(tmp_path / "silent.mp4"),
+            question="Is the beep low or high?",
+            options=["low", "high"],
+            answer="A",
+        )
+    )
+    return rows
+
+
+def test_dataset_rows_carry_their_sound_and_a_silent_video_follows_bad_sample(tmp_path):
+    from longrl.config import load_config
+    from longrl.data.audio import AudioError
+    from longrl.data.dataset import ExampleSet
+
+    rows = omni_rows(tmp_path)
+    cfg = load_config(None, ["data.audio=in_video", "data.num_frames=4"])
+    data = ExampleSet(rows, cfg.data)
+    assert data.skipped == ["silent"]
+    examples = data.valid()
+    assert [e.vision.audio.in_video for e in examples] == [True, True]
+    assert all(e.vision.audio.features.shape[0] == 128 for e in examples)
+    # 1.2375 s at 100 frames a second, plus up to two AAC frames of priming and padding
+    assert all(124 <= e.vision.audio.features.shape[1] <= 124 + 13 for e in examples)
+    with pytest.raises(AudioError, match="audio .*silent.mp4: has no audio stream"):
+        ExampleSet(rows, load_config(None, ["data.audio=in_video", "data.bad_sample=error"]).data)
+    off = ExampleSet(rows, load_config(None, ["data.num_frames=4"]).data)
+    assert off.skipped == [] and all(e.vision.audio is None for e in off.valid())
+
+
+def test_sft_loss_equals_the_thinker_forward_with_audio(tmp_path):
+    import torch.nn.functional as F
+
+    from longrl.config import load_config
+    from longrl.data.dataset import ExampleSet
+    from longrl.train.sft import sft_batch, sft_loss
+
+    model, tok = tiny()
+    for mode in ("in_video", "beside"):
+        cfg = load_config(None, [f"data.audio={mode}", "data.num_frames=4"])
+        examples = ExampleSet(omni_rows(tmp_path)[:2], cfg.data).valid()
+        batch = sft_batch(model, tok, examples)
+        assert batch["use_audio_in_video"] is (mode == "in_video")
+        loss, count = sft_loss(model, batch)
+        inputs = {k: v for k, v in batch.items() if k != "loss_mask"}
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        predict = batch["loss_mask"][:, 1:]
+        ref = F.cross_entropy(logits[:, :-1][predict].float(), batch["input_ids"][:, 1:][predict])
+        assert count == int(predict.sum()) and abs(loss.item() - ref.item()) < TOL
+
+
+def test_embedding_cache_stores_video_and_audio_embeddings_keyed_by_the_audio_spec(tmp_path):
+    from longrl.config import load_config
+    from longrl.data.embed_cache import EmbedCache, VideoEmbedder
+    from longrl.models.qwen2_5_omni import encode_media
+
+    model, tok = tiny()
+    rows = omni_rows(tmp_path)[:1]
+    cache = EmbedCache(tmp_path / "cache")
+    keys = {}
+    for mode in ("none", "in_video", "beside"):
+        data_cfg = load_config(None, [f"data.audio={mode}", "data.num_frames=4"]).data
+        embedder = VideoEmbedder(model, data_cfg, cache)
+        vision, computed = embedder(rows[0])
+        keys[mode] = embedder.lookup(rows[0].video)[0]
+        hit_vision, cached = VideoEmbedder(model, data_cfg, cache)(rows[0])  # a fresh run: read back
+        assert torch.equal(cached, computed)
+        with torch.no_grad():
+            assert torch.equal(computed, encode_media(model, vision))
+        # the prompt built from a hit equals the one built from the decoded file
+        fresh = build_prompt(model, tok, messages(), vision)
+        hit = build_prompt(model, tok, messages(), hit_vision, video_embeds=cached)
+        assert torch.equal(fresh.input_ids, hit.input_ids) and torch.equal(fresh.position_ids, hit.position_ids)
+        n_audio = int((fresh.input_ids == model.config.audio_token_id).sum())
+        assert (n_audio > 0) == (mode != "none")
+    assert len(set(keys.values())) == 3
+
+
+LOAD_WITHOUT_LONGRL = """
+import json, sys
+sys.modules["longrl"] = None
+import torch
+import transformers
+export, ids = sys.argv[1], json.loads(sys.argv[2])
+config = json.load(open(export + "/config.json"))
+model = getattr(transformers, config["architectures"][0]).from_pretrained(export).eval()
+with torch.no_grad():
+    logits = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0]
+print(json.dumps({"class": type(model).__name__, "logits": logits.tolist()}))
+"""
+
+
+def test_export_of_a_trained_checkpoint_loads_in_plain_transformers_with_equal_logits(tmp_path):
+    import subprocess
+    import sys
+
+    from longrl.config import OptimConfig
+    from longrl.infra.checkpoint import Checkpointer
+    from longrl.infra.export import export_hf
+    from longrl.train.optim import build_optimizer, build_scheduler
+
+    model, tok = tiny()
+    model.train()
+    cfg = OptimConfig(lr=1e-2, warmup_steps=0)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, 10)
+    prompt = build_prompt(model, tok, messages(), make("audio_in_video"))
+    sequence_logprobs(model, prompt, torch.tensor([5, 6, 7])).sum().backward()
+    optimizer.step()
+    Checkpointer(tmp_path / "run", tokenizer=tok, processor=None).save(
+        1, model=model, optimizer=optimizer, scheduler=scheduler, extra={}
+    )
+    out = export_hf(tmp_path / "run", tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2_5OmniThinkerForConditionalGeneration"]
+    assert config["model_type"] == "qwen2_5_omni_thinker"
+    ids = [3, 17, 40, 9, 5, 77]
+    proc = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_LONGRL, str(out), json.dumps(ids)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    with torch.no_grad():
+        ref = model.eval()(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    torch.testing.assert_close(torch.tensor(got["logits"]), ref.logits[0], rtol=0, atol=1e-5)

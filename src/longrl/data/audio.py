@@ -50,9 +50,7 @@ def decode_audio(path: str | Path, sampling_rate: int = SAMPLING_RATE) -> np.nda
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise AudioError(
-                    path, "has no audio stream", "use a video with a sound track, or turn the row's audio off"
-                )
+                raise AudioError(path, "has no audio stream", "use a video with a sound track, or set data.audio=none")
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="flt", layout="mono", rate=sampling_rate)
             for frame in container.decode(stream):

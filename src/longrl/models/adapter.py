@@ -91,9 +91,9 @@ def load_model(
     model.to(device=device, dtype=dtype)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    tower = family.vision_tower(model)
-    if tower is not None and not cfg.train_vision:
-        tower.requires_grad_(False)
+    for tower in (family.vision_tower(model), family.audio_tower(model)):
+        if tower is not None and not cfg.train_vision:
+            tower.requires_grad_(False)
     return model, tokenizer
 
 

@@ -86,6 +86,11 @@ class ModelFamily:
     def vision_tower(self, model: Any) -> Any:
         return None
 
+    def audio_tower(self, model: Any) -> Any:
+        """The audio encoder of an omni family (frozen with the vision tower, part of the embedding
+        cache's fingerprint), or None."""
+        return None
+
     def media_token_ids(self, model: Any) -> tuple[int | None, ...]:
         """Placeholder token ids (image, video, then audio for omni families); None where the
         family takes no such input. A prompt's media embeddings fill these tokens in order."""
@@ -102,6 +107,11 @@ class ModelFamily:
         if visions:
             raise ValueError(f"{self.name} models take text only; this batch has a video or image")
         return {}
+
+    def forward_hidden(self, model: Any, inputs: dict) -> torch.Tensor:
+        """Final hidden states [B, L, H] of transformers' own forward of a batch (``input_ids``,
+        ``attention_mask`` and :meth:`media_forward_inputs`'s media): SFT runs it."""
+        return model.model(**inputs, use_cache=False).last_hidden_state
 
     def expand_placeholders(self, model: Any, text: str, vision: VisionInputs | None) -> str:
         """The chat-rendered prompt with each media placeholder expanded to one token per embedding."""

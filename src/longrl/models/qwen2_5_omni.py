@@ -142,6 +142,9 @@ class Qwen25Omni(ModelFamily):
     def encode_video(self, model: Any, vision: VisionInputs) -> torch.Tensor:
         return encode_media(model, vision)
 
+    def forward_hidden(self, model: Any, inputs: dict) -> torch.Tensor:
+        return thinker_hidden(model, inputs)
+
     def check_supported(self, model: Any) -> None:
         super().check_supported(model)
         if getattr(self.text_config(model), "use_sliding_window", False):
@@ -329,3 +332,36 @@ def thinker_media_inputs(model, visions: list[VisionInputs]) -> dict[str, Any]:
             mask[i, : a.features.shape[-1]] = 1
         inputs["input_features"], inputs["feature_attention_mask"] = features, mask
     return inputs
+
+
+def thinker_hidden(model, inputs: dict) -> torch.Tensor:
+    """Final hidden states [B, L, H] of the thinker's own forward of a batch (its towers, its
+    placeholder scatter and ``get_rope_index``), without the LM head over every position."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    embeds = model.get_input_embeddings()(ids)
+    config = model.config
+    if "input_features" in inputs:
+        audio = model.get_audio_features(
+            inputs["input_features"], feature_attention_mask=inputs["feature_attention_mask"]
+        ).last_hidden_state
+        embeds = embeds.masked_scatter((ids == config.audio_token_id)[..., None], audio.to(embeds.dtype))
+    for pixels, grid, token in (
+        ("pixel_values", "image_grid_thw", config.image_token_id),
+        ("pixel_values_videos", "video_grid_thw", config.video_token_id),
+    ):
+        if pixels in inputs:
+            out = model.visual(inputs[pixels].to(model.visual.dtype), grid_thw=inputs[grid]).pooler_output
+            embeds = embeds.masked_scatter((ids == token)[..., None], out.to(embeds.dtype))
+    seqlens = inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None
+    positions, _ = model.get_rope_index(
+        ids,
+        inputs.get("image_grid_thw"),
+        inputs.get("video_grid_thw"),
+        mask,
+        bool(inputs.get("use_audio_in_video", False)),
+        seqlens,
+        inputs.get("video_second_per_grid"),
+    )
+    return model.model(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False
+    ).last_hidden_state
