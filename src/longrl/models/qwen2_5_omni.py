@@ -76,12 +76,11 @@ class Qwen25Omni(ModelFamily):
         return Qwen2_5OmniThinkerForConditionalGeneration
 
     def from_pretrained(self, path: str, **kwargs: Any) -> Any:
-        from longrl.models.family import model_type_at
+        from transformers import AutoConfig
 
-        if model_type_at(path) == "qwen2_5_omni":  # the full model: its thinker only
-            from transformers import Qwen2_5OmniConfig
-
-            kwargs["config"] = Qwen2_5OmniConfig.from_pretrained(path).thinker_config
+        config = AutoConfig.from_pretrained(path)
+        # the full model (thinker, talker, token2wav): its thinker only
+        kwargs["config"] = config.thinker_config if config.model_type == "qwen2_5_omni" else config
         return Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(path, **kwargs)
 
     def tiny_tokenizer(self, texts: list[str], vocab_size: int) -> Any:
