@@ -425,9 +425,12 @@ def test_export_of_a_trained_checkpoint_loads_in_plain_transformers_with_equal_l
     from longrl.config import OptimConfig
     from longrl.infra.checkpoint import Checkpointer
     from longrl.infra.export import export_hf
+    from longrl.infra.hf_files import ProcessorSpec
     from longrl.train.optim import build_optimizer, build_scheduler
 
     model, tok = tiny()
+    # no Qwen2.5-VL processor files for an omni model (its processor is not exported yet)
+    assert ProcessorSpec.from_model(model, 56 * 56, 448 * 448) is None
     model.train()
     cfg = OptimConfig(lr=1e-2, warmup_steps=0)
     optimizer = build_optimizer(model, cfg)
