@@ -503,3 +503,37 @@ def test_rl_on_rows_with_sound_raises_a_learnable_reward(tmp_path):
     rewards = [line["reward/mean"] for line in lines]
     assert len(rewards) == 12 and sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
     assert (tmp_path / "run" / "checkpoints" / "step_12").is_dir()
+
+
+def test_sft_loop_lowers_the_loss_and_eval_runs_on_rows_with_sound(tmp_path):
+    """train_sft over rows with their sound (the loop, its checkpoint), then the greedy eval."""
+    from pathlib import Path
+
+    from longrl.config import load_config
+    from longrl.data.dataset import ExampleSet
+    from longrl.data.prompt import corpus_texts
+    from longrl.eval.evaluate import evaluate
+    from longrl.train.sft import train_sft
+
+    rows = omni_rows(tmp_path, count=4)[:4]
+    cfg = load_config(
+        Path(__file__).parents[1] / "src/longrl/configs/quickstart.yaml",
+        [
+            "trainer.progress=false",
+            "model.tiny.family=qwen2_5_omni",
+            "model.dtype=float32",
+            "data.audio=in_video",
+            "data.num_frames=4",
+            "sft.epochs=6",
+            "sft.batch_size=2",
+            "sft.optim.lr=0.01",
+            "sft.optim.warmup_steps=0",
+        ],
+    )
+    model, tok = load_model(cfg.model, tokenizer_texts=corpus_texts(rows), seed=0)
+    examples = ExampleSet(rows, cfg.data).valid()
+    losses = train_sft(model, tok, examples, cfg, tmp_path / "sft")
+    assert len(losses) == 12 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses
+    report = evaluate(model, tok, examples, max_new_tokens=8)
+    assert report["num_examples"] == 4 and 0.0 <= report["accuracy"] <= 1.0
+    assert report["chance_accuracy"] == 0.5
