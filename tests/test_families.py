@@ -95,7 +95,8 @@ def test_family_comes_from_model_type_and_unknown_types_fail(tmp_path):
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
     with pytest.raises(
-        ConfigError, match=r"model_type.*'gpt2' is not supported; longrl supports llama, qwen2, qwen2_5_vl"
+        ConfigError,
+        match=r"model_type.*'gpt2' is not supported; longrl supports llama, qwen2, qwen2_5_omni, qwen2_5_omni_thinker, qwen2_5_vl",
     ):
         load_model(ModelConfig(path=str(tmp_path / "gpt2")))
     with pytest.raises(ConfigError, match="model.tiny.family"):
@@ -385,7 +386,10 @@ def test_broken_or_unsupported_checkpoints_fail_in_one_line(tmp_path):
         load_model(ModelConfig(path=str(tmp_path / "broken")))
     (tmp_path / "untyped").mkdir()
     (tmp_path / "untyped" / "config.json").write_text(json.dumps({"hidden_size": 8}))
-    with pytest.raises(ConfigError, match="has no model_type; longrl supports llama, qwen2, qwen2_5_vl"):
+    with pytest.raises(
+        ConfigError,
+        match="has no model_type; longrl supports llama, qwen2, qwen2_5_omni, qwen2_5_omni_thinker, qwen2_5_vl",
+    ):
         load_model(ModelConfig(path=str(tmp_path / "untyped")))
 
     model, tok = tiny("qwen2")

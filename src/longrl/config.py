@@ -33,6 +33,9 @@ class DataConfig:
     image_max_pixels: int = 28 * 28 * 1280  # larger images are resized down to at most this many pixels
     bad_sample: Literal["skip", "error"] = "skip"  # a bad row (schema, JSON, UTF-8) or video: skip and count, or stop
     embed_cache_dir: str = ""  # precomputed video and image embeddings (`longrl cache-embeds`)
+    audio: Literal["none", "in_video", "beside"] = (
+        "none"  # a video's sound (omni): in_video interleaves, beside follows
+    )
 
     def __post_init__(self) -> None:
         config_utils.at_least(self, 0, "num_frames", "fps")

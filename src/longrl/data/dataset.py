@@ -18,7 +18,7 @@ from longrl.data.image import decode_image
 from longrl.data.rows import Row
 from longrl.data.video import VideoError, decode_video
 from longrl.data.vision_preprocess import preprocess_image, preprocess_video
-from longrl.models.inputs import VisionInputs
+from longrl.models.inputs import AudioInputs, VisionInputs
 
 if TYPE_CHECKING:
     import torch
@@ -36,8 +36,9 @@ class Example:
 
 
 def load_vision(row: Row, cfg) -> VisionInputs | None:
-    """Decode and preprocess the row's video or image per ``cfg`` (a DataConfig). Raises
-    VideoError (ImageError for an image)."""
+    """Decode and preprocess the row's video or image per ``cfg`` (a DataConfig), with the video's
+    audio under ``data.audio``. Raises VideoError (ImageError for an image, AudioError for a video
+    with no or a broken sound track)."""
     if row.image:
         image = decode_image(row.image)
         return preprocess_image(image, min_pixels=cfg.image_min_pixels, max_pixels=cfg.image_max_pixels)
@@ -49,9 +50,14 @@ def load_vision(row: Row, cfg) -> VisionInputs | None:
         fps=0.0 if cfg.num_frames > 0 else cfg.fps,
         max_frames=cfg.max_frames,
     )
-    return preprocess_video(
+    vision = preprocess_video(
         video.frames, sample_fps=video.sample_fps, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels
     )
+    if getattr(cfg, "audio", "none") != "none":  # the same file's sound track (AudioError, a VideoError, if none)
+        from longrl.data.audio import audio_features
+
+        vision.audio = AudioInputs(audio_features(row.video), in_video=cfg.audio == "in_video")
+    return vision
 
 
 class ExampleSet:

@@ -87,6 +87,22 @@ def frame_spec(data_cfg, model=None, *, image: bool = False) -> dict[str, Any]:
         spec.update(
             patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size, merge_size=vc.spatial_merge_size
         )
+    audio = getattr(data_cfg, "audio", "none")
+    if not image and audio != "none":  # the video's sound track joins the embeddings (omni models)
+        from longrl.data import audio as audio_lib
+
+        spec.update(
+            audio=audio,
+            audio_sampling_rate=audio_lib.SAMPLING_RATE,
+            audio_mel_bins=audio_lib.NUM_MEL_BINS,
+            audio_hop=audio_lib.HOP_LENGTH,
+            audio_max_seconds=audio_lib.CHUNK_SECONDS,
+        )
+        if model is not None:  # TMRoPE's chunking decides how the two interleave
+            spec.update(
+                position_id_per_seconds=model.config.position_id_per_seconds,
+                seconds_per_chunk=model.config.seconds_per_chunk,
+            )
     return spec
 
 
@@ -101,8 +117,11 @@ def vision_fingerprint(model, *, full: bool | None = None) -> str:
     elements that preserves both sums would go unnoticed; pass ``full=True`` to rule that out.)"""
     from longrl.models.family import family_of
 
-    visual = family_of(model).vision_tower(model)
-    params = sorted(visual.state_dict().items())
+    family = family_of(model)
+    params = sorted(family.vision_tower(model).state_dict().items())
+    audio = family.audio_tower(model)
+    if audio is not None:  # an omni model's embeddings hold its audio tower's output too
+        params += sorted((f"audio.{k}", v) for k, v in audio.state_dict().items())
     if full is None:
         full = sum(p.numel() for _, p in params) <= FULL_HASH_MAX_ELEMENTS
     digest = hashlib.sha256(f"longrl-vision-v{FORMAT_VERSION}-{'full' if full else 'sampled'}".encode())
@@ -255,7 +274,7 @@ class VideoEmbedder:
         from longrl.data.video import ImageError, VideoError
         from longrl.dist.ulysses import sequence_parallel
         from longrl.models.family import family_of
-        from longrl.models.inputs import VisionInputs
+        from longrl.models.inputs import AudioInputs, VisionInputs
 
         if self.train_vision or self.cache is None:
             if self.train_vision and self.cache is not None and not self._warned:
@@ -284,6 +303,8 @@ class VideoEmbedder:
             vision = VisionInputs(
                 torch.empty(0, patch_dim), torch.tensor(entry.meta["grid_thw"]), entry.meta["second_per_grid"]
             )
+            if entry.meta.get("audio_frames") is not None:  # the layout needs the audio's length only
+                vision.audio = AudioInputs(torch.empty(0, entry.meta["audio_frames"]), entry.meta["audio_in_video"])
             return vision, entry.embeds
         loaded = load_vision(row, self.data_cfg)
         assert loaded is not None  # the row has a video or image (looked up above)
@@ -297,6 +318,8 @@ class VideoEmbedder:
                 **ident,
                 "grid_thw": vision.grid_thw.tolist(),
                 "second_per_grid": vision.second_per_grid,
+                "audio_frames": None if vision.audio is None else int(vision.audio.features.shape[-1]),
+                "audio_in_video": None if vision.audio is None else vision.audio.in_video,
                 "media": str(media),
             },
         )

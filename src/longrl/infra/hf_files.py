@@ -40,10 +40,13 @@ class ProcessorSpec:
     @classmethod
     def from_model(cls, model_or_config, min_pixels: int, max_pixels: int) -> ProcessorSpec | None:
         """The run's per-frame pixel bounds (``data.min_pixels``/``data.max_pixels``) for videos and
-        images, patch geometry from the model's vision config; None for a text-only model."""
+        images, patch geometry from the model's vision config; None for a text-only model, and for
+        an omni model (Qwen2.5-Omni), whose processor (a Whisper feature extractor beside the
+        image and video processors) these Qwen2.5-VL files do not describe: better none than a
+        processor that would prepare its inputs wrongly."""
         config = getattr(model_or_config, "config", model_or_config)
         vision = getattr(config, "vision_config", None)
-        if vision is None:
+        if vision is None or getattr(config, "audio_config", None) is not None:
             return None
         return cls(
             video_min_pixels=min_pixels,

@@ -85,15 +85,15 @@ def load_model(
         check_model_path(path)
         family = family_named(model_type_at(path), f"model.path={path!r} holds a model_type")
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = family.model_class().from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+        model = family.from_pretrained(path, dtype=dtype, attn_implementation=cfg.attn_implementation)
     family.check_supported(model)
     family.prepare(model)
     model.to(device=device, dtype=dtype)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    tower = family.vision_tower(model)
-    if tower is not None and not cfg.train_vision:
-        tower.requires_grad_(False)
+    for tower in (family.vision_tower(model), family.audio_tower(model)):
+        if tower is not None and not cfg.train_vision:
+            tower.requires_grad_(False)
     return model, tokenizer
 
 

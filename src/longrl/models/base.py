@@ -54,6 +54,11 @@ class ModelFamily:
         """The transformers class a checkpoint of this family loads as."""
         raise NotImplementedError
 
+    def from_pretrained(self, path: str, **kwargs: Any) -> Any:
+        """Load the checkpoint at ``path`` (a directory or hub id) as :meth:`model_class`; a family
+        whose checkpoints hold more than longrl trains (Qwen2.5-Omni's talker) loads its part."""
+        return self.model_class().from_pretrained(path, **kwargs)
+
     def tiny_config(self, tiny: Any, tokenizer: Any) -> Any:
         """The transformers config of the tiny offline model (``model.path=tiny``)."""
         raise NotImplementedError
@@ -81,12 +86,18 @@ class ModelFamily:
     def vision_tower(self, model: Any) -> Any:
         return None
 
-    def media_token_ids(self, model: Any) -> tuple[int | None, int | None]:
-        """(image, video) placeholder token ids; None where the family takes no such input."""
+    def audio_tower(self, model: Any) -> Any:
+        """The audio encoder of an omni family (frozen with the vision tower, part of the embedding
+        cache's fingerprint), or None."""
+        return None
+
+    def media_token_ids(self, model: Any) -> tuple[int | None, ...]:
+        """Placeholder token ids (image, video, then audio for omni families); None where the
+        family takes no such input. A prompt's media embeddings fill these tokens in order."""
         return None, None
 
     def media_mask(self, model: Any, input_ids: torch.Tensor) -> torch.Tensor:
-        """Where ``input_ids`` (any shape) hold a media placeholder (image or video), as bool."""
+        """Where ``input_ids`` (any shape) hold a media placeholder (image, video or audio), as bool."""
         ids = [t for t in self.media_token_ids(model) if t is not None]
         return torch.isin(input_ids, torch.tensor(ids, dtype=input_ids.dtype, device=input_ids.device))
 
@@ -96,6 +107,11 @@ class ModelFamily:
         if visions:
             raise ValueError(f"{self.name} models take text only; this batch has a video or image")
         return {}
+
+    def forward_hidden(self, model: Any, inputs: dict) -> torch.Tensor:
+        """Final hidden states [B, L, H] of transformers' own forward of a batch (``input_ids``,
+        ``attention_mask`` and :meth:`media_forward_inputs`'s media): SFT runs it."""
+        return model.model(**inputs, use_cache=False).last_hidden_state
 
     def expand_placeholders(self, model: Any, text: str, vision: VisionInputs | None) -> str:
         """The chat-rendered prompt with each media placeholder expanded to one token per embedding."""

@@ -13,7 +13,7 @@ from longrl import config_utils
 class TinyModelConfig:
     """Shape of the offline default: a real architecture of ``family``, a few hundred K parameters."""
 
-    family: Literal["qwen2_5_vl", "qwen2", "llama"] = "qwen2_5_vl"  # qwen2 and llama are text-only
+    family: Literal["qwen2_5_vl", "qwen2_5_omni", "qwen2", "llama"] = "qwen2_5_vl"  # qwen2, llama: text only
     hidden_size: int = 128  # text decoder width
     intermediate_size: int = 384  # text MLP width
     num_layers: int = 4  # text decoder layers

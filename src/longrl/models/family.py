@@ -13,9 +13,10 @@ from typing import Any
 from longrl.config_utils import ConfigError
 from longrl.models.base import ModelFamily
 from longrl.models.causal_lm import LLAMA, QWEN2
+from longrl.models.qwen2_5_omni import QWEN2_5_OMNI
 from longrl.models.qwen2_5_vl import QWEN2_5_VL
 
-FAMILIES: dict[str, ModelFamily] = {t: f for f in (QWEN2_5_VL, QWEN2, LLAMA) for t in f.model_types}
+FAMILIES: dict[str, ModelFamily] = {t: f for f in (QWEN2_5_VL, QWEN2_5_OMNI, QWEN2, LLAMA) for t in f.model_types}
 
 
 def supported() -> str:

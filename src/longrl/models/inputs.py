@@ -13,12 +13,21 @@ import torch
 
 
 @dataclass
+class AudioInputs:
+    """A video's sound track as an omni model's audio tower reads it (``longrl.data.audio``)."""
+
+    features: torch.Tensor  # float32 [mel_bins, frames]: Whisper log-mel at 16 kHz, 100 frames a second
+    in_video: bool = True  # interleaved with the video's tokens (use_audio_in_video), else its own block after
+
+
+@dataclass
 class VisionInputs:
-    """Patches of one video (or image) in the vision tower's layout."""
+    """Patches of one video (or image) in the vision tower's layout, and the video's sound for omni models."""
 
     pixel_values: torch.Tensor  # float32 [num_patches, 3*temporal_patch*patch*patch]
     grid_thw: torch.Tensor  # long [1, 3]: temporal, height, width in patches
     second_per_grid: float | None  # videos only: temporal_patch_size / sample_fps; None for an image
+    audio: AudioInputs | None = None  # the video's sound track (omni families only), or None
 
     @property
     def is_image(self) -> bool:
@@ -31,7 +40,7 @@ class Prompt:
 
     input_ids: torch.Tensor  # long [L], the video (or image) placeholder expanded to one token per embedding
     position_ids: torch.Tensor  # long [3, L], M-RoPE (temporal, height, width)
-    video_embeds: torch.Tensor | None  # [V, hidden] from the vision tower (a video's or an image's), or None
+    video_embeds: torch.Tensor | None  # [V, hidden] the media placeholders' (video or image, and audio), or None
     vision: VisionInputs | None  # kept so a trainable tower can re-encode with gradients
     next_position: int  # M-RoPE position of the first generated token
     meta: dict[str, Any] = field(default_factory=dict)

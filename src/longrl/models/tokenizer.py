@@ -43,7 +43,12 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int = 1024, *, qwen2_split: bool = False
+    texts: Iterable[str],
+    vocab_size: int = 1024,
+    *,
+    qwen2_split: bool = False,
+    special_tokens: list[str] = SPECIAL_TOKENS,
+    template: str = CHAT_TEMPLATE,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts``; any string still encodes (bytes are the fallback).
 
@@ -68,7 +73,7 @@ def train_tokenizer(
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -78,8 +83,8 @@ def train_tokenizer(
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        pad_token=special_tokens[0],
+        additional_special_tokens=special_tokens[1:],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = template
     return fast

@@ -65,8 +65,8 @@ def sft_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     The LM head runs only at positions that predict a target token, so no [tokens, vocab]
     tensor is built for the (long) prompt."""
     device = model.device
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "loss_mask"}
-    hidden = model.model(**inputs, use_cache=False).last_hidden_state
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items() if k != "loss_mask"}
+    hidden = family_of(model).forward_hidden(model, inputs)
     loss_mask = batch["loss_mask"].to(device)
     predict_from = loss_mask[:, 1:]  # hidden state t predicts token t+1
     h = hidden[:, :-1][predict_from]
