@@ -108,3 +108,17 @@ def test_short_run_under_a_frame_reward_trains_and_checkpoints(tmp_path):
 
     trained = WanPipeline.from_pretrained(out / "model").transformer.state_dict()
     assert any(not torch.equal(start[k], trained[k]) for k in start)  # the steps moved the weights
+
+
+def test_quickstart_wan_is_the_gen_quickstart_with_wan_keys(tmp_path, capsys):
+    from longrl.gen.quickstart import MIN_GAIN, gen_quickstart
+
+    tiny = ["steps=1", "gen.n=2", "gen.prompts_per_step=2", "gen.mini_batches=1", "gen.num_steps=2",
+            "gen.eval_steps=2", "gen.train_timesteps=1", "gen.eval_prompts=2", "gen.grid_samples=1"]  # fmt: skip
+    (report,) = gen_quickstart(str(tmp_path), [0], tiny, kind="wan")
+    saved = load_gen_config(tmp_path / "seed_0" / "config.yaml")
+    assert saved.model.kind == "wan" and saved.gen.frames == 5 and saved.gen.kl_coef == 0
+    assert report["seed"] == 0 and report["gain"] == report["after"] - report["before"]
+    table = (tmp_path / "sweep.md").read_text()
+    assert table.splitlines()[2].startswith("| 0 |") and ("met" in table or f"gain < {MIN_GAIN['wan']}" in table)
+    assert "held-out brightness" in capsys.readouterr().out

@@ -44,7 +44,8 @@ def build_policy(cfg: GenRunConfig) -> FlowPolicy:
     if cfg.trainer.device not in ("auto", "cpu"):
         device = torch.device(cfg.trainer.device)
     pipe.to(device)
-    pipe.transformer.to(DTYPES[cfg.model.dtype])
+    if pipe.transformer.dtype != DTYPES[cfg.model.dtype]:  # a no-op cast still warns for Wan's fp32 modules
+        pipe.transformer.to(DTYPES[cfg.model.dtype])
     pipe.set_progress_bar_config(disable=True)
     policy = FlowPolicy(pipe, cfg.model.kind, resolution=cfg.gen.resolution,
                         max_text_tokens=cfg.gen.max_text_tokens, frames=cfg.gen.frames)  # fmt: skip
