@@ -1,6 +1,6 @@
 """The ``longrl`` command.
 
-    longrl quickstart [--task video|math] [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
+    longrl quickstart [--task video|math|sd3|wan] [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
     longrl data synth --out DIR [--task video|arithmetic|image] [--train N] [--test N] [--frames F] [--size PX] [--seed S]
     longrl train sft|rl [--config YAML] [key=value ...]
     longrl eval [--config YAML] [--benchmark longvideo-reason DIR] [key=value ...]
@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument(
         "--task",
         default="video",
-        choices=["video", "math", "sd3"],
+        choices=["video", "math", "sd3", "wan"],
         help="video: tiny Qwen2.5-VL on synthetic long videos; math: tiny Qwen2 text model on arithmetic; "
-        "sd3: tiny Stable Diffusion 3, Flow-GRPO under a brightness reward (longrl.gen)",
+        "sd3: tiny Stable Diffusion 3, Flow-GRPO under a brightness reward (longrl.gen); "
+        "wan: tiny Wan 2.1 text to video, the same on 5-frame clips",
     )
     qs.add_argument("--algorithm", default="grpo", help="grpo | dapo | reinforce_pp | rloo | drgrpo | gspo")
     qs.add_argument("--train-rows", type=int, default=None, help="RL pool (default: 2400 videos, 4000 problems)")
@@ -251,12 +252,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    if args.command == "quickstart" and args.task == "sd3":
+    if args.command == "quickstart" and args.task in ("sd3", "wan"):
         from longrl.gen.quickstart import gen_quickstart
         from longrl.quickstart import parse_seeds
 
         seeds = parse_seeds(args.seeds) if args.seeds is not None else [0 if args.seed is None else args.seed]
-        gen_quickstart(args.out, seeds, args.overrides)
+        gen_quickstart(args.out, seeds, args.overrides, kind=args.task)
         print(f"report: {args.out}/report.json")
         return 0
     if args.command == "quickstart":

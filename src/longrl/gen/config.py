@@ -21,8 +21,10 @@ from longrl.rewards.config import RewardConfig
 
 @dataclass
 class GenModelConfig:
-    # sd3: StableDiffusion3Pipeline / SD3Transformer2DModel (SD3, SD3.5). Wan (text to video) is not built yet.
-    kind: Literal["sd3"] = "sd3"  # sd3 (Stable Diffusion 3 / 3.5 through diffusers)
+    # sd3: StableDiffusion3Pipeline / SD3Transformer2DModel (SD3, SD3.5); wan: WanPipeline (Wan 2.1 text to video)
+    kind: Literal["sd3", "wan"] = (
+        "sd3"  # sd3 (Stable Diffusion 3 / 3.5) | wan (Wan 2.1 text to video), through diffusers
+    )
     name: str = "tiny"  # tiny (random, built in-process) | a local diffusers directory | a hub id
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the transformer's weights and compute
     lora_rank: int = 0  # 0 = full fine-tuning of the transformer; > 0 = LoRA adapters of this rank (peft)
@@ -38,6 +40,7 @@ class GenModelConfig:
 @dataclass
 class GenConfig:
     resolution: int = 32  # image height = width in pixels (a multiple of the VAE factor x patch size)
+    frames: int = 1  # video frames per sample (model.kind=wan): 1 + 4k (1, 5, 9, ...), Wan's VAE keeps 1 + k
     num_steps: int = 8  # denoising steps of the training rollouts (Flow-GRPO samples with few)
     eval_steps: int = 16  # denoising steps of the held-out evaluation (deterministic ODE)
     train_timesteps: int = 4  # of the num_steps transitions, how many (drawn at random per step) train
@@ -59,10 +62,14 @@ class GenConfig:
     threads: int = 0  # torch CPU threads; 0 leaves torch's own choice (1 helps on busy shared cores: notes/log/gen.md)
 
     def __post_init__(self) -> None:
-        config_utils.at_least(self, 1, "resolution", "num_steps", "eval_steps", "train_timesteps", "n")
+        config_utils.at_least(self, 1, "resolution", "frames", "num_steps", "eval_steps", "train_timesteps", "n")
         config_utils.at_least(self, 1, "prompts_per_step", "mini_batches", "micro_batch", "max_text_tokens")
         config_utils.at_least(self, 0, "noise_level", "guidance_scale", "adv_clip", "clip_range", "kl_coef")
         config_utils.at_least(self, 0, "eval_prompts", "eval_every", "grid_samples", "threads")
+        if (self.frames - 1) % 4:
+            raise FieldError(
+                f"{{p}}frames={self.frames} must be 1 + 4k (1, 5, 9, 13, ...): Wan's VAE compresses time 4x"
+            )
         if self.train_timesteps > self.num_steps:
             raise FieldError(
                 f"{{p}}train_timesteps={self.train_timesteps} must be <= {{p}}num_steps={self.num_steps} "
@@ -115,6 +122,10 @@ class GenRunConfig:
             raise ConfigError(f"steps={self.steps} must be >= 1")
         if self.gen.n < 2 and self.gen.advantage in ("grpo", "rloo", "drgrpo"):
             raise ConfigError(f"gen.n={self.gen.n}: a group of one has no advantage; set gen.n >= 2")
+        if self.model.kind == "sd3" and self.gen.frames != 1:
+            raise ConfigError(
+                f"gen.frames={self.gen.frames}: model.kind=sd3 makes images; set gen.frames=1 or model.kind=wan"
+            )
 
 
 def load_gen_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> GenRunConfig:

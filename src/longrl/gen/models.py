@@ -1,11 +1,10 @@
 """Flow-matching text-to-image/video models through diffusers: load one, or build a tiny random one.
 
-``model.name``: ``tiny`` (a random SD3 built here, tiny text encoders, a word-level tokenizer and a
-small VAE, so tests and the quickstart need no hub), a local diffusers directory, or a hub id.
-``model.kind`` picks the family: ``sd3`` (``StableDiffusion3Pipeline``, SD3 and SD3.5); Wan is not
-built yet. A family is driven through :class:`FlowPolicy`, which knows how to call its transformer
-and decode its latents; the sampler and the loss see only that, so a second family is one more
-branch there.
+``model.name``: ``tiny`` (a random pipeline built here, tiny text encoders, a word-level tokenizer
+and a small VAE, so tests and the quickstart need no hub), a local diffusers directory, or a hub id.
+``model.kind`` picks the family: ``sd3`` (``StableDiffusion3Pipeline``, SD3 and SD3.5) or ``wan``
+(``WanPipeline``, Wan 2.1 text to video). A family is driven through :class:`FlowPolicy`, which
+knows how to call its transformer and decode its latents; the sampler and the loss see only that.
 """
 
 from __future__ import annotations
@@ -98,15 +97,49 @@ def tiny_sd3_pipeline(seed: int = 0, resolution: int = 32):
     )  # fmt: skip
 
 
-def load_pipeline(kind: str, name: str, *, seed: int = 0, resolution: int = 32, dtype: torch.dtype = torch.float32):
-    """``name``: ``tiny``, a local diffusers directory or a hub id -> the family's diffusers pipeline."""
-    if name == "tiny":
-        if kind != "sd3":
-            raise ValueError(f"model.name=tiny exists for model.kind=sd3 only; a tiny {kind} is not built yet")
-        return tiny_sd3_pipeline(seed, resolution)
-    from diffusers import StableDiffusion3Pipeline
+def tiny_wan_pipeline(seed: int = 0, resolution: int = 32, frames: int = 5):
+    """A random Wan 2.1 text-to-video pipeline for a CPU: a 1-layer UMT5 text encoder (d_model 32), a
+    Wan VAE with 4 latent channels (8x down in space, 4x in time: ``frames`` = 1 + 4k keep 1 + k) and
+    a 2-layer Wan transformer over (1 + k) x (resolution/16)^2 latent patches (patch 1 x 2 x 2).
+    ``frames`` only documents the clip length the sizes were chosen for: nothing here depends on it."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
 
-    cls = StableDiffusion3Pipeline
+    del frames
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                   relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=3)
+    )  # fmt: skip
+    vae = AutoencoderKLWan(
+        base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.05, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0],
+    )  # fmt: skip
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4,
+        text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    modules: list[Any] = [text_encoder, vae, transformer]
+    for module in modules:
+        module.eval()  # built, not loaded: still in training mode (dropout)
+    return WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=scheduler)  # fmt: skip
+
+
+def load_pipeline(
+    kind: str, name: str, *, seed: int = 0, resolution: int = 32, frames: int = 1, dtype: torch.dtype = torch.float32
+):
+    """``name``: ``tiny``, a local diffusers directory or a hub id -> the family's diffusers pipeline."""
+    if kind not in ("sd3", "wan"):
+        raise ValueError(f"model.kind={kind!r} is not a generation family: use sd3 or wan")
+    if name == "tiny":
+        return tiny_sd3_pipeline(seed, resolution) if kind == "sd3" else tiny_wan_pipeline(seed, resolution, frames)
+    from diffusers import StableDiffusion3Pipeline, WanPipeline
+
+    cls = StableDiffusion3Pipeline if kind == "sd3" else WanPipeline
     try:
         pipe = cls.from_pretrained(name, torch_dtype=dtype)
     except (OSError, ValueError) as err:
@@ -138,10 +171,10 @@ class FlowPolicy:
     Text embeddings are computed once per prompt (``embed``) and kept; the text encoders are then
     not needed by training, which holds only the transformer and the VAE."""
 
-    def __init__(self, pipe: Any, kind: str, *, resolution: int, max_text_tokens: int = 16):
+    def __init__(self, pipe: Any, kind: str, *, resolution: int, max_text_tokens: int = 16, frames: int = 1):
         self.pipe, self.kind = pipe, kind
         self.transformer: Any = pipe.transformer  # a diffusers model: typed loosely, its config is a dict
-        self.resolution, self.max_text_tokens = resolution, max_text_tokens
+        self.resolution, self.max_text_tokens, self.frames = resolution, max_text_tokens, frames
         self._cache: dict[str, tuple[Tensor, Tensor | None]] = {}
 
     # -- text ------------------------------------------------------------------------------------
@@ -152,12 +185,18 @@ class FlowPolicy:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if missing:
             device = next(self.transformer.parameters()).device
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                missing, missing, missing, do_classifier_free_guidance=False,
-                max_sequence_length=self.max_text_tokens, device=device,
-            )  # fmt: skip
+            pooled: Tensor | None = None
+            if self.kind == "sd3":
+                embeds, _, pooled, _ = self.pipe.encode_prompt(
+                    missing, missing, missing, do_classifier_free_guidance=False,
+                    max_sequence_length=self.max_text_tokens, device=device,
+                )  # fmt: skip
+            else:  # Wan: UMT5 states, zeroed past each prompt's length; no pooled projection
+                embeds, _ = self.pipe.encode_prompt(
+                    missing, do_classifier_free_guidance=False, max_sequence_length=self.max_text_tokens, device=device
+                )
             for i, prompt in enumerate(missing):
-                self._cache[prompt] = (embeds[i], pooled[i])
+                self._cache[prompt] = (embeds[i], None if pooled is None else pooled[i])
         rows = [self._cache[p] for p in prompts]
         pooled_rows = [r[1] for r in rows]
         stacked = None if pooled_rows[0] is None else torch.stack([p for p in pooled_rows if p is not None])
@@ -175,7 +214,8 @@ class FlowPolicy:
     # -- the transformer ---------------------------------------------------------------------------
 
     def _call(self, transformer: nn.Module, x: Tensor, timestep: Tensor, embeds: Tensor, pooled: Tensor | None):
-        kwargs: dict[str, Any] = dict(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds)
+        dtype = next(transformer.parameters()).dtype  # as the pipelines: embeddings in the transformer's dtype
+        kwargs: dict[str, Any] = dict(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds.to(dtype))
         if self.kind == "sd3":
             kwargs["pooled_projections"] = pooled
         return transformer(**kwargs, return_dict=False)[0]
@@ -183,8 +223,9 @@ class FlowPolicy:
     def velocity(
         self, latents: Tensor, sigma: float, cond: Cond, guidance_scale: float, transformer: nn.Module | None = None
     ) -> Tensor:
-        """The guided velocity at ``latents`` [B, ...]: the unconditional and conditional passes in one
-        batch, [uncond; cond] like the diffusers pipelines, so the numbers match theirs."""
+        """The guided velocity at ``latents`` [B, ...]. SD3: the unconditional and conditional passes in
+        one batch, [uncond; cond]; Wan: two passes, conditional first. Each as its diffusers pipeline
+        does, so the numbers match theirs."""
         transformer = transformer or self.transformer
         dtype = next(transformer.parameters()).dtype
         # float32 sigma * 1000, as the scheduler's timesteps are computed: the same bits as the pipeline's
@@ -192,6 +233,10 @@ class FlowPolicy:
         timestep = t.expand(latents.shape[0]).to(latents.device)
         if cond.neg_embeds is None or guidance_scale <= 1:
             return self._call(transformer, latents.to(dtype), timestep, cond.embeds, cond.pooled)
+        if self.kind == "wan":
+            text = self._call(transformer, latents.to(dtype), timestep, cond.embeds, None)
+            uncond = self._call(transformer, latents.to(dtype), timestep, cond.neg_embeds, None)
+            return uncond + guidance_scale * (text - uncond)
         both = torch.cat([latents, latents]).to(dtype)
         embeds = torch.cat([cond.neg_embeds, cond.embeds])
         pooled = None if cond.pooled is None or cond.neg_pooled is None else torch.cat([cond.neg_pooled, cond.pooled])
@@ -220,19 +265,27 @@ class FlowPolicy:
         return patch[-1] if isinstance(patch, (list, tuple)) else patch
 
     def latent_shape(self, batch: int) -> tuple[int, ...]:
+        """SD3: [B, C, H', W']; Wan: [B, C, T', H', W'] with T' = (frames - 1) / 4 + 1 (the VAE's time factor)."""
         channels = self.transformer.config.in_channels
-        if self.kind != "sd3":
-            raise NotImplementedError(f"latents of {self.kind} are not written yet (only sd3)")
+        if self.kind == "wan":
+            h = self.resolution // self.pipe.vae_scale_factor_spatial
+            return (batch, channels, (self.frames - 1) // self.pipe.vae_scale_factor_temporal + 1, h, h)
         h = self.resolution // self.pipe.vae_scale_factor
         return (batch, channels, h, h)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Latents -> uint8 pixels [B, H, W, 3]."""
+        """Latents -> uint8 pixels: [B, H, W, 3] images (SD3), [B, T, H, W, 3] frames (Wan)."""
         vae = self.pipe.vae
-        if self.kind != "sd3":
-            raise NotImplementedError(f"decoding {self.kind} latents is not written yet (only sd3)")
-        z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
-        pixels = vae.decode(z, return_dict=False)[0].permute(0, 2, 3, 1)
+        if self.kind == "wan":
+            # As WanPipeline: the latents are normalized per channel; undo it with the VAE's mean and std.
+            z = latents.to(vae.dtype)
+            shape = (1, vae.config.z_dim, 1, 1, 1)
+            mean = torch.tensor(vae.config.latents_mean).view(shape).to(z.device, z.dtype)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(z.device, z.dtype)
+            pixels = vae.decode(z / inv_std + mean, return_dict=False)[0].permute(0, 2, 3, 4, 1)
+        else:
+            z = latents.to(vae.dtype) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+            pixels = vae.decode(z, return_dict=False)[0].permute(0, 2, 3, 1)
         # As diffusers' VaeImageProcessor: [-1, 1] -> [0, 1], then rounded to 8 bits.
         return ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()

@@ -1,8 +1,10 @@
-"""`longrl quickstart --task sd3`: a tiny random SD3 learns to make brighter images, offline, on a CPU.
+"""`longrl quickstart --task sd3|wan`: a tiny random SD3 (images) or Wan 2.1 (5-frame clips) learns to
+make brighter pixels, offline, on a CPU.
 
-Each seed builds its own tiny model (seeded), trains Flow-GRPO under the brightness reward on the
-synthetic prompts and scores 16 held-out prompts with the ODE sampler before and after. The table
-gives each seed's held-out brightness before and after, the gain and the wall minutes.
+Each seed builds its own tiny model (seeded), trains Flow-GRPO under the brightness reward (over all
+frames of a clip) on the synthetic prompts and scores 16 held-out prompts with the ODE sampler
+before and after. The table gives each seed's held-out brightness before and after, the gain and
+the wall minutes. The two tasks are one run with the family's keys on top (``KIND_OVERRIDES``).
 """
 
 from __future__ import annotations
@@ -22,35 +24,42 @@ from longrl.gen.train import train_gen
 QUICKSTART_OVERRIDES = [
     "steps=100", "optim.lr=3e-3", "gen.kl_coef=0", "gen.threads=1", "trainer.log_every=20", "trainer.progress=false"
 ]  # fmt: skip
-MIN_GAIN = 0.01  # the stated margin: held-out brightness must rise by this much on every seed
+# The family's keys on top of the shared ones.
+KIND_OVERRIDES = {"sd3": [], "wan": ["model.kind=wan", "gen.frames=5"]}
+# The stated margin: held-out brightness must rise by this much on every seed. Wan's is smaller, set
+# before measuring: the tiny random Wan VAE barely lets the latents move the mean brightness (clips from
+# random latents: sd 0.0012 on seed 0; one latent channel at +-3 spans 0.474 - 0.483), notes/log/gen.md.
+MIN_GAIN = {"sd3": 0.01, "wan": 0.002}
 
 
-def gen_quickstart(out: str, seeds: list[int], overrides: list[str]) -> list[dict]:
+def gen_quickstart(out: str, seeds: list[int], overrides: list[str], kind: str = "sd3") -> list[dict]:
     reports = []
     for seed in seeds:
         start = time.perf_counter()
         run_dir = Path(out) / f"seed_{seed}"
         cfg = load_gen_config(
-            None, [*QUICKSTART_OVERRIDES, f"trainer.seed={seed}", f"trainer.out_dir={run_dir}", *overrides]
-        )
+            None,
+            [*QUICKSTART_OVERRIDES, *KIND_OVERRIDES[kind], f"trainer.seed={seed}", f"trainer.out_dir={run_dir}",
+             *overrides],
+        )  # fmt: skip
         report = train_gen(cfg)
         report.update(seed=seed, gain=report["after"] - report["before"], minutes=(time.perf_counter() - start) / 60)
         reports.append(report)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "report.json").write_text(json.dumps(reports, indent=2))
-    table = sweep_table(reports)
+    table = sweep_table(reports, MIN_GAIN[kind])
     (Path(out) / "sweep.md").write_text(table + "\n")
     print(table)
     return reports
 
 
-def sweep_table(reports: list[dict]) -> str:
+def sweep_table(reports: list[dict], min_gain: float = MIN_GAIN["sd3"]) -> str:
     lines = [
         "| seed | held-out brightness before | after | gain | minutes | margin |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in reports:
-        verdict = "met" if r["gain"] >= MIN_GAIN else f"missed: gain < {MIN_GAIN}"
+        verdict = "met" if r["gain"] >= min_gain else f"missed: gain < {min_gain}"
         lines.append(
             f"| {r['seed']} | {r['before']:.4f} | {r['after']:.4f} | {r['gain']:+.4f} | {r['minutes']:.1f} | {verdict} |"
         )

@@ -37,15 +37,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def build_policy(cfg: GenRunConfig) -> FlowPolicy:
-    pipe = load_pipeline(cfg.model.kind, cfg.model.name, seed=cfg.trainer.seed, resolution=cfg.gen.resolution)
+    pipe = load_pipeline(
+        cfg.model.kind, cfg.model.name, seed=cfg.trainer.seed, resolution=cfg.gen.resolution, frames=cfg.gen.frames
+    )
     device = torch.device("cuda" if cfg.trainer.device == "auto" and torch.cuda.is_available() else "cpu")
     if cfg.trainer.device not in ("auto", "cpu"):
         device = torch.device(cfg.trainer.device)
     pipe.to(device)
-    pipe.transformer.to(DTYPES[cfg.model.dtype])
+    if pipe.transformer.dtype != DTYPES[cfg.model.dtype]:  # a no-op cast still warns for Wan's fp32 modules
+        pipe.transformer.to(DTYPES[cfg.model.dtype])
     pipe.set_progress_bar_config(disable=True)
     policy = FlowPolicy(pipe, cfg.model.kind, resolution=cfg.gen.resolution,
-                        max_text_tokens=cfg.gen.max_text_tokens)  # fmt: skip
+                        max_text_tokens=cfg.gen.max_text_tokens, frames=cfg.gen.frames)  # fmt: skip
     if cfg.model.lora_rank:
         from peft import LoraConfig
 
