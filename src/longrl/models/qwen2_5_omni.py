@@ -36,6 +36,7 @@ from longrl.config_utils import ConfigError
 from longrl.models.base import ModelFamily, tiny_text_fields
 from longrl.models.config import TinyModelConfig
 from longrl.models.inputs import AudioInputs, VisionInputs
+from longrl.models.qwen2_5_vl import tiny_mrope_section, tiny_vision_fields
 from longrl.models.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 AUDIO_PAD, IMAGE_PAD, VIDEO_PAD = "<|AUDIO|>", "<|IMAGE|>", "<|VIDEO|>"
@@ -159,28 +160,14 @@ def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwe
     """A Qwen2.5-Omni thinker of a few hundred thousand parameters with the real architecture:
     Qwen2.5-VL's vision tower, a Whisper-style audio tower (128 mel bins, 2 s windows) and TMRoPE
     at the real 25 positions a second."""
-    head_dim = cfg.hidden_size // cfg.num_heads
-    half = head_dim // 2
-    h = w = (half * 3) // 8  # the 7B's [16, 24, 24] of 64, scaled
-    mrope_section = [half - h - w, h, w]
+    mrope_section = tiny_mrope_section(cfg)  # the 7B's [16, 24, 24] of 64, scaled
 
     def ids(token: str) -> int:
         return cast(int, tokenizer.convert_tokens_to_ids(token))  # one token in, one id out
 
     fields: dict[str, Any] = dict(
         text_config=dict(tiny_text_fields(cfg, tokenizer, mrope_section=mrope_section), tie_word_embeddings=False),
-        vision_config=dict(
-            depth=cfg.vision_depth,
-            hidden_size=cfg.vision_hidden_size,
-            intermediate_size=cfg.vision_hidden_size * 2,
-            num_heads=cfg.vision_num_heads,
-            out_hidden_size=cfg.hidden_size,
-            patch_size=14,
-            temporal_patch_size=2,
-            spatial_merge_size=2,
-            window_size=112,
-            fullatt_block_indexes=[cfg.vision_depth - 1],
-        ),
+        vision_config=tiny_vision_fields(cfg),
         audio_config=dict(
             num_mel_bins=128,
             encoder_layers=cfg.vision_depth,

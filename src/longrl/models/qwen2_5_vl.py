@@ -86,32 +86,39 @@ class Qwen25VL(ModelFamily):
 QWEN2_5_VL = Qwen25VL()
 
 
+def tiny_mrope_section(cfg: TinyModelConfig) -> list[int]:
+    """M-RoPE's split of head_dim/2 rotary frequencies over (t, h, w), scaled from the 3B's [16, 24, 24] of 64."""
+    half = (cfg.hidden_size // cfg.num_heads) // 2
+    h = w = (half * 3) // 8
+    return [half - h - w, h, w]
+
+
+def tiny_vision_fields(cfg: TinyModelConfig) -> dict[str, Any]:
+    """The tiny model's vision tower: Qwen2.5-VL's architecture (windowed blocks, the last one full,
+    2x2 patch merger) at ``model.tiny``'s widths. Qwen2.5-Omni's thinker uses the same tower."""
+    return dict(
+        depth=cfg.vision_depth,
+        hidden_size=cfg.vision_hidden_size,
+        intermediate_size=cfg.vision_hidden_size * 2,
+        num_heads=cfg.vision_num_heads,
+        out_hidden_size=cfg.hidden_size,
+        patch_size=14,
+        temporal_patch_size=2,
+        spatial_merge_size=2,
+        window_size=112,
+        fullatt_block_indexes=[cfg.vision_depth - 1],
+    )
+
+
 def tiny_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerBase) -> Qwen2_5_VLConfig:
     """A Qwen2.5-VL of a few hundred thousand parameters with the real architecture."""
-    head_dim = cfg.hidden_size // cfg.num_heads
-    # M-RoPE splits head_dim/2 rotary frequencies over (t, h, w) like the 3B's [16, 24, 24] of 64.
-    half = head_dim // 2
-    h = w = (half * 3) // 8
-    mrope_section = [half - h - w, h, w]
 
     def ids(token: str) -> int:
         return cast(int, tokenizer.convert_tokens_to_ids(token))  # one token in, one id out
 
     return Qwen2_5_VLConfig(
-        text_config=tiny_text_fields(cfg, tokenizer, mrope_section=mrope_section),
-        vision_config=dict(
-            depth=cfg.vision_depth,
-            hidden_size=cfg.vision_hidden_size,
-            intermediate_size=cfg.vision_hidden_size * 2,
-            num_heads=cfg.vision_num_heads,
-            out_hidden_size=cfg.hidden_size,
-            patch_size=14,
-            temporal_patch_size=2,
-            spatial_merge_size=2,
-            window_size=112,
-            fullatt_block_indexes=[cfg.vision_depth - 1],
-            tokens_per_second=cfg.tokens_per_second,
-        ),
+        text_config=tiny_text_fields(cfg, tokenizer, mrope_section=tiny_mrope_section(cfg)),
+        vision_config=dict(tiny_vision_fields(cfg), tokens_per_second=cfg.tokens_per_second),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
