@@ -283,8 +283,9 @@ def test_image_judge_sends_images_as_image_parts_and_falls_back_like_the_judge(j
     ]
     results = model(inputs)
     assert [r.score for r in results] == [pytest.approx(0.8)] * 2 and all(r.error is None for r in results)
-    for body, prompt, frames in zip(judge_server.requests, ["a red square", "a red clip"], [1, 4]):
-        system, user = body["messages"]
+    by_prompt = {b["messages"][1]["content"][0]["text"]: b for b in judge_server.requests}  # sent concurrently
+    for prompt, frames in (("a red square", 1), ("a red clip", 4)):
+        system, user = by_prompt[f"Prompt: {prompt}"]["messages"]
         assert system["role"] == "system" and user["content"][0] == {"type": "text", "text": f"Prompt: {prompt}"}
         parts = user["content"][1:]
         assert len(parts) == frames and all(p["type"] == "image_url" for p in parts)
