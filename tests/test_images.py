@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
+from _learnable_rl import assert_reward_rose, learnable_rl_overrides
 from longrl.config import load_config
 from longrl.data.dataset import ExampleSet, load_vision
 from longrl.data.image import decode_image, write_png
@@ -202,33 +203,12 @@ def test_rl_on_image_rows_raises_a_learnable_reward(shapes, tmp_path):
     from longrl.train.rl import train_rl
 
     rows, _ = shapes
-    reward_file = tmp_path / "lower_first.py"
-    reward_file.write_text(
-        "def lower_first(sample):\n    text = sample.response.lstrip()\n    return 1.0 if text[:1].islower() else 0.0\n"
-    )
-    cfg = load_config(
-        QS,
-        [
-            "trainer.progress=false",
-            f"reward.functions=['{reward_file}:lower_first']",
-            "rl.steps=12",
-            "rl.prompts_per_step=4",
-            "rollout.n=8",
-            "rollout.max_new_tokens=4",
-            "rl.optim.lr=0.02",
-            "rl.optim.warmup_steps=0",
-            "algorithm.kl_coef=0",
-            "trainer.log_every=100",
-        ],
-    )
+    cfg = load_config(QS, learnable_rl_overrides(tmp_path))
     model, tok = load_model(cfg.model, tokenizer_texts=corpus_texts(rows), seed=0)
     data = ExampleSet(rows[:8], cfg.data)
     assert all(e.vision.is_image for e in data.valid())
     train_rl(model, tok, data, cfg, tmp_path / "run", progress=False)
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    rewards = [line["reward/mean"] for line in lines]
-    assert len(rewards) == 12 and sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
-    assert (tmp_path / "run" / "checkpoints" / "step_12").is_dir()
+    assert_reward_rose(tmp_path / "run")
 
 
 def test_image_task_through_the_cli_sft_rl_cache_and_eval(tmp_path, capsys):

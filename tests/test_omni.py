@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5OmniProcessor
 
+from _learnable_rl import assert_reward_rose, learnable_rl_overrides
 from longrl.models.adapter import build_prompt, decoder_forward, load_model, prompt_embeds, save_pretrained
 from longrl.models.config import ModelConfig, TinyModelConfig
 from longrl.models.family import family_of
@@ -472,37 +473,15 @@ def test_rl_on_rows_with_sound_raises_a_learnable_reward(tmp_path):
     from longrl.train.rl import train_rl
 
     rows = omni_rows(tmp_path, count=4)[:4]
-    reward_file = tmp_path / "lower_first.py"
-    reward_file.write_text(
-        "def lower_first(sample):\n    text = sample.response.lstrip()\n    return 1.0 if text[:1].islower() else 0.0\n"
-    )
+    omni = ["model.tiny.family=qwen2_5_omni", "model.dtype=float32", "data.audio=in_video", "data.num_frames=4"]
     cfg = load_config(
-        Path(__file__).parents[1] / "src/longrl/configs/quickstart.yaml",
-        [
-            "trainer.progress=false",
-            "model.tiny.family=qwen2_5_omni",
-            "model.dtype=float32",
-            "data.audio=in_video",
-            "data.num_frames=4",
-            f"reward.functions=['{reward_file}:lower_first']",
-            "rl.steps=12",
-            "rl.prompts_per_step=4",
-            "rollout.n=8",
-            "rollout.max_new_tokens=4",
-            "rl.optim.lr=0.02",
-            "rl.optim.warmup_steps=0",
-            "algorithm.kl_coef=0",
-            "trainer.log_every=100",
-        ],
+        Path(__file__).parents[1] / "src/longrl/configs/quickstart.yaml", [*omni, *learnable_rl_overrides(tmp_path)]
     )
     model, tok = load_model(cfg.model, tokenizer_texts=corpus_texts(rows), seed=0)
     data = ExampleSet(rows, cfg.data)
     assert all(e.vision.audio is not None for e in data.valid())
     train_rl(model, tok, data, cfg, tmp_path / "run", progress=False)
-    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    rewards = [line["reward/mean"] for line in lines]
-    assert len(rewards) == 12 and sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
-    assert (tmp_path / "run" / "checkpoints" / "step_12").is_dir()
+    assert_reward_rose(tmp_path / "run")
 
 
 def test_sft_loop_lowers_the_loss_and_eval_runs_on_rows_with_sound(tmp_path):
