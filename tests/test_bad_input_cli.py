@@ -159,3 +159,24 @@ def test_model_path_hints(tmp_path, monkeypatch, capsys):
     for path, message in cases.items():
         assert main(["eval", f"model.path={path}", "data.test_path=rows.jsonl"]) == 2
         assert capsys.readouterr().err.strip() == message
+
+
+def test_new_keys_of_this_round_fail_in_one_line(no_model_loads, capsys, tmp_path, monkeypatch):
+    """data.image_* bounds and rl.group_attention are checked when the config loads; `longrl bench`
+    outside a source checkout says where the benchmarks are."""
+    import longrl.cli as cli
+
+    assert main(["train", "rl", "data.image_min_pixels=4000", "data.image_max_pixels=3000"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: data.image_max_pixels=3000 must be >= data.image_min_pixels=4000"
+    )
+    assert main(["train", "rl", "rl.group_attention=flex"]) == 2
+    assert "rl.group_attention" in capsys.readouterr().err
+    # an installed package without the checkout: no benchmarks/ beside src/ nor in the working directory
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site" / "longrl" / "cli.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="longrl bench runs from a source checkout"):
+        cli.find_benchmarks()
+    assert main(["bench", "gen", "--tiny"]) == 1  # a ValueError: one line, exit 1
+    err = capsys.readouterr().err.strip()
+    assert "longrl bench runs from a source checkout" in err and len(err.splitlines()) == 1
