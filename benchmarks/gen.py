@@ -1,16 +1,17 @@
-"""``longrl bench gen``: Flow-GRPO's two phases on Stable Diffusion 3.5 Medium's shape, random weights.
+"""``longrl bench gen``: Flow-GRPO's two phases on Stable Diffusion 3.5 Medium's or Wan 2.1 1.3B's shape, random weights.
 
 Sampling: ``--prompts`` x ``--n`` images at ``--resolution`` px, ``--steps`` SDE steps with
 classifier-free guidance and every transition's log-prob recorded (``longrl.gen.sampler.sample``),
 against diffusers' own ``StableDiffusion3Pipeline.__call__`` on the same text embeddings and steps
-(the ODE, no log-probs) in the same run: ``sample_speedup`` is the pipeline's time over ours, so
+(the ODE, no log-probs; ``WanPipeline.__call__`` for ``--model wan``, clips of ``--frames``) in the same run: ``sample_speedup`` is the pipeline's time over ours, so
 1.0 means the log-probs cost nothing. One training step: ``longrl.gen.update.policy_update`` over
 ``--train-timesteps`` of the sampled transitions (micro-batches of ``--micro-batch``, AdamW), with
 the KL to a frozen reference when ``--kl`` > 0. Images per second for both, one JSON line.
 
 Text embeddings are random (in a run they are computed once per prompt and cached; the text
-encoders, T5-XXL among them, are not what a step costs). The VAE is SD3's shape, random, and
-decodes the samples inside the timed sampling. ``--tiny`` runs the tiny test pipeline (CPU smoke).
+encoders, T5-XXL / UMT5-XXL among them, are not what a step costs). The VAE is the family's shape,
+random, and decodes the samples inside the timed sampling. ``--tiny`` runs the tiny test pipeline
+(CPU smoke).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from benchmarks.common import device_name
 from longrl.gen.config import GenConfig
-from longrl.gen.models import Cond, FlowPolicy, tiny_sd3_pipeline
+from longrl.gen.models import Cond, FlowPolicy, tiny_sd3_pipeline, tiny_wan_pipeline
 from longrl.gen.sampler import sample
 from longrl.gen.update import Reference, policy_update
 from longrl.infra.guard import NonFiniteGuard
@@ -56,6 +57,20 @@ def sd35_medium_pipeline(resolution: int):
     )  # fmt: skip
 
 
+def wan_1_3b_pipeline():
+    """WanPipeline with Wan 2.1 T2V 1.3B's transformer and Wan 2.1's VAE (their published configs; the
+    VAE's defaults are Wan 2.1's), random weights, no text encoder (embeddings are given)."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
+        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+    )  # fmt: skip
+    return WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=AutoencoderKLWan(),
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))  # fmt: skip
+
+
 def random_cond(policy: FlowPolicy, batch: int, text_tokens: int, device, dtype, seed: int = 0) -> Cond:
     """Random text conditioning of the transformer's widths ([B, L, joint_dim], pooled [B, P]) with a
     negative prompt's, as ``FlowPolicy.cond`` gives for CFG."""
@@ -65,6 +80,8 @@ def random_cond(policy: FlowPolicy, batch: int, text_tokens: int, device, dtype,
     def draw(*shape):
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
+    if policy.kind == "wan":
+        return Cond(draw(batch, text_tokens, cfg.text_dim), None, draw(batch, text_tokens, cfg.text_dim), None)
     embeds, pooled = draw(batch, text_tokens, cfg.joint_attention_dim), draw(batch, cfg.pooled_projection_dim)
     return Cond(
         embeds, pooled, draw(batch, text_tokens, cfg.joint_attention_dim), draw(batch, cfg.pooled_projection_dim)
@@ -84,17 +101,25 @@ def timed(fn, device):
 def run(args) -> dict:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    pipe = tiny_sd3_pipeline(0, args.resolution) if args.tiny else sd35_medium_pipeline(args.resolution)
+    wan = args.model == "wan"
+    frames = args.frames if wan else 1
+    if args.tiny:
+        pipe = tiny_wan_pipeline(0, args.resolution, frames) if wan else tiny_sd3_pipeline(0, args.resolution)
+    else:
+        pipe = wan_1_3b_pipeline() if wan else sd35_medium_pipeline(args.resolution)
     pipe.to(device)
     pipe.transformer.to(dtype)
     pipe.vae.to(dtype)
     pipe.set_progress_bar_config(disable=True)
-    policy = FlowPolicy(pipe, "sd3", resolution=args.resolution)
+    if args.grad_ckpt:
+        pipe.transformer.enable_gradient_checkpointing()
+    policy = FlowPolicy(pipe, args.model, resolution=args.resolution, frames=frames)
     batch = args.prompts * args.n
-    cond = random_cond(policy, batch, args.text_tokens, device, dtype)
+    text_tokens = args.text_tokens or (512 if wan else 333)
+    cond = random_cond(policy, batch, text_tokens, device, dtype)
     gen = GenConfig(
-        resolution=args.resolution, num_steps=args.steps, train_timesteps=args.train_timesteps, n=args.n,
-        prompts_per_step=args.prompts, mini_batches=1, micro_batch=args.micro_batch, kl_coef=args.kl,
+        resolution=args.resolution, frames=frames, num_steps=args.steps, train_timesteps=args.train_timesteps,
+        n=args.n, prompts_per_step=args.prompts, mini_batches=1, micro_batch=args.micro_batch, kl_coef=args.kl,
         guidance_scale=args.guidance,
     )  # fmt: skip
 
@@ -104,6 +129,12 @@ def run(args) -> dict:
         return traj, policy.decode(traj.final)
 
     def diffusers_call():
+        if wan:
+            return pipe(
+                prompt_embeds=cond.embeds, negative_prompt_embeds=cond.neg_embeds, num_inference_steps=args.steps,
+                guidance_scale=args.guidance, height=args.resolution, width=args.resolution, num_frames=frames,
+                output_type="np", generator=torch.Generator().manual_seed(1),
+            )  # fmt: skip
         return pipe(
             prompt_embeds=cond.embeds, pooled_prompt_embeds=cond.pooled, negative_prompt_embeds=cond.neg_embeds,
             negative_pooled_prompt_embeds=cond.neg_pooled, num_inference_steps=args.steps,
@@ -143,8 +174,11 @@ def run(args) -> dict:
         train_step()
     stats, train_s = timed(train_step, device)
     return {
-        "model": "tiny-sd3" if args.tiny else "sd3.5-medium-shape",
+        "model": ("tiny-" + args.model) if args.tiny else ("wan2.1-1.3b-shape" if wan else "sd3.5-medium-shape"),
         "resolution": args.resolution,
+        "frames": frames,
+        "text_tokens": text_tokens,
+        "grad_ckpt": args.grad_ckpt,
         "prompts": args.prompts,
         "n": args.n,
         "steps": args.steps,
@@ -152,7 +186,7 @@ def run(args) -> dict:
         "guidance": args.guidance,
         "kl": args.kl,
         "sample_s": round(sample_s, 3),
-        "sample_images_s": round(batch / sample_s, 2),
+        "sample_images_s": round(batch / sample_s, 2),  # images, or clips of `frames` for wan
         "diffusers_s": round(diffusers_s, 3),
         "diffusers_images_s": round(batch / diffusers_s, 2),
         "sample_speedup": round(diffusers_s / sample_s, 3),
@@ -173,7 +207,10 @@ def run(args) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="longrl bench gen", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", choices=["sd3", "wan"], default="sd3", help="SD3.5 Medium's or Wan 2.1 1.3B's shape")
     ap.add_argument("--tiny", action="store_true", help="the tiny test pipeline (CPU smoke runs)")
+    ap.add_argument("--frames", type=int, default=33, help="frames per clip (--model wan): 1 + 4k")
+    ap.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing in the transformer")
     ap.add_argument("--resolution", type=int, default=512, help="image side in pixels (Flow-GRPO trains SD3.5 at 512)")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--n", type=int, default=8, help="samples per prompt (one GRPO group)")
@@ -182,7 +219,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--micro-batch", type=int, default=8, help="samples per transformer forward in training")
     ap.add_argument("--guidance", type=float, default=4.5)
     ap.add_argument("--kl", type=float, default=0.04, help="KL coefficient (0: no reference forward)")
-    ap.add_argument("--text-tokens", type=int, default=333, help="text embedding length (SD3: 77 CLIP + 256 T5)")
+    ap.add_argument("--text-tokens", type=int, default=0, help="text embedding length; 0 = SD3's 333, Wan's 512")
     ap.add_argument("--warmup", type=int, default=1)
     return ap.parse_args(argv)
 

@@ -7,12 +7,15 @@ import pytest
 from longrl.cli import main as cli_main
 
 
-def test_bench_gen_tiny_prints_one_json_line(capsys):
-    args = ["--tiny", "--device", "cpu", "--resolution", "32", "--prompts", "2", "--n", "2", "--steps", "3"]
+@pytest.mark.parametrize("model", ["sd3", "wan"])
+def test_bench_gen_tiny_prints_one_json_line(capsys, model):
+    args = ["--model", model, "--tiny", "--device", "cpu", "--resolution", "32", "--prompts", "2", "--n", "2"]
+    args += ["--steps", "3", "--frames", "5"]
     args += ["--train-timesteps", "2", "--micro-batch", "2", "--text-tokens", "8", "--warmup", "0"]
     assert cli_main(["bench", "gen", *args]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["model"] == "tiny-sd3" and (line["prompts"], line["n"], line["steps"]) == (2, 2, 3)
+    assert line["model"] == f"tiny-{model}" and (line["prompts"], line["n"], line["steps"]) == (2, 2, 3)
+    assert line["frames"] == (5 if model == "wan" else 1)
     for key in ("sample_s", "diffusers_s", "train_step_s"):
         assert line[key] > 0, key
     assert line["sample_speedup"] == pytest.approx(

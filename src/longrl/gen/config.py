@@ -30,9 +30,12 @@ class GenModelConfig:
     lora_rank: int = 0  # 0 = full fine-tuning of the transformer; > 0 = LoRA adapters of this rank (peft)
     lora_alpha: int = 0  # LoRA scaling numerator; 0 = lora_rank (scale 1)
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # LoRA modules
+    # name=tiny, kind=wan: Adam steps fitting the random VAE decoder to decode latents as colour patches
+    # before training (0 = leave it random; a random decoder barely moves brightness: notes/log/gen.md)
+    tiny_vae_fit_steps: int = 0
 
     def __post_init__(self) -> None:
-        config_utils.at_least(self, 0, "lora_rank", "lora_alpha")
+        config_utils.at_least(self, 0, "lora_rank", "lora_alpha", "tiny_vae_fit_steps")
         if self.lora_rank and not self.lora_targets:
             raise FieldError("{p}lora_targets is empty: name the modules LoRA adapts (e.g. to_q, to_v)")
 

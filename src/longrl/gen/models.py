@@ -97,15 +97,15 @@ def tiny_sd3_pipeline(seed: int = 0, resolution: int = 32):
     )  # fmt: skip
 
 
-def tiny_wan_pipeline(seed: int = 0, resolution: int = 32, frames: int = 5):
+def tiny_wan_pipeline(seed: int = 0, resolution: int = 32, frames: int = 5, vae_fit_steps: int = 0):
     """A random Wan 2.1 text-to-video pipeline for a CPU: a 1-layer UMT5 text encoder (d_model 32), a
     Wan VAE with 4 latent channels (8x down in space, 4x in time: ``frames`` = 1 + 4k keep 1 + k) and
     a 2-layer Wan transformer over (1 + k) x (resolution/16)^2 latent patches (patch 1 x 2 x 2).
-    ``frames`` only documents the clip length the sizes were chosen for: nothing here depends on it."""
+    ``vae_fit_steps`` > 0 fits the VAE's decoder first, on latents of ``frames`` x ``resolution`` clips
+    (``fit_tiny_wan_decoder``); otherwise the sizes do not depend on ``frames``."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
-    del frames
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     text_encoder = UMT5EncoderModel(
@@ -122,6 +122,8 @@ def tiny_wan_pipeline(seed: int = 0, resolution: int = 32, frames: int = 5):
         rope_max_seq_len=32,
     )  # fmt: skip
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    if vae_fit_steps:
+        fit_tiny_wan_decoder(vae, seed, vae_fit_steps, resolution=resolution, frames=frames)
     modules: list[Any] = [text_encoder, vae, transformer]
     for module in modules:
         module.eval()  # built, not loaded: still in training mode (dropout)
@@ -129,14 +131,69 @@ def tiny_wan_pipeline(seed: int = 0, resolution: int = 32, frames: int = 5):
                        scheduler=scheduler)  # fmt: skip
 
 
+def fit_tiny_wan_decoder(
+    vae, seed: int, steps: int, *, resolution: int, frames: int, batch: int = 8, lr: float = 3e-3
+) -> list[float]:
+    """Fit a random Wan VAE's decoder (Adam, ``steps`` steps, in-process like the tiny tokenizer) to decode
+    each latent position as a flat colour patch: pixel = tanh(A z) over the position's 8 x 8 pixels and
+    its frames, A a fixed random 3 x C map whose rows share a brightness direction. A random decoder
+    barely lets the latents move a clip's mean brightness (sd 0.0007-0.0035 over random latents on
+    seeds 0-4; gradient ascent on the latents gains at most +0.01): its convolutions and RMS norms
+    scramble what the latents say. A trained VAE spans the pixel range; after 200 steps this one does
+    too (sd 0.065-0.087 on seeds 0-4), so a generation reward has something to move (notes/log/gen.md).
+    Returns the loss per step."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(seed + 1000)
+    channels = vae.config.z_dim
+    # each RGB row = a shared brightness direction + its own colour part, so the latents set brightness
+    luma = torch.randn(1, channels, generator=gen)
+    colour = (luma / luma.norm() + 0.3 * torch.randn(3, channels, generator=gen) / channels**0.5) * 1.5
+    # conv_in x 10: the latents then dominate the decoder's residual stream from the first step. Without
+    # it the fit sits on a plateau (constant clips) for 100-175 of 200 steps at lr 1e-2 on seeds 0-4.
+    with torch.no_grad():
+        vae.decoder.conv_in.weight.mul_(10.0)
+        vae.decoder.conv_in.bias.mul_(10.0)
+    params = [p for n, p in vae.named_parameters() if n.startswith(("decoder.", "post_quant_conv."))]
+    opt = torch.optim.Adam(params, lr=lr)
+    time_factor = 2 ** sum(vae.config.temperal_downsample)
+    space_factor = 2 ** len(vae.config.temperal_downsample)
+    losses = []
+    latent_shape = (channels, 1 + (frames - 1) // time_factor, resolution // space_factor, resolution // space_factor)
+    vae.train()
+    for _ in range(steps):
+        z = torch.randn(batch, *latent_shape, generator=gen) * 1.5
+        patch = torch.tanh(torch.einsum("rc,bcthw->brthw", colour, z))
+        # latent frame 0 decodes to frame 0, each later one to time_factor frames (Wan's causal VAE)
+        target = torch.cat([patch[:, :, :1], patch[:, :, 1:].repeat_interleave(time_factor, dim=2)], dim=2)
+        target = F.interpolate(target, scale_factor=(1, space_factor, space_factor), mode="nearest")
+        loss = F.mse_loss(vae.decode(z, return_dict=False)[0], target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    vae.requires_grad_(False)
+    vae.eval()
+    return losses
+
+
 def load_pipeline(
-    kind: str, name: str, *, seed: int = 0, resolution: int = 32, frames: int = 1, dtype: torch.dtype = torch.float32
+    kind: str,
+    name: str,
+    *,
+    seed: int = 0,
+    resolution: int = 32,
+    frames: int = 1,
+    dtype: torch.dtype = torch.float32,
+    tiny_vae_fit_steps: int = 0,
 ):
     """``name``: ``tiny``, a local diffusers directory or a hub id -> the family's diffusers pipeline."""
     if kind not in ("sd3", "wan"):
         raise ValueError(f"model.kind={kind!r} is not a generation family: use sd3 or wan")
     if name == "tiny":
-        return tiny_sd3_pipeline(seed, resolution) if kind == "sd3" else tiny_wan_pipeline(seed, resolution, frames)
+        if kind == "sd3":
+            return tiny_sd3_pipeline(seed, resolution)
+        return tiny_wan_pipeline(seed, resolution, frames, vae_fit_steps=tiny_vae_fit_steps)
     from diffusers import StableDiffusion3Pipeline, WanPipeline
 
     cls = StableDiffusion3Pipeline if kind == "sd3" else WanPipeline

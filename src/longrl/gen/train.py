@@ -38,8 +38,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def build_policy(cfg: GenRunConfig) -> FlowPolicy:
     pipe = load_pipeline(
-        cfg.model.kind, cfg.model.name, seed=cfg.trainer.seed, resolution=cfg.gen.resolution, frames=cfg.gen.frames
-    )
+        cfg.model.kind, cfg.model.name, seed=cfg.trainer.seed, resolution=cfg.gen.resolution, frames=cfg.gen.frames,
+        tiny_vae_fit_steps=cfg.model.tiny_vae_fit_steps,
+    )  # fmt: skip
     device = torch.device("cuda" if cfg.trainer.device == "auto" and torch.cuda.is_available() else "cpu")
     if cfg.trainer.device not in ("auto", "cpu"):
         device = torch.device(cfg.trainer.device)
