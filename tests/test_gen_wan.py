@@ -84,6 +84,12 @@ def test_frames_are_validated_with_the_key_named():
     with pytest.raises(ConfigError, match=r"gen\.frames=5: model\.kind=sd3 makes images"):
         load_gen_config(None, ["gen.frames=5"])
     assert load_gen_config(None, ["model.kind=wan", "gen.frames=9"]).gen.frames == 9
+    # The VAE fit is for the tiny Wan only: elsewhere the key would be ignored, so it is refused.
+    with pytest.raises(ConfigError, match=r"model\.tiny_vae_fit_steps=200 fits the tiny Wan VAE only"):
+        load_gen_config(None, ["model.tiny_vae_fit_steps=200"])
+    with pytest.raises(ConfigError, match=r"model\.kind=wan and model\.name=tiny \(here wan, '/x'\)"):
+        load_gen_config(None, ["model.kind=wan", "gen.frames=5", "model.name=/x", "model.tiny_vae_fit_steps=200"])
+    assert load_gen_config(None, ["model.kind=wan", "gen.frames=5", "model.tiny_vae_fit_steps=200"])
 
 
 def test_short_run_under_a_frame_reward_trains_and_checkpoints(tmp_path):

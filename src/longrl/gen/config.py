@@ -38,6 +38,11 @@ class GenModelConfig:
         config_utils.at_least(self, 0, "lora_rank", "lora_alpha", "tiny_vae_fit_steps")
         if self.lora_rank and not self.lora_targets:
             raise FieldError("{p}lora_targets is empty: name the modules LoRA adapts (e.g. to_q, to_v)")
+        if self.tiny_vae_fit_steps and (self.kind, self.name) != ("wan", "tiny"):
+            raise FieldError(
+                f"{{p}}tiny_vae_fit_steps={self.tiny_vae_fit_steps} fits the tiny Wan VAE only: it needs "
+                f"{{p}}kind=wan and {{p}}name=tiny (here {self.kind}, {self.name!r}); set it to 0"
+            )
 
 
 @dataclass
