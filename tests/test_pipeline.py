@@ -205,6 +205,30 @@ def test_math_quickstart_writes_its_report(tmp_path):
     assert "SFT>=chance+0.10" not in table and ("RL>=SFT+0.05" in table or "all met" in table)  # math's thresholds
 
 
+def test_omni_quickstart_reports_the_questions_that_need_the_sound(tmp_path):
+    """`longrl quickstart --task omni`: videos with a sound track, a tiny Qwen2.5-Omni thinker, and
+    the accuracy on the sound questions equal to those categories' counts in the eval report."""
+    from longrl.quickstart import QuickstartData, quickstart, sweep_table
+
+    overrides = ["sft.epochs=1", "rl.steps=3", "rl.prompts_per_step=2", "rollout.n=2", "trainer.progress=false"]
+    overrides += ["rollout.max_new_tokens=8", "eval.max_new_tokens=8"]
+    data = QuickstartData.for_task("omni", num_train=8, sft_rows=4, num_test=8)
+    assert data.audio and data.fps == 8.0
+    report = quickstart(tmp_path / "qs", "grpo", overrides, data)
+    saved = json.loads((tmp_path / "qs" / "report.json").read_text())
+    assert saved["task"] == "omni" and saved["chance_accuracy"] == 0.25
+    cats = saved["rl"]["per_category"]
+    assert set(cats) == {"Temporal", "Spatial", "Sound", "Sound & Sight"} and all(
+        c["count"] == 2 for c in cats.values()
+    )
+    sound = (cats["Sound"]["accuracy"] + cats["Sound & Sight"]["accuracy"]) / 2
+    assert saved["rl_audio_accuracy"] == pytest.approx(sound)
+    config = json.loads((tmp_path / "qs" / "rl_model" / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_omni_thinker"
+    table = sweep_table([report])
+    assert " -> " in table and ("sound: RL>=SFT+0.03" in table or "all met" in table)
+
+
 def test_rl_group_attention_key_and_entropy_only_when_used(synth, tmp_path, monkeypatch):
     """`rl.group_attention` is the attention every group forward of the RL step runs, and the
     entropy is computed only when the loss reads it (algorithm.entropy_coef > 0)."""

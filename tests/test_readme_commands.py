@@ -104,10 +104,23 @@ def test_readme_commands_run(tmp_path, monkeypatch, capsys):
         if argv[0] == "config":
             resolved = yaml.safe_load(out)
             assert resolved["rollout"]["n"] == 8 and resolved["rl"]["steps"] == 2  # override, then my.yaml
-    assert ran == ["data", "data", "data", "config", "train", "train", "eval", "cache-embeds", "export", "report"]
+    assert ran == [
+        "data",
+        "data",
+        "data",
+        "data",
+        "config",
+        "train",
+        "train",
+        "eval",
+        "cache-embeds",
+        "export",
+        "report",
+    ]
     assert len(Path("data/synth/train.jsonl").read_text().splitlines()) == 6
     assert len(Path("data/math/train.jsonl").read_text().splitlines()) == 6  # the arithmetic task
     assert len(list(Path("data/shapes/images").glob("*.png"))) == 10  # the image task: 6 train + 4 test
+    assert '"beep"' in Path("data/av/train.jsonl").read_text()  # the audio-visual task
     assert Path("runs/sft/model/config.json").is_file() and Path("runs/rl/model/config.json").is_file()
     assert Path("runs/rl/checkpoints/step_2").is_dir()
     assert Path("hf_model/config.json").is_file() and any(Path("hf_model").glob("*.safetensors"))

@@ -167,6 +167,7 @@ def test_files_config_and_reuse(tiny, tmp_path):
         "options": "shuffled",
         "object_fraction": 0.6,
         "reasoning": "evidence",
+        "audio": False,
     }
     train_rows, test_rows = load_rows(train), load_rows(test)
     assert [r.id for r in test_rows] == [f"synth-test-{i:05d}" for i in range(4)]
@@ -350,3 +351,65 @@ def test_timeline_reasoning_narrates_every_event_then_concludes():
         assert row.category == CATEGORIES[index % 4]
     with pytest.raises(ValueError, match="reasoning='timeline' is written for options='fixed'"):
         SynthConfig(out_dir="unused", reasoning="timeline").validate()
+
+
+def test_audio_variant_beeps_at_an_arrival_and_half_the_questions_need_the_sound(tmp_path):
+    """`audio=True`: every video's sound track is faint noise with one beep of the row's pitch on
+    its arrival's first frame (the dominant frequency there, quiet before), half the rows ask about
+    it, and their answers follow the beep; the pictures are those of the same row without audio."""
+    from longrl.data.audio import SAMPLING_RATE, decode_audio
+    from longrl.data.synth import AUDIO_CATEGORIES, AV_CATEGORIES, BEEP_SECONDS, FIXED_PALETTE, PITCHES
+
+    cfg = dict(num_train=8, num_test=0, frames=32, fps=8.0, options="fixed", workers=1)
+    train, _ = generate_synth(SynthConfig(str(tmp_path / "av"), audio=True, **cfg))
+    plain, _ = generate_synth(SynthConfig(str(tmp_path / "plain"), **cfg))
+    rows = load_rows(train)
+    assert [r.category for r in rows] == list(AV_CATEGORIES) * 2
+    assert [r.extra["needs_audio"] for r in rows] == [c in AUDIO_CATEGORIES for c in AV_CATEGORIES] * 2
+    pitches = set()
+    for row, twin in zip(rows, load_rows(plain)):
+        assert row.extra["events"] == twin.extra["events"]  # the beep draws come after the story's
+        beep = row.extra["beep"]
+        arrival = [e for e in row.extra["events"] if e["kind"] == "enter"][beep["arrival"]]
+        if row.category == "Sound":
+            assert row.options == list(PITCHES) and row.answer == LETTERS[list(PITCHES).index(beep["pitch"])]
+        if row.category == "Sound & Sight":
+            assert row.answer == LETTERS[FIXED_PALETTE.index(arrival["color"])]
+        assert row.question in {
+            "Which object appeared first?",
+            "Which room is empty at the end?",
+            "How high was the beep?",
+            "Which object entered as the beep sounded?",
+        }
+        wave = decode_audio(tmp_path / "av" / row.video)
+        assert abs(wave.size / SAMPLING_RATE - 4.0) < 0.1
+        start = round(arrival["time"] * SAMPLING_RATE)
+        window = wave[start + 400 : start + 400 + 2048]  # inside the beep (AAC may shift it a little)
+        spectrum = np.abs(np.fft.rfft(window * np.hanning(window.size)))
+        peak_hz = np.argmax(spectrum) * SAMPLING_RATE / window.size
+        assert abs(peak_hz - PITCHES[beep["pitch"]]) < 20, (peak_hz, beep)
+        assert np.sqrt(np.mean(window**2)) > 0.2
+        quiet = wave[: max(start - 800, 1)]
+        assert np.sqrt(np.mean(quiet**2)) < 0.02 and BEEP_SECONDS * SAMPLING_RATE > window.size
+        pitches.add(beep["pitch"])
+        a = decode_video(tmp_path / "av" / row.video, num_frames=16).frames
+        b = decode_video(tmp_path / "plain" / twin.video, num_frames=16).frames
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    assert len(pitches) >= 3
+
+
+def test_audio_variant_is_refused_outside_the_fixed_form(tmp_path):
+    with pytest.raises(ValueError, match="audio=True is written for options='fixed'"):
+        SynthConfig(str(tmp_path), audio=True).validate()
+
+
+def test_cli_data_synth_audio_writes_the_audio_visual_task_and_refuses_other_tasks(tmp_path, capsys):
+    from longrl.cli import main
+
+    out = tmp_path / "av"
+    assert main(["data", "synth", "--out", str(out), "--train", "4", "--test", "0", "--fps", "8", "--audio"]) == 0
+    rows = load_rows(out / "train.jsonl")
+    assert [r.category for r in rows] == ["Temporal", "Spatial", "Sound", "Sound & Sight"]
+    assert all("beep" in r.extra for r in rows)
+    assert main(["data", "synth", "--out", str(tmp_path / "m"), "--task", "arithmetic", "--audio"]) == 1
+    assert "--audio gives the video task a sound track" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """The ``longrl`` command.
 
-    longrl quickstart [--task video|math|sd3|wan] [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
+    longrl quickstart [--task video|math|omni|sd3|wan] [--out DIR] [--algorithm NAME] [--sft-model DIR] [key=value ...]
     longrl data synth --out DIR [--task video|arithmetic|image] [--train N] [--test N] [--frames F] [--size PX] [--seed S]
     longrl train sft|rl [--config YAML] [key=value ...]
     longrl eval [--config YAML] [--benchmark longvideo-reason DIR] [key=value ...]
@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument(
         "--task",
         default="video",
-        choices=["video", "math", "sd3", "wan"],
+        choices=["video", "math", "omni", "sd3", "wan"],
         help="video: tiny Qwen2.5-VL on synthetic long videos; math: tiny Qwen2 text model on arithmetic; "
+        "omni: a tiny Qwen2.5-Omni thinker on the videos with a sound track (data synth --audio); "
         "sd3: tiny Stable Diffusion 3, Flow-GRPO under a brightness reward (longrl.gen); "
         "wan: tiny Wan 2.1 text to video, the same on 5-frame clips",
     )
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--fps", type=float, default=4.0)
     synth.add_argument("--size", type=int, default=56, help="frame or image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--audio",
+        action="store_true",
+        help="video task only: the audio-visual variant (a sound track with one beep of four pitches; half "
+        "the questions need it; the fixed-options form)",
+    )
 
     train = sub.add_parser("train", parents=common, help="SFT or RL from a config")
     train.add_argument("stage", choices=["sft", "rl"])
@@ -281,6 +288,8 @@ def _dispatch(args) -> int:
         quickstart(args.out, args.algorithm, [*args.overrides, *seed], data, sft_model=args.sft_model)
         print(f"report: {args.out}/report.json")
         return 0
+    if args.command == "data" and getattr(args, "audio", False) and args.task != "video":
+        raise ValueError(f"--audio gives the video task a sound track; --task {args.task} has none: drop --audio")
     if args.command == "data" and args.task == "arithmetic":
         from longrl.data.arithmetic import ArithmeticConfig, generate_arithmetic
 
@@ -309,6 +318,8 @@ def _dispatch(args) -> int:
                 fps=args.fps,
                 size=args.size,
                 seed=args.seed,
+                audio=args.audio,
+                options="fixed" if args.audio else "shuffled",
             )
         )
         print(f"wrote {train} and {test}")

@@ -151,17 +151,33 @@ def write_video_with_audio(
             vstream.width, vstream.height = frames.shape[2], frames.shape[1]
             vstream.pix_fmt = "yuv420p"
         wav = path.suffix.lower() == ".wav"
-        astream = container.add_stream("pcm_s16le" if wav else "aac", rate=sampling_rate)
-        astream.layout = "mono"
-        if not wav:
-            astream.format = "fltp"
+        astream = add_audio_stream(container, "pcm_s16le" if wav else "aac", sampling_rate)
         if vstream is not None:
             for rgb in frames:  # type: ignore[union-attr]
                 container.mux(vstream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
             container.mux(vstream.encode(None))
-        samples = (np.clip(audio, -1, 1) * 32767).astype(np.int16) if wav else audio
-        frame = av.AudioFrame.from_ndarray(samples[None], format="s16" if wav else "fltp", layout="mono")
-        frame.sample_rate = sampling_rate
-        frame.pts = 0
-        container.mux(astream.encode(frame))
-        container.mux(astream.encode(None))
+        encode_audio(container, astream, audio, sampling_rate)
+
+
+def add_audio_stream(container, codec: str, sampling_rate: int = SAMPLING_RATE):
+    """A mono audio stream on an output ``container`` (add every stream before the first mux):
+    ``"aac"`` for mp4/mkv, ``"pcm_s16le"`` for wav."""
+    stream = container.add_stream(codec, rate=sampling_rate)
+    stream.layout = "mono"
+    if codec == "aac":
+        stream.format = "fltp"
+    return stream
+
+
+def encode_audio(container, stream, audio: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> None:
+    """Encode and mux a whole mono float32 waveform into ``stream`` (from :func:`add_audio_stream`)."""
+    import av
+
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    pcm = stream.codec_context.name.startswith("pcm")
+    samples = (np.clip(audio, -1, 1) * 32767).astype(np.int16) if pcm else audio
+    frame = av.AudioFrame.from_ndarray(samples[None], format="s16" if pcm else "fltp", layout="mono")
+    frame.sample_rate = sampling_rate
+    frame.pts = 0
+    container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))

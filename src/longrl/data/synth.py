@@ -14,6 +14,12 @@ With ``options="fixed"`` (the CPU quickstart's form) each category has one templ
 object appeared first, which room is empty at the end, which object changed rooms, and the cause
 question above (see make_fixed_question).
 
+With ``audio=True`` (the omni quickstart's form, fixed options) each video also has a sound track:
+quiet noise and one short beep, of one of four pitches, at the moment one of the objects enters.
+Half the questions need the sound (AUDIO_CATEGORIES): the beep's pitch (the sound alone) and which
+object entered as it sounded (the sound and the pictures); the other half are the Temporal and
+Spatial questions above, which need the pictures only.
+
 The question text never determines the answer: options are the same kind of thing for every video
 (the colors present, the four quadrants, orderings of the colors present), the correct letter cycles
 A-D, and distractors are drawn at random. With the default 56 px canvas, Qwen2.5-VL's 14 px patches
@@ -73,6 +79,14 @@ def lit(color: str, quadrant: int) -> tuple[int, int, int]:
     return r, g, b
 
 
+# The audio-visual variant (audio=True): categories, and the beep's pitches, an octave apart so each
+# lights its own mel bins
+AV_CATEGORIES = ("Temporal", "Spatial", "Sound", "Sound & Sight")
+AUDIO_CATEGORIES = ("Sound", "Sound & Sight")  # the questions that need the sound track
+PITCHES: dict[str, float] = {"low": 300.0, "middle": 600.0, "high": 1200.0, "very high": 2400.0}
+BEEP_SECONDS = 0.25
+NOISE_LEVEL = 0.005  # the sound track's background noise, so silence is not digital zero
+
 MIN_FRAMES_PER_GAP = 2  # >= 2 frames per state, so frame-pair (temporal patch) sampling still sees it
 
 
@@ -95,6 +109,8 @@ class SynthConfig:
     # "evidence": the reasoning cites the events the answer rests on; "timeline": it narrates every
     # event in order first (a dense caption: each target token depends on the video), then concludes.
     reasoning: str = "evidence"
+    # True: a sound track with one beep per video and half the questions about it (needs "fixed")
+    audio: bool = False
 
     def validate(self) -> None:
         if self.num_train < 0 or self.num_test < 0:
@@ -110,6 +126,8 @@ class SynthConfig:
             raise ValueError(f"reasoning={self.reasoning!r}: choose 'evidence' or 'timeline'")
         if self.reasoning == "timeline" and self.options != "fixed":
             raise ValueError("reasoning='timeline' is written for options='fixed' (one template per category)")
+        if self.audio and (self.options != "fixed" or self.reasoning != "evidence"):
+            raise ValueError("audio=True is written for options='fixed' and reasoning='evidence'")
         if self.fps <= 0:
             raise ValueError(f"fps={self.fps}: must be > 0")
         max_gap = 1.0 / NUM_EVENTS  # 5 gaps + half a gap of margin at each end must fit
@@ -292,6 +310,57 @@ def make_fixed_question(story: Story, category: str, rng: np.random.Generator) -
     raise ValueError(f"unknown category {category!r}; choose one of {CATEGORIES}")
 
 
+@dataclass(frozen=True)
+class Beep:
+    """The sound track's one beep: its pitch (a PITCHES key) and the arrival it marks."""
+
+    pitch: str
+    arrival: int  # index into Story.arrivals; the beep starts on that arrival's frame
+
+
+def make_beep(story: Story, rng: np.random.Generator) -> Beep:
+    return Beep(tuple(PITCHES)[int(rng.integers(len(PITCHES)))], int(rng.integers(NUM_OBJECTS)))
+
+
+def make_sound_question(story: Story, beep: Beep, category: str, rng: np.random.Generator) -> Question:
+    """The two audio categories, fixed form: the pitch (options in PITCHES order), and which object
+    entered with the beep (FIXED_PALETTE order)."""
+    arrival = story.arrivals[beep.arrival]
+    heard = f"A {beep.pitch} beep sounds at {stamp(arrival.time)}."
+    if category == "Sound":
+        return Question(
+            category,
+            "How high was the beep?",
+            list(PITCHES),
+            LETTERS[tuple(PITCHES).index(beep.pitch)],
+            f"{heard} The beep was {beep.pitch}.",
+        )
+    if category == "Sound & Sight":
+        return Question(
+            category,
+            "Which object entered as the beep sounded?",
+            [f"the {c} object" for c in FIXED_PALETTE],
+            LETTERS[FIXED_PALETTE.index(arrival.color)],
+            f"{heard} {_sentence(arrival)} {arrival.color} came with the beep.",
+        )
+    if category in ("Temporal", "Spatial"):
+        return make_fixed_question(story, category, rng)
+    raise ValueError(f"unknown category {category!r}; choose one of {AV_CATEGORIES}")
+
+
+def render_sound(story: Story, beep: Beep, rng: np.random.Generator, sampling_rate: int) -> np.ndarray:
+    """float32 [duration * sampling_rate]: faint noise, and the beep from its arrival's first frame."""
+    from longrl.data.audio import tone
+
+    samples = round(story.frames / story.fps * sampling_rate)
+    wave = (NOISE_LEVEL * rng.standard_normal(samples)).astype(np.float32)
+    beep_wave = tone(PITCHES[beep.pitch], BEEP_SECONDS, sampling_rate)
+    start = round(story.arrivals[beep.arrival].time * sampling_rate)
+    end = min(samples, start + beep_wave.size)
+    wave[start:end] += beep_wave[: end - start]
+    return wave
+
+
 def timeline_reasoning(story: Story, category: str) -> str:
     """Every event in time order (a dense caption), then the fixed question's conclusion. The events
     carry no timestamps: order is what the questions need, and half the tokens keep CPU rollouts short."""
@@ -411,11 +480,14 @@ def render_story(story: Story, size: int, object_fraction: float = OBJECT_FRACTI
         yield cached[1]
 
 
-def encode_mp4(path: str | Path, frames: Iterator[np.ndarray], fps: float) -> None:
-    """Stream frames into an H.264 mp4 one by one, so thousand-frame videos never sit in RAM.
+def encode_mp4(path: str | Path, frames: Iterator[np.ndarray], fps: float, audio: np.ndarray | None = None) -> None:
+    """Stream frames into an H.264 mp4 one by one, so thousand-frame videos never sit in RAM;
+    ``audio`` (mono float32 at 16 kHz) becomes an AAC sound track beside them.
 
     Frame i gets pts i in a 1/fps time base, so decoders report timestamp i / fps."""
     import av
+
+    from longrl.data import audio as audio_lib
 
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
@@ -435,12 +507,15 @@ def encode_mp4(path: str | Path, frames: Iterator[np.ndarray], fps: float) -> No
                 else:
                     stream.bit_rate = 8_000_000
                 stream.options = options
+                sound = None if audio is None else audio_lib.add_audio_stream(container, "aac")
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = i
             container.mux(stream.encode(frame))
         if stream is None:
             raise ValueError(f"no frames to write to {path}")
         container.mux(stream.encode())
+        if sound is not None and audio is not None:
+            audio_lib.encode_audio(container, sound, audio)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,8 +535,12 @@ def make_row(cfg: SynthConfig, split: str, index: int) -> Row:
         rng, frames=cfg.frames, fps=cfg.fps, min_gap=cfg.min_gap, palette=FIXED_PALETTE if fixed else tuple(PALETTE)
     )
     # Round-robin categories; with shuffled options the correct letter cycles A-D in each category.
-    category = CATEGORIES[index % len(CATEGORIES)]
-    if fixed:
+    categories = AV_CATEGORIES if cfg.audio else CATEGORIES
+    category = categories[index % len(categories)]
+    beep = make_beep(story, rng) if cfg.audio else None
+    if beep is not None:
+        q = make_sound_question(story, beep, category, rng)
+    elif fixed:
         q = make_fixed_question(story, category, rng)
     else:
         q = make_question(story, category, (index // len(CATEGORIES)) % NUM_OBJECTS, rng)
@@ -482,6 +561,7 @@ def make_row(cfg: SynthConfig, split: str, index: int) -> Row:
             "frames": cfg.frames,
             "size": cfg.size,
             "background": story.background,
+            **({} if beep is None else {"beep": dataclasses.asdict(beep), "needs_audio": category in AUDIO_CATEGORIES}),
         },
     )
 
@@ -496,7 +576,14 @@ def _make_video(job: tuple[SynthConfig, str, int]) -> Row:
     cfg, split, index = job
     row = make_row(cfg, split, index)
     assert row.video is not None
-    encode_mp4(Path(cfg.out_dir) / row.video, render_story(story_from_row(row), cfg.size, cfg.object_fraction), cfg.fps)
+    story = story_from_row(row)
+    sound = None
+    if "beep" in row.extra:  # its own stream: the row's draws stay what they are without audio
+        from longrl.data.audio import SAMPLING_RATE
+
+        noise_rng = np.random.default_rng([cfg.seed, {"train": 0, "test": 1}[split], index, 1])
+        sound = render_sound(story, Beep(**row.extra["beep"]), noise_rng, SAMPLING_RATE)
+    encode_mp4(Path(cfg.out_dir) / row.video, render_story(story, cfg.size, cfg.object_fraction), cfg.fps, audio=sound)
     return row
 
 
