@@ -3,8 +3,9 @@
 ``--task video`` (default): synthetic long videos, a tiny Qwen2.5-VL. ``--task math``: synthetic
 arithmetic and word problems (``longrl.data.arithmetic``), a tiny Qwen2 text model, the math
 reward. ``--task omni``: the videos with a sound track (``SynthConfig.audio``), a tiny Qwen2.5-Omni
-thinker, accuracy also on the questions that need the sound. Everything runs offline on a laptop CPU in minutes and writes ``OUT/report.json`` with the
-held-out accuracy at chance, after SFT and after RL, and the blind baselines.
+thinker, accuracy also on the questions that need the sound. Everything runs offline on a laptop
+CPU in minutes and writes ``OUT/report.json`` with the held-out accuracy at chance, after SFT and
+after RL, and the blind baselines.
 """
 
 from __future__ import annotations

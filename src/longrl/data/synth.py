@@ -322,8 +322,8 @@ def make_beep(story: Story, rng: np.random.Generator) -> Beep:
     return Beep(tuple(PITCHES)[int(rng.integers(len(PITCHES)))], int(rng.integers(NUM_OBJECTS)))
 
 
-def make_sound_question(story: Story, beep: Beep, category: str, rng: np.random.Generator) -> Question:
-    """The two audio categories, fixed form: the pitch (options in PITCHES order), and which object
+def make_sound_question(story: Story, beep: Beep, category: str) -> Question:
+    """The two AUDIO_CATEGORIES, fixed form: the pitch (options in PITCHES order), and which object
     entered with the beep (FIXED_PALETTE order)."""
     arrival = story.arrivals[beep.arrival]
     heard = f"A {beep.pitch} beep sounds at {stamp(arrival.time)}."
@@ -343,9 +343,7 @@ def make_sound_question(story: Story, beep: Beep, category: str, rng: np.random.
             LETTERS[FIXED_PALETTE.index(arrival.color)],
             f"{heard} {_sentence(arrival)} {arrival.color} came with the beep.",
         )
-    if category in ("Temporal", "Spatial"):
-        return make_fixed_question(story, category, rng)
-    raise ValueError(f"unknown category {category!r}; choose one of {AV_CATEGORIES}")
+    raise ValueError(f"unknown category {category!r}; choose one of {AUDIO_CATEGORIES}")
 
 
 def render_sound(story: Story, beep: Beep, rng: np.random.Generator, sampling_rate: int) -> np.ndarray:
@@ -522,9 +520,10 @@ def encode_mp4(path: str | Path, frames: Iterator[np.ndarray], fps: float, audio
 # Dataset
 
 
-def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    """One independent stream per video, so videos can be made in any order, in any process."""
-    return np.random.default_rng([seed, {"train": 0, "test": 1}[split], index])
+def video_rng(seed: int, split: str, index: int, *substream: int) -> np.random.Generator:
+    """One independent stream per video, so videos can be made in any order, in any process;
+    ``substream`` gives the video further independent streams (its sound track's noise)."""
+    return np.random.default_rng([seed, {"train": 0, "test": 1}[split], index, *substream])
 
 
 def make_row(cfg: SynthConfig, split: str, index: int) -> Row:
@@ -538,8 +537,8 @@ def make_row(cfg: SynthConfig, split: str, index: int) -> Row:
     categories = AV_CATEGORIES if cfg.audio else CATEGORIES
     category = categories[index % len(categories)]
     beep = make_beep(story, rng) if cfg.audio else None
-    if beep is not None:
-        q = make_sound_question(story, beep, category, rng)
+    if beep is not None and category in AUDIO_CATEGORIES:
+        q = make_sound_question(story, beep, category)
     elif fixed:
         q = make_fixed_question(story, category, rng)
     else:
@@ -581,8 +580,7 @@ def _make_video(job: tuple[SynthConfig, str, int]) -> Row:
     if "beep" in row.extra:  # its own stream: the row's draws stay what they are without audio
         from longrl.data.audio import SAMPLING_RATE
 
-        noise_rng = np.random.default_rng([cfg.seed, {"train": 0, "test": 1}[split], index, 1])
-        sound = render_sound(story, Beep(**row.extra["beep"]), noise_rng, SAMPLING_RATE)
+        sound = render_sound(story, Beep(**row.extra["beep"]), video_rng(cfg.seed, split, index, 1), SAMPLING_RATE)
     encode_mp4(Path(cfg.out_dir) / row.video, render_story(story, cfg.size, cfg.object_fraction), cfg.fps, audio=sound)
     return row
 
